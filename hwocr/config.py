@@ -1,0 +1,173 @@
+"""The config schema.
+
+Hydra composes `conf/`; these dataclasses are registered as its schema, so a mistyped key or a
+wrong type fails at composition (also under `--cfg job`) with a message naming the key. The
+entrypoint converts the composed config to these dataclasses once; no other module sees a
+DictConfig.
+"""
+
+from dataclasses import dataclass, field
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+STAGES = ("base_eval", "train", "tuned_eval")
+IMAGE_MODES = ("base", "small", "gundam")
+DTYPES = ("fp32", "fp16", "bf16")
+
+
+@dataclass
+class ModelConfig:
+    name: str = "tiny"
+    family: str = "ocr2"  # "ocr2" (native transformers classes) or "ocr1" (remote code)
+    # Hub id or local directory. For `tiny`, the directory is built on first use.
+    source: str = "???"
+    revision: str | None = None
+    trust_remote_code: bool = False
+    build_tiny: bool = False
+    # Native resolutions of the checkpoint: global view and local tile (both in pixels).
+    image_size: int = 1024
+    tile_size: int = 768
+    # base: one global view at image_size; small: one view at tile_size; gundam: global + tiles.
+    image_mode: str = "base"
+    prompt: str = "<image>\nFree OCR."
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = True  # false = full fine-tuning (lora=none)
+    r: int = 16
+    alpha: int = 16
+    dropout: float = 0.0
+    bias: str = "none"
+    # A regex: the vision encoder reuses the names q/k/v/o/gate/up/down_proj, so a plain list would
+    # adapt it too.
+    target_modules: str = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+
+
+@dataclass
+class SynthConfig:
+    n_train_writers: int = 12
+    n_test_writers: int = 4
+    lines_per_writer: int = 16
+    text_file: str | None = None  # one line of text per line; None = built-in generator
+    seed: int = 0
+
+
+@dataclass
+class DatasetConfig:
+    name: str = "synth_line"
+    kind: str = "uit_hwdb"  # "uit_hwdb" (read root) or "synth" (generate into root, then read it)
+    level: str = "line"  # line | word | paragraph
+    root: str | None = None
+    val_fraction: float = 0.1
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    writers: list[str] | None = None  # restrict train/val to these writer ids
+    strict: bool = False
+    synth: SynthConfig = field(default_factory=SynthConfig)
+
+
+@dataclass
+class HardwareConfig:
+    name: str = "cpu"
+    device: str = "cpu"  # cpu | cuda
+    num_devices: int = 1
+    dtype: str = "fp32"
+    load_in_4bit: bool = False
+    per_device_batch: int = 2
+    grad_accum: int = 1
+    gradient_checkpointing: bool = False
+    dataloader_workers: int = 0
+    eval_batch: int = 0  # 0 = pick automatically to fit memory
+
+
+@dataclass
+class TrainConfig:
+    epochs: float = 1.0
+    max_steps: int = -1  # -1 = use epochs
+    lr: float = 2e-4
+    scheduler: str = "linear"
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    seed: int = 3407
+    save_steps: int = 200
+    eval_steps: int = 200
+    logging_steps: int = 10
+    resume: str = "auto"  # auto | never | PATH to a checkpoint dir
+
+
+@dataclass
+class EvalConfig:
+    adapter: str | None = None  # re-evaluate an existing adapter instead of training one
+    batch_size: int = 0  # 0 = hardware.eval_batch
+    max_new_tokens_margin: int = 16
+    no_repeat_ngram_size: int = 0  # 0 = off; random/weak models loop without it
+    bootstrap_samples: int = 2000
+
+
+@dataclass
+class TrackingConfig:
+    uri: str | None = None  # None = sqlite:///<abs outputs>/mlflow.db
+    experiment: str = "hwocr"
+    required: bool = True
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    experiment: str = "default"
+    stages: list[str] = field(default_factory=lambda: list(STAGES))
+    output_dir: str | None = None  # None = the Hydra job dir
+
+
+def register_schema() -> None:
+    ConfigStore.instance().store(name="hwocr_schema", node=Config)
+
+
+class ConfigError(ValueError):
+    """A config value that types alone cannot catch."""
+
+
+def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key}={value!r} is not one of {', '.join(choices)}")
+
+
+def validate(cfg: Config) -> Config:
+    """Checks that go beyond types; raises ConfigError naming the key."""
+    _check_choice("model.image_mode", cfg.model.image_mode, IMAGE_MODES)
+    _check_choice("model.family", cfg.model.family, ("ocr2", "ocr1"))
+    _check_choice("hardware.dtype", cfg.hardware.dtype, DTYPES)
+    _check_choice("hardware.device", cfg.hardware.device, ("cpu", "cuda"))
+    _check_choice("dataset.kind", cfg.dataset.kind, ("uit_hwdb", "synth"))
+    _check_choice("dataset.level", cfg.dataset.level, ("line", "word", "paragraph"))
+    for stage in cfg.stages:
+        _check_choice("stages[]", stage, STAGES)
+    if not 0.0 <= cfg.dataset.val_fraction < 1.0:
+        raise ConfigError(f"dataset.val_fraction={cfg.dataset.val_fraction} must be in [0, 1)")
+    if cfg.hardware.num_devices < 1:
+        raise ConfigError("hardware.num_devices must be >= 1")
+    if cfg.hardware.load_in_4bit and not cfg.lora.enabled:
+        raise ConfigError("hardware.load_in_4bit=true needs LoRA: 4-bit weights cannot be fine-tuned directly")
+    if cfg.model.family == "ocr1" and not cfg.model.trust_remote_code:
+        raise ConfigError(
+            "model.family=ocr1 (DeepSeek-OCR v1) has no native transformers class and runs the hub's "
+            "remote code; set model.trust_remote_code=true (with a pinned model.revision) to allow it"
+        )
+    if cfg.model.trust_remote_code and not cfg.model.revision:
+        raise ConfigError("model.trust_remote_code=true needs a pinned model.revision (a commit hash)")
+    return cfg
+
+
+def to_config(cfg: DictConfig) -> Config:
+    """Resolve the composed DictConfig into the typed schema, then validate it."""
+    merged = OmegaConf.merge(OmegaConf.structured(Config), cfg)
+    return validate(OmegaConf.to_object(merged))

@@ -1,0 +1,137 @@
+"""Batched greedy transcription with guards: left padding, a length cap, a repetition guard.
+
+No sample is ever dropped: a sample whose image or generation fails gets an empty prediction and
+its error text, and is scored like every other.
+"""
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from hwocr.data import Sample, load_image
+from hwocr.metrics import Prediction
+from hwocr.model.adapt import vision_tower
+from hwocr.text import normalize_text
+
+log = logging.getLogger(__name__)
+
+AUTO_BATCH_START = {"cuda": 128, "cpu": 16}
+
+
+@dataclass
+class GenerationSettings:
+    prompt: str
+    max_new_tokens: int
+    no_repeat_ngram_size: int = 0
+    batch_size: int = 0  # 0 = start large and halve on out-of-memory
+
+
+@dataclass
+class EvalStats:
+    images_per_s: float
+    seconds: float
+    batch_size: int
+    n_failed: int
+
+
+def max_new_tokens_for(references: Sequence[str], tokenizer, margin: int) -> int:
+    """Longest reference in tokens plus a margin: enough for a right answer, bounded for a loop."""
+    longest = max((len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in references), default=0)
+    return longest + 1 + margin  # +1 for EOS
+
+
+def transcribe(
+    model: torch.nn.Module,
+    processor,
+    samples: Sequence[Sample],
+    settings: GenerationSettings,
+    desc: str = "transcribing",
+    on_batch: Callable[[list[Prediction]], None] | None = None,
+) -> tuple[list[Prediction], EvalStats]:
+    """Transcribe `samples` in order. `on_batch` sees each finished batch (for incremental saving)."""
+    device = next(model.parameters()).device
+    dtype = _floating_dtype(model)
+    batch_size = settings.batch_size or AUTO_BATCH_START[device.type]
+    predictions: list[Prediction] = []
+    started = time.perf_counter()
+    model.eval()
+    with tqdm(total=len(samples), desc=desc, unit="img") as progress:
+        start = 0
+        while start < len(samples):
+            batch = list(samples[start : start + batch_size])
+            try:
+                texts = _generate(model, processor, batch, settings, device, dtype)
+                results = [_prediction(s, t) for s, t in zip(batch, texts, strict=True)]
+            except torch.OutOfMemoryError:
+                if batch_size == 1:
+                    raise
+                torch.cuda.empty_cache()
+                batch_size = max(1, batch_size // 2)
+                log.warning("out of memory: evaluation batch size lowered to %d", batch_size)
+                continue
+            except Exception as error:  # one bad sample must not take its batch down with it
+                results = list(_one_by_one(model, processor, batch, settings, device, dtype, error))
+            predictions.extend(results)
+            if on_batch:
+                on_batch(results)
+            progress.update(len(batch))
+            start += len(batch)
+    seconds = time.perf_counter() - started
+    n_failed = sum(1 for p in predictions if p.error)
+    if n_failed:
+        log.warning("%d of %d samples failed and are scored as empty predictions", n_failed, len(predictions))
+    stats = EvalStats(len(samples) / seconds if seconds else 0.0, seconds, batch_size, n_failed)
+    return predictions, stats
+
+
+def _one_by_one(model, processor, batch, settings, device, dtype, batch_error) -> Iterator[Prediction]:
+    log.warning("batch failed (%s); retrying its %d samples one by one", batch_error, len(batch))
+    for sample in batch:
+        try:
+            yield _prediction(sample, _generate(model, processor, [sample], settings, device, dtype)[0])
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as error:
+            yield _prediction(sample, "", error=f"{type(error).__name__}: {error}")
+
+
+@torch.inference_mode()
+def _generate(model, processor, batch: list[Sample], settings: GenerationSettings, device, dtype) -> list[str]:
+    images = [load_image(sample.image) for sample in batch]
+    inputs = processor(
+        images=images, text=[settings.prompt] * len(batch), padding=True, return_tensors="pt"
+    ).to(device)
+    for key in ("pixel_values", "pixel_values_local"):
+        if key in inputs:
+            inputs[key] = inputs[key].to(dtype)
+    output = model.generate(
+        **inputs,
+        max_new_tokens=settings.max_new_tokens,
+        do_sample=False,
+        num_beams=1,
+        no_repeat_ngram_size=settings.no_repeat_ngram_size or None,
+        pad_token_id=processor.tokenizer.pad_token_id,
+        eos_token_id=processor.tokenizer.eos_token_id,
+    )
+    new_tokens = output[:, inputs["input_ids"].shape[1] :]
+    return processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+
+
+def _prediction(sample: Sample, text: str, error: str = "") -> Prediction:
+    return Prediction(
+        id=sample.id,
+        writer=sample.writer,
+        image=str(sample.image),
+        reference=sample.text,
+        prediction=normalize_text(text),
+        error=error,
+    )
+
+
+def _floating_dtype(model: torch.nn.Module) -> torch.dtype:
+    # 4-bit models hold uint8 weights and LoRA weights are fp32; the vision tower has the input dtype.
+    return next(vision_tower(model).parameters()).dtype

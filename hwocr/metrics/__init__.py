@@ -1,0 +1,36 @@
+"""OCR metrics: CER/WER per sample and over a corpus, Vietnamese error breakdown, paired comparison."""
+
+from hwocr.metrics.cer import (
+    Prediction,
+    SampleScore,
+    by_length_bucket,
+    by_writer,
+    cer_by_group,
+    confusion_pairs,
+    error_rate,
+    evaluate,
+    score,
+    score_all,
+    summarize,
+)
+from hwocr.metrics.paired import match_by_id, paired_comparison
+from hwocr.metrics.vietnamese import classify_edit, strip_diacritics, strip_tones
+
+__all__ = [
+    "Prediction",
+    "SampleScore",
+    "by_length_bucket",
+    "by_writer",
+    "cer_by_group",
+    "classify_edit",
+    "confusion_pairs",
+    "error_rate",
+    "evaluate",
+    "match_by_id",
+    "paired_comparison",
+    "score",
+    "score_all",
+    "strip_diacritics",
+    "strip_tones",
+    "summarize",
+]

@@ -1,0 +1,87 @@
+"""Make a loaded model trainable: LoRA (or full fine-tuning), a frozen vision tower, checkpointing."""
+
+import functools
+import logging
+from pathlib import Path
+
+import torch
+from peft import LoraConfig as PeftLoraConfig
+from peft import PeftModel, get_peft_model
+from transformers import PreTrainedModel
+
+from hwocr.config import HardwareConfig, LoraConfig
+
+log = logging.getLogger(__name__)
+
+
+def vision_tower(model: torch.nn.Module) -> torch.nn.Module:
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    return base.model.vision_tower
+
+
+def prepare_for_training(model: PreTrainedModel, lora: LoraConfig, hardware: HardwareConfig) -> torch.nn.Module:
+    model.requires_grad_(False)
+    if lora.enabled:
+        peft_config = PeftLoraConfig(
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            bias=lora.bias,
+            target_modules=lora.target_modules,  # a string is a full-match regex in PEFT
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, peft_config)
+    else:
+        # Full fine-tuning of everything after the frozen vision tower.
+        base = model.model
+        for module in (base.language_model, base.multi_modal_projector, model.lm_head):
+            module.requires_grad_(True)
+        base.view_separator.requires_grad_(True)
+    # Mixed precision scales and unscales fp32 gradients; fp16 trainable weights break GradScaler.
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
+    keep_frozen_tower_out_of_autograd(model)
+    if hardware.gradient_checkpointing:
+        # Non-reentrant checkpointing needs no input that requires grad, so the frozen embeddings and
+        # vision tower need no hooks that would drag them into backward.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    trainable, total = count_parameters(model)
+    log.info("trainable parameters: %s of %s (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
+    return model
+
+
+def keep_frozen_tower_out_of_autograd(model: torch.nn.Module) -> bool:
+    """Run the vision tower under no_grad when none of its parameters train.
+
+    Its activations (SAM attention at 4096 patches at full size) are then never stored for backward.
+    Returns whether the wrapper was installed.
+    """
+    tower = vision_tower(model)
+    if any(p.requires_grad for p in tower.parameters()) or getattr(tower, "_hwocr_no_grad", False):
+        return False
+    forward = tower.forward
+
+    @functools.wraps(forward)
+    def forward_without_grad(*args, **kwargs):
+        with torch.no_grad():
+            return forward(*args, **kwargs)
+
+    tower.forward = forward_without_grad
+    tower._hwocr_no_grad = True
+    return True
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())
+
+
+def attach_adapter(model: PreTrainedModel, adapter_dir: Path) -> PeftModel:
+    """Load a saved PEFT adapter (adapter_config.json + adapter_model.safetensors) for inference."""
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise FileNotFoundError(
+            f"{adapter_dir} is not a PEFT adapter: it has no adapter_config.json "
+            "(point eval.adapter at the run's adapter/ dir or a Trainer checkpoint-N dir)"
+        )
+    return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)

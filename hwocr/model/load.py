@@ -1,0 +1,111 @@
+"""Load DeepSeek-OCR(-2) and its processor from a hub id (pinned revision) or a local directory."""
+
+import logging
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoProcessor,
+    BitsAndBytesConfig,
+    DeepseekOcr2ForConditionalGeneration,
+    PreTrainedModel,
+    ProcessorMixin,
+)
+
+from hwocr.config import HardwareConfig, ModelConfig
+from hwocr.model.tiny import ensure_tiny_checkpoint
+from hwocr.preflight import torch_dtype
+
+log = logging.getLogger(__name__)
+
+# Kept in 16-bit under 4-bit loading: the frozen vision tower and projector (quality, small) and the
+# output head. Matched from the start of the module name; this replaces bitsandbytes' default.
+NOT_QUANTIZED = ["model.vision_tower", "model.multi_modal_projector", "lm_head"]
+
+
+class ModelLoadError(RuntimeError):
+    """The checkpoint could not be loaded; the message says what to do instead."""
+
+
+def image_mode_settings(cfg: ModelConfig) -> dict:
+    """Image-processor settings for a mode.
+
+    The processor counts image tokens from its *instance* size and tile_size, so the mode is set on
+    the processor itself rather than passed per call (a per-call size gives "Image features and
+    image tokens do not match").
+    """
+    if cfg.image_mode == "base":
+        side, tile, crop = cfg.image_size, cfg.image_size, False
+    elif cfg.image_mode == "small":
+        side, tile, crop = cfg.tile_size, cfg.tile_size, False
+    else:  # gundam: a global view plus tile crops of wide images
+        side, tile, crop = cfg.image_size, cfg.tile_size, True
+    return {"size": {"height": side, "width": side}, "tile_size": tile, "crop_to_patches": crop}
+
+
+def resolve_source(cfg: ModelConfig) -> tuple[str, str | None]:
+    """(path or hub id, revision). A local directory wins; its revision is meaningless."""
+    if cfg.build_tiny:
+        return str(ensure_tiny_checkpoint(Path(cfg.source).resolve())), None
+    local = Path(cfg.source).expanduser()
+    if local.is_dir():
+        return str(local.resolve()), None
+    return cfg.source, cfg.revision
+
+
+def load_processor(cfg: ModelConfig) -> ProcessorMixin:
+    source, revision = resolve_source(cfg)
+    with _explained_load_errors(cfg):
+        processor = AutoProcessor.from_pretrained(
+            source, revision=revision, trust_remote_code=cfg.trust_remote_code
+        )
+    for name, value in image_mode_settings(cfg).items():
+        setattr(processor.image_processor, name, value)
+    processor.tokenizer.padding_side = "left"  # batched generation
+    return processor
+
+
+def load_model(cfg: ModelConfig, hardware: HardwareConfig, device_map=None) -> PreTrainedModel:
+    """Load weights in the hardware profile's dtype, 4-bit NF4 when it asks for QLoRA."""
+    source, revision = resolve_source(cfg)
+    dtype = torch_dtype(hardware)
+    quantization = None
+    if hardware.load_in_4bit:
+        quantization = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+            llm_int8_skip_modules=NOT_QUANTIZED,
+        )
+    with _explained_load_errors(cfg):
+        model = DeepseekOcr2ForConditionalGeneration.from_pretrained(
+            source,
+            revision=revision,
+            dtype=dtype,
+            quantization_config=quantization,
+            device_map=device_map,
+            trust_remote_code=False,
+        )
+    log.info("loaded %s (%s, %s%s)", source, revision or "local", hardware.dtype, ", 4-bit" if quantization else "")
+    return model
+
+
+class _explained_load_errors:
+    """Turn hub/IO failures into one message that names the source and the way out."""
+
+    def __init__(self, cfg: ModelConfig):
+        self.cfg = cfg
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc is None or not isinstance(exc, (OSError, ValueError)):
+            return False
+        where = f"'{self.cfg.source}'" + (f" at revision {self.cfg.revision}" if self.cfg.revision else "")
+        raise ModelLoadError(
+            f"could not load model.source={where}: {exc}\n"
+            "Either download it first (`hf download <id> --revision <rev> --local-dir DIR`) and pass "
+            "model.source=DIR, or run offline with the tiny model: `python -m hwocr.run +experiment=demo`."
+        ) from exc

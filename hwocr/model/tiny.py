@@ -1,0 +1,92 @@
+"""Build the tiny DeepSeek-OCR-2 checkpoint offline: random weights + a Vietnamese byte-level BPE.
+
+It is saved with `save_pretrained` like a hub checkpoint, so the rest of hwocr loads it through the
+same code path as the real model.
+"""
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import (
+    DeepseekOcr2ForConditionalGeneration,
+    DeepseekOcr2ImageProcessorPil,
+    DeepseekOcr2Processor,
+    PreTrainedTokenizerFast,
+)
+
+from hwocr.data.vietnamese import generate_lines
+from hwocr.model.architecture import tiny_config
+
+log = logging.getLogger(__name__)
+
+BOS, EOS, PAD, IMAGE = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜▁pad▁｜>", "<image>"
+TOKENIZER_VOCAB = 1024
+TOKENIZER_TRAINING_LINES = 4000
+
+
+def build_tokenizer(seed: int = 0) -> PreTrainedTokenizerFast:
+    """Byte-level BPE on generated Vietnamese text: every byte is reachable, common syllables merge."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=TOKENIZER_VOCAB,
+        special_tokens=[BOS, EOS, PAD, IMAGE],  # ids 0..3: bos 0 and eos 1 as in the real checkpoint
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(generate_lines(TOKENIZER_TRAINING_LINES, seed=seed), trainer)
+    # The real tokenizer prepends BOS; the processor relies on the tokenizer for it.
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, 0)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        extra_special_tokens={"image_token": IMAGE},
+        padding_side="left",
+    )
+
+
+def build_tiny_checkpoint(path: Path, seed: int = 0) -> Path:
+    """Write a random-weight tiny checkpoint (model + processor) to `path`, atomically."""
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer(seed)
+    config = tiny_config(
+        vocab_size=len(tokenizer),
+        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = DeepseekOcr2ForConditionalGeneration(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    image_processor = DeepseekOcr2ImageProcessorPil(size={"height": 128, "width": 128}, tile_size=96)
+    processor = DeepseekOcr2Processor(
+        image_processor=image_processor, tokenizer=tokenizer, patch_size=2, downsample_ratio=4
+    )
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=path.parent))
+    model.save_pretrained(staging)
+    processor.save_pretrained(staging)
+    if path.exists():
+        shutil.rmtree(path)
+    os.replace(staging, path)
+    log.info("built tiny DeepSeek-OCR-2 (%d parameters) at %s", model.num_parameters(), path)
+    return path
+
+
+def ensure_tiny_checkpoint(path: Path) -> Path:
+    if not (path / "config.json").is_file():
+        build_tiny_checkpoint(path)
+    return path

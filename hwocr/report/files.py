@@ -1,0 +1,145 @@
+"""metrics.json / predictions.csv / comparison.json writers.
+
+Every file is written to a temporary name in its own directory and then renamed with os.replace, so a
+crash mid-write never leaves a truncated file where a reader (MLflow, a resumed run) expects a good one.
+"""
+
+import csv
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from hwocr.metrics import (
+    Prediction,
+    by_length_bucket,
+    by_writer,
+    cer_by_group,
+    confusion_pairs,
+    evaluate,
+    match_by_id,
+    paired_comparison,
+    score_all,
+)
+from hwocr.report.plots import plot_comparison
+
+PREDICTION_COLUMNS = (
+    "id",
+    "writer",
+    "image",
+    "reference",
+    "prediction",
+    "cer",
+    "substitutions",
+    "deletions",
+    "insertions",
+    "error",
+)
+TOP_CONFUSIONS = 30
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write UTF-8 text to `path` via a temporary file in the same directory and os.replace."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as tmp:
+            tmp.write(text)
+        os.chmod(tmp_name, 0o644)  # mkstemp creates 0600; reports are meant to be shared.
+        os.replace(tmp_name, path)
+    except BaseException:
+        os.unlink(tmp_name)
+        raise
+
+
+def write_json(path: Path, data: dict) -> Path:
+    write_atomic(path, json.dumps(data, ensure_ascii=False, indent=2) + "\n")
+    return path
+
+
+def predictions_csv(preds: list[Prediction]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=PREDICTION_COLUMNS)
+    writer.writeheader()
+    for pred, sample in zip(preds, score_all(preds), strict=True):
+        writer.writerow(
+            {
+                "id": pred.id,
+                "writer": pred.writer,
+                "image": pred.image,
+                "reference": pred.reference,
+                "prediction": pred.prediction,
+                "cer": sample.cer,
+                "substitutions": sample.substitutions,
+                "deletions": sample.deletions,
+                "insertions": sample.insertions,
+                "error": pred.error,
+            }
+        )
+    return buffer.getvalue()
+
+
+def write_eval(out_dir: Path, preds: list[Prediction], extra: dict | None = None) -> dict:
+    """Write metrics.json (evaluate() keys + `extra`, e.g. images_per_s) and predictions.csv."""
+    metrics = evaluate(preds) | (extra or {})
+    out_dir = Path(out_dir)
+    write_json(out_dir / "metrics.json", metrics)
+    write_atomic(out_dir / "predictions.csv", predictions_csv(preds))
+    return metrics
+
+
+def read_predictions(csv_path: Path) -> list[Prediction]:
+    """Predictions back from a predictions.csv; score columns are dropped (they are recomputed)."""
+    with open(csv_path, encoding="utf-8", newline="") as file:
+        return [
+            Prediction(
+                id=row["id"],
+                writer=row["writer"],
+                image=row["image"],
+                reference=row["reference"],
+                prediction=row["prediction"],
+                error=row["error"],
+            )
+            for row in csv.DictReader(file)
+        ]
+
+
+def _confusions(preds: list[Prediction]) -> list[dict]:
+    return [{"ref": r, "pred": p, "count": n} for r, p, n in confusion_pairs(preds, top=TOP_CONFUSIONS)]
+
+
+def write_comparison(
+    eval_dir: Path,
+    plots_dir: Path,
+    base: list[Prediction],
+    tuned: list[Prediction],
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> dict:
+    """Write comparison.json (paired test, both sides' metrics, confusions, per-writer and per-length
+    CER) and the four comparison figures; returns the dict, figure paths included."""
+    # Raises on mismatched sample ids before anything is computed or drawn.
+    base, tuned = match_by_id(base, tuned)
+    runs = {"base": base, "tuned": tuned}
+    metrics = {name: evaluate(preds) for name, preds in runs.items()}
+    by_writer_rows = {name: cer_by_group(preds, by_writer) for name, preds in runs.items()}
+    figures = plot_comparison(
+        Path(plots_dir),
+        np.array([s.cer for s in score_all(base)]),
+        np.array([s.cer for s in score_all(tuned)]),
+        metrics,
+        by_writer_rows,
+    )
+    comparison = {
+        "paired": paired_comparison(base, tuned, n_boot=n_boot, seed=seed),
+        "metrics": metrics,
+        "top_confusions": {name: _confusions(preds) for name, preds in runs.items()},
+        "cer_by_writer": by_writer_rows,
+        "cer_by_length": {name: cer_by_group(preds, by_length_bucket) for name, preds in runs.items()},
+        "figures": [str(path) for path in figures],
+    }
+    write_json(Path(eval_dir) / "comparison.json", comparison)
+    return comparison

@@ -1,0 +1,4 @@
+from hwocr.train.collator import OcrCollator
+from hwocr.train.trainer import TrainResult, train
+
+__all__ = ["OcrCollator", "TrainResult", "train"]

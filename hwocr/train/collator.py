@@ -1,0 +1,59 @@
+"""Turn samples into model batches: prompt + image tokens + target + EOS, labels only on the target."""
+
+from collections.abc import Sequence
+
+import torch
+from transformers import ProcessorMixin
+
+from hwocr.data import Sample, load_image
+
+IGNORE_INDEX = -100
+
+
+class OcrCollator:
+    """Builds right-padded training batches.
+
+    Each sample is processed alone because gundam crops give each image its own number of image
+    tokens; the prompt part (BOS, image tokens, instruction) is masked with -100 so the loss is on
+    the transcription and the EOS that ends it.
+    """
+
+    def __init__(self, processor: ProcessorMixin, prompt: str, pixel_dtype: torch.dtype = torch.float32):
+        self.processor = processor
+        self.pixel_dtype = pixel_dtype  # the processor emits float32; fp16/bf16 layers need their own
+        self.prompt = prompt
+        self.tokenizer = processor.tokenizer
+
+    def __call__(self, samples: Sequence[Sample]) -> dict[str, torch.Tensor]:
+        sequences, labels, pixel_values, local_values, n_local = [], [], [], [], []
+        for sample in samples:
+            encoded = self.processor(images=load_image(sample.image), text=self.prompt, return_tensors="pt")
+            prompt_ids = encoded["input_ids"][0]
+            target_ids = torch.tensor(
+                self.tokenizer(sample.text, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
+            )
+            sequences.append(torch.cat([prompt_ids, target_ids]))
+            labels.append(torch.cat([torch.full_like(prompt_ids, IGNORE_INDEX), target_ids]))
+            pixel_values.append(encoded["pixel_values"])
+            n_local.append(encoded["num_local_patches"])
+            if "pixel_values_local" in encoded:
+                local_values.append(encoded["pixel_values_local"])
+
+        batch = _right_pad(sequences, labels, self.tokenizer.pad_token_id)
+        batch["pixel_values"] = torch.cat(pixel_values).to(self.pixel_dtype)
+        batch["num_local_patches"] = torch.cat(n_local)
+        if local_values:
+            batch["pixel_values_local"] = torch.cat(local_values).to(self.pixel_dtype)
+        return batch
+
+
+def _right_pad(sequences: list[torch.Tensor], labels: list[torch.Tensor], pad_id: int) -> dict[str, torch.Tensor]:
+    length = max(len(s) for s in sequences)
+    input_ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
+    label_ids = torch.full((len(sequences), length), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)
+    for row, (seq, lab) in enumerate(zip(sequences, labels, strict=True)):
+        input_ids[row, : len(seq)] = seq
+        label_ids[row, : len(lab)] = lab
+        attention_mask[row, : len(seq)] = 1
+    return {"input_ids": input_ids, "labels": label_ids, "attention_mask": attention_mask}

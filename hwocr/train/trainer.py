@@ -1,0 +1,142 @@
+"""Fine-tune with the Hugging Face Trainer: schedule, checkpoints, validation loss, resume."""
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+
+from hwocr.config import Config
+from hwocr.data import Sample
+from hwocr.train.collator import OcrCollator
+
+log = logging.getLogger(__name__)
+
+
+class SampleDataset(Dataset):
+    def __init__(self, samples: list[Sample]):
+        self.samples = samples
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> Sample:
+        return self.samples[index]
+
+
+@dataclass
+class TrainResult:
+    train_loss: float
+    steps: int
+    runtime_s: float
+    samples_per_s: float
+    peak_memory_gib: float
+    resumed_from_step: int | None
+    adapter_dir: Path
+
+    def metrics(self) -> dict[str, float]:
+        return {
+            "train/final_loss": self.train_loss,
+            "train/steps": self.steps,
+            "train/runtime_s": self.runtime_s,
+            "train/samples_per_s": self.samples_per_s,
+            "train/peak_memory_gib": self.peak_memory_gib,
+        }
+
+
+def training_arguments(cfg: Config, checkpoint_dir: Path) -> TrainingArguments:
+    hw, train = cfg.hardware, cfg.train
+    return TrainingArguments(
+        output_dir=str(checkpoint_dir),
+        per_device_train_batch_size=hw.per_device_batch,
+        per_device_eval_batch_size=hw.per_device_batch,
+        gradient_accumulation_steps=hw.grad_accum,
+        num_train_epochs=train.epochs,
+        max_steps=train.max_steps,
+        learning_rate=train.lr,
+        lr_scheduler_type=train.scheduler,
+        warmup_steps=train.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
+        weight_decay=train.weight_decay,
+        max_grad_norm=train.max_grad_norm,
+        seed=train.seed,
+        data_seed=train.seed,
+        save_strategy="steps",
+        save_steps=train.save_steps,
+        eval_strategy="steps",
+        eval_steps=train.eval_steps,
+        logging_steps=train.logging_steps,
+        logging_first_step=True,
+        fp16=hw.dtype == "fp16",
+        bf16=hw.dtype == "bf16",
+        use_cpu=hw.device == "cpu",
+        gradient_checkpointing=False,  # enabled in prepare_for_training, without input hooks
+        dataloader_num_workers=hw.dataloader_workers,
+        dataloader_pin_memory=hw.device == "cuda",
+        remove_unused_columns=False,  # the collator needs the Sample objects
+        label_names=["labels"],
+        report_to="none",  # hwocr.tracking owns the MLflow run
+        ddp_find_unused_parameters=False,
+        disable_tqdm=False,
+    )
+
+
+def find_resume_checkpoint(cfg: Config, checkpoint_dir: Path) -> str | None:
+    if cfg.train.resume == "never":
+        return None
+    if cfg.train.resume != "auto":
+        return cfg.train.resume
+    return get_last_checkpoint(str(checkpoint_dir)) if checkpoint_dir.is_dir() else None
+
+
+def train(
+    model: torch.nn.Module,
+    processor,
+    train_samples: list[Sample],
+    val_samples: list[Sample],
+    cfg: Config,
+    run_dir: Path,
+    callbacks: list[TrainerCallback] = (),
+    pixel_dtype: torch.dtype = torch.float32,
+) -> TrainResult:
+    checkpoint_dir = run_dir / "checkpoints"
+    args = training_arguments(cfg, checkpoint_dir)
+    if not val_samples:
+        args.eval_strategy = "no"
+        log.warning("no validation samples: validation loss is not computed")
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=SampleDataset(train_samples),
+        eval_dataset=SampleDataset(val_samples) if val_samples else None,
+        data_collator=OcrCollator(processor, cfg.model.prompt, pixel_dtype),
+        callbacks=list(callbacks),
+    )
+    resume = find_resume_checkpoint(cfg, checkpoint_dir)
+    resumed_step = None
+    if resume:
+        resumed_step = int(Path(resume).name.rsplit("-", 1)[-1])
+        log.info("resuming from %s (step %d)", resume, resumed_step)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    output = trainer.train(resume_from_checkpoint=resume)
+    runtime = time.perf_counter() - started
+
+    adapter_dir = run_dir / "adapter"
+    if trainer.is_world_process_zero():
+        trainer.save_model(str(adapter_dir))  # PEFT models save only the adapter
+        processor.save_pretrained(str(adapter_dir))
+    peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
+    return TrainResult(
+        train_loss=output.training_loss,
+        steps=output.global_step,
+        runtime_s=runtime,
+        samples_per_s=output.metrics.get("train_samples_per_second", 0.0),
+        peak_memory_gib=peak,
+        resumed_from_step=resumed_step,
+        adapter_dir=adapter_dir,
+    )

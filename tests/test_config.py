@@ -1,0 +1,123 @@
+"""Every preset composes and validates; bad keys and values fail with a message naming them."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf.errors import ConfigCompositionException, ConfigKeyError, ValidationError
+
+from hwocr.config import Config, ConfigError, register_schema, to_config
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+
+register_schema()
+
+
+def composed(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def test_presets_exist():
+    assert {"demo", "lines", "words", "paragraphs"} <= set(EXPERIMENTS)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_and_validates(experiment):
+    cfg = to_config(composed(f"+experiment={experiment}"))
+    assert isinstance(cfg, Config)
+    assert cfg.experiment == experiment
+    assert cfg.model.prompt == "<image>\nFree OCR."
+
+
+def test_demo_is_tiny_on_cpu_with_synthetic_lines():
+    cfg = to_config(composed("+experiment=demo"))
+    assert (cfg.model.name, cfg.hardware.name, cfg.dataset.name) == ("tiny", "cpu", "synth_line")
+
+
+@pytest.mark.parametrize("experiment", ["lines", "words", "paragraphs"])
+def test_real_presets_are_qlora_r16_on_dual_t4(experiment):
+    cfg = to_config(composed(f"+experiment={experiment}"))
+    assert cfg.model.name == "deepseek_ocr2" and not cfg.model.trust_remote_code
+    assert (cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.bias) == (16, 16, 0.0, "none")
+    assert "language_model" in cfg.lora.target_modules
+    assert (cfg.hardware.num_devices, cfg.hardware.dtype, cfg.hardware.load_in_4bit) == (2, "fp16", True)
+    assert cfg.dataset.level == experiment.rstrip("s").replace("paragraph", "paragraph")
+
+
+@pytest.mark.parametrize("hardware", ["cpu", "t4", "t4x2", "a100", "h100"])
+def test_hardware_profiles(hardware):
+    cfg = to_config(composed(f"hardware={hardware}"))
+    expected = {"cpu": "fp32", "t4": "fp16", "t4x2": "fp16", "a100": "bf16", "h100": "bf16"}[hardware]
+    assert cfg.hardware.dtype == expected
+
+
+def test_lora_none_is_full_finetuning_and_rejects_4bit():
+    assert not to_config(composed("lora=none")).lora.enabled
+    with pytest.raises(ConfigError, match="load_in_4bit"):
+        to_config(composed("lora=none", "hardware=t4"))
+
+
+def test_documented_overrides_are_typed():
+    cfg = to_config(
+        composed(
+            "dataset.root=/data/x",
+            "dataset.max_train_samples=10",
+            "dataset.max_eval_samples=5",
+            "dataset.strict=true",
+            "train.max_steps=3",
+            "train.epochs=2",
+            "train.lr=1e-4",
+            "train.seed=1",
+            "train.save_steps=7",
+            "tracking.uri=http://127.0.0.1:5000",
+            "tracking.experiment=x",
+        )
+    )
+    assert cfg.dataset.max_train_samples == 10 and cfg.dataset.strict is True
+    assert cfg.train.lr == pytest.approx(1e-4) and cfg.train.save_steps == 7
+    assert cfg.tracking.uri == "http://127.0.0.1:5000"
+
+
+def test_mistyped_key_names_it():
+    with pytest.raises(ConfigCompositionException) as info:
+        composed("train.lrr=1")
+    assert "lrr" in str(info.value.__cause__ or info.value)
+    # `+` appends through Hydra; the schema merge at the entrypoint still rejects it.
+    with pytest.raises(ConfigKeyError, match=r"train\.lrr"):
+        to_config(composed("+train.lrr=1"))
+
+
+def test_wrong_type_names_the_key():
+    with pytest.raises((ValidationError, ConfigCompositionException)) as info:
+        composed("train.max_steps=many")
+    assert "max_steps" in str(info.value) + str(info.value.__cause__)
+
+
+def test_bad_choice_names_the_key():
+    with pytest.raises(ConfigError, match="model.image_mode"):
+        to_config(composed("model.image_mode=huge"))
+
+
+def test_remote_code_needs_a_pinned_revision():
+    with pytest.raises(ConfigError, match="revision"):
+        to_config(composed("model=deepseek_ocr", "model.revision=null"))
+
+
+def test_cli_prints_validated_config_and_rejects_typo():
+    ok = subprocess.run(
+        [sys.executable, "-m", "hwocr.run", "+experiment=lines", "--cfg", "job"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert "deepseek_ocr2" in ok.stdout and "num_devices: 2" in ok.stdout
+    bad = subprocess.run(
+        [sys.executable, "-m", "hwocr.run", "+experiment=demo", "train.lrr=1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert bad.returncode != 0
+    assert "lrr" in bad.stderr and "Traceback" not in bad.stderr
