@@ -8,9 +8,6 @@ DictConfig.
 
 from dataclasses import dataclass, field
 
-from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
-
 STAGES = ("base_eval", "train", "tuned_eval")
 IMAGE_MODES = ("base", "small", "gundam")
 DTYPES = ("fp32", "fp16", "bf16")
@@ -129,6 +126,8 @@ class Config:
 
 
 def register_schema() -> None:
+    from hydra.core.config_store import ConfigStore  # lazy: benchmarks and predict need no Hydra
+
     ConfigStore.instance().store(name="hwocr_schema", node=Config)
 
 
@@ -156,7 +155,9 @@ def validate(cfg: Config) -> Config:
     if cfg.hardware.num_devices < 1:
         raise ConfigError("hardware.num_devices must be >= 1")
     if cfg.hardware.load_in_4bit and not cfg.lora.enabled:
-        raise ConfigError("hardware.load_in_4bit=true needs LoRA: 4-bit weights cannot be fine-tuned directly")
+        raise ConfigError(
+            "hardware.load_in_4bit=true needs LoRA: 4-bit weights cannot be fine-tuned directly"
+        )
     if cfg.model.family == "ocr1" and not cfg.model.trust_remote_code:
         raise ConfigError(
             "model.family=ocr1 (DeepSeek-OCR v1) has no native transformers class and runs the hub's "
@@ -167,7 +168,9 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
-def to_config(cfg: DictConfig) -> Config:
+def to_config(cfg) -> Config:
     """Resolve the composed DictConfig into the typed schema, then validate it."""
+    from omegaconf import OmegaConf
+
     merged = OmegaConf.merge(OmegaConf.structured(Config), cfg)
     return validate(OmegaConf.to_object(merged))

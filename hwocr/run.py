@@ -60,7 +60,9 @@ def run(cfg: Config, resolved_yaml: str) -> float:
 
         results = {}
         if "base_eval" in cfg.stages:
-            results["base"] = evaluate_checkpoint("base", model, processor, splits.test, settings, run_dir, tracker)
+            results["base"] = evaluate_checkpoint(
+                "base", model, processor, splits.test, settings, run_dir, tracker
+            )
 
         if "train" in cfg.stages and not cfg.eval.adapter:
             model = prepare_for_training(model, cfg.lora, cfg.hardware)
@@ -80,7 +82,9 @@ def run(cfg: Config, resolved_yaml: str) -> float:
             model = attach_adapter(model, Path(cfg.eval.adapter))
 
         if "tuned_eval" in cfg.stages and ("train" in cfg.stages or cfg.eval.adapter):
-            results["tuned"] = evaluate_checkpoint("tuned", model, processor, splits.test, settings, run_dir, tracker)
+            results["tuned"] = evaluate_checkpoint(
+                "tuned", model, processor, splits.test, settings, run_dir, tracker
+            )
 
         if {"base", "tuned"} <= results.keys():
             comparison = write_comparison(

@@ -90,7 +90,9 @@ class Tracker:
             self.client.log_batch(self.run_id, params=items[i : i + PARAMS_PER_BATCH])
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        numeric = {
+            k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
         stamp = mlflow.utils.time.get_current_time_millis()
         batch = [mlflow.entities.Metric(k, v, stamp, step or 0) for k, v in numeric.items()]
         for i in range(0, len(batch), PARAMS_PER_BATCH):
@@ -123,7 +125,12 @@ class Tracker:
 class TrainerLogsToMlflow(TrainerCallback):
     """Forward the Trainer's logs (train loss, lr, validation loss) as step metrics."""
 
-    RENAME = {"loss": "train/loss", "learning_rate": "train/lr", "grad_norm": "train/grad_norm", "eval_loss": "val/loss"}
+    RENAME = {
+        "loss": "train/loss",
+        "learning_rate": "train/lr",
+        "grad_norm": "train/grad_norm",
+        "eval_loss": "val/loss",
+    }
 
     def __init__(self, tracker: Tracker):
         self.tracker = tracker
@@ -143,7 +150,9 @@ def _param_value(value: object) -> str:
 
 def git_commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        )
         return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"

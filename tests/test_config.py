@@ -111,13 +111,19 @@ def test_remote_code_needs_a_pinned_revision():
 def test_cli_prints_validated_config_and_rejects_typo():
     ok = subprocess.run(
         [sys.executable, "-m", "hwocr.run", "+experiment=lines", "--cfg", "job"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert ok.returncode == 0, ok.stderr
     assert "deepseek_ocr2" in ok.stdout and "num_devices: 2" in ok.stdout
     bad = subprocess.run(
         [sys.executable, "-m", "hwocr.run", "+experiment=demo", "train.lrr=1"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert bad.returncode != 0
     assert "lrr" in bad.stderr and "Traceback" not in bad.stderr

@@ -20,6 +20,7 @@ def prepare_dataset(cfg) -> None:
     if cfg.kind == "synth":
         generate_synth_dataset(Path(cfg.root), cfg.synth, level=cfg.level)
 
+
 __all__ = [
     "SKIP_REASONS",
     "DatasetError",

@@ -40,7 +40,9 @@ class EvalStats:
 
 def max_new_tokens_for(references: Sequence[str], tokenizer, margin: int) -> int:
     """Longest reference in tokens plus a margin: enough for a right answer, bounded for a loop."""
-    longest = max((len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in references), default=0)
+    longest = max(
+        (len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in references), default=0
+    )
     return longest + 1 + margin  # +1 for EOS
 
 
@@ -100,7 +102,9 @@ def _one_by_one(model, processor, batch, settings, device, dtype, batch_error) -
 
 
 @torch.inference_mode()
-def _generate(model, processor, batch: list[Sample], settings: GenerationSettings, device, dtype) -> list[str]:
+def _generate(
+    model, processor, batch: list[Sample], settings: GenerationSettings, device, dtype
+) -> list[str]:
     images = [load_image(sample.image) for sample in batch]
     inputs = processor(
         images=images, text=[settings.prompt] * len(batch), padding=True, return_tensors="pt"

@@ -19,7 +19,9 @@ def vision_tower(model: torch.nn.Module) -> torch.nn.Module:
     return base.model.vision_tower
 
 
-def prepare_for_training(model: PreTrainedModel, lora: LoraConfig, hardware: HardwareConfig) -> torch.nn.Module:
+def prepare_for_training(
+    model: PreTrainedModel, lora: LoraConfig, hardware: HardwareConfig
+) -> torch.nn.Module:
     model.requires_grad_(False)
     if lora.enabled:
         peft_config = PeftLoraConfig(
@@ -47,7 +49,9 @@ def prepare_for_training(model: PreTrainedModel, lora: LoraConfig, hardware: Har
         # vision tower need no hooks that would drag them into backward.
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     trainable, total = count_parameters(model)
-    log.info("trainable parameters: %s of %s (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
+    log.info(
+        "trainable parameters: %s of %s (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total
+    )
     return model
 
 

@@ -38,7 +38,9 @@ def full_size_config() -> DeepseekOcr2Config:
     )
 
 
-def tiny_config(vocab_size: int, image_token_id: int, bos_token_id: int, eos_token_id: int, pad_token_id: int):
+def tiny_config(
+    vocab_size: int, image_token_id: int, bos_token_id: int, eos_token_id: int, pad_token_id: int
+):
     """Same architecture at ~0.5 M parameters.
 
     The vision tower has two learned query tables (144 and 256 entries), so the tiny SAM must keep

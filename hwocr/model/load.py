@@ -3,7 +3,6 @@
 import logging
 from pathlib import Path
 
-import torch
 from transformers import (
     AutoProcessor,
     BitsAndBytesConfig,
@@ -87,7 +86,9 @@ def load_model(cfg: ModelConfig, hardware: HardwareConfig, device_map=None) -> P
             device_map=device_map,
             trust_remote_code=False,
         )
-    log.info("loaded %s (%s, %s%s)", source, revision or "local", hardware.dtype, ", 4-bit" if quantization else "")
+    log.info(
+        "loaded %s (%s, %s%s)", source, revision or "local", hardware.dtype, ", 4-bit" if quantization else ""
+    )
     return model
 
 

@@ -3,4 +3,11 @@
 from hwocr.report.files import read_predictions, write_comparison, write_eval, write_json
 from hwocr.report.plots import plot_comparison, plot_single_eval
 
-__all__ = ["plot_comparison", "plot_single_eval", "read_predictions", "write_comparison", "write_eval", "write_json"]
+__all__ = [
+    "plot_comparison",
+    "plot_single_eval",
+    "read_predictions",
+    "write_comparison",
+    "write_eval",
+    "write_json",
+]

@@ -30,7 +30,8 @@ class OcrCollator:
             encoded = self.processor(images=load_image(sample.image), text=self.prompt, return_tensors="pt")
             prompt_ids = encoded["input_ids"][0]
             target_ids = torch.tensor(
-                self.tokenizer(sample.text, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
+                self.tokenizer(sample.text, add_special_tokens=False)["input_ids"]
+                + [self.tokenizer.eos_token_id]
             )
             sequences.append(torch.cat([prompt_ids, target_ids]))
             labels.append(torch.cat([torch.full_like(prompt_ids, IGNORE_INDEX), target_ids]))
@@ -47,7 +48,9 @@ class OcrCollator:
         return batch
 
 
-def _right_pad(sequences: list[torch.Tensor], labels: list[torch.Tensor], pad_id: int) -> dict[str, torch.Tensor]:
+def _right_pad(
+    sequences: list[torch.Tensor], labels: list[torch.Tensor], pad_id: int
+) -> dict[str, torch.Tensor]:
     length = max(len(s) for s in sequences)
     input_ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
     label_ids = torch.full((len(sequences), length), IGNORE_INDEX, dtype=torch.long)
