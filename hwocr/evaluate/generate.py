@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from hwocr.data import Sample, load_image
 from hwocr.metrics import Prediction
 from hwocr.model.adapt import vision_tower
+from hwocr.model.load import encode
 from hwocr.text import normalize_text
 
 log = logging.getLogger(__name__)
@@ -106,9 +107,7 @@ def _generate(
     model, processor, batch: list[Sample], settings: GenerationSettings, device, dtype
 ) -> list[str]:
     images = [load_image(sample.image) for sample in batch]
-    inputs = processor(
-        images=images, text=[settings.prompt] * len(batch), padding=True, return_tensors="pt"
-    ).to(device)
+    inputs = encode(processor, images, [settings.prompt] * len(batch), padding=True, return_tensors="pt").to(device)
     for key in ("pixel_values", "pixel_values_local"):
         if key in inputs:
             inputs[key] = inputs[key].to(dtype)

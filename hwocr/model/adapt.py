@@ -14,6 +14,34 @@ from hwocr.config import HardwareConfig, LoraConfig
 log = logging.getLogger(__name__)
 
 
+def _keep_native_adapter_keys() -> None:
+    """Stop PEFT from renaming adapter keys that are already in transformers' native layout.
+
+    PEFT 0.21 applies DeepSeek-OCR-2's checkpoint-conversion regexes to adapter state dicts on
+    load. One of them, `(^|model\\.)layers\\.` -> `language_model.layers.`, also matches inside the
+    native `model.language_model.layers.`, so an adapter saved by this very model (and every Trainer
+    resume) loads nothing but a "missing adapter keys" warning. Legacy-layout adapters (hub
+    remote-code names) still go through the conversion.
+    """
+    from peft.utils import transformers_weight_conversion as conversion
+
+    original = conversion.convert_peft_adapter_state_dict_for_transformers
+    if getattr(original, "_hwocr_native_keys", False):
+        return
+
+    @functools.wraps(original)
+    def convert(model, peft_config, adapter_state_dict, adapter_name="default"):
+        if any(".language_model." in key for key in adapter_state_dict):
+            return adapter_state_dict
+        return original(model, peft_config, adapter_state_dict, adapter_name)
+
+    convert._hwocr_native_keys = True
+    conversion.convert_peft_adapter_state_dict_for_transformers = convert
+
+
+_keep_native_adapter_keys()
+
+
 def vision_tower(model: torch.nn.Module) -> torch.nn.Module:
     base = model.get_base_model() if isinstance(model, PeftModel) else model
     return base.model.vision_tower

@@ -58,10 +58,21 @@ def load_processor(cfg: ModelConfig) -> ProcessorMixin:
         processor = AutoProcessor.from_pretrained(
             source, revision=revision, trust_remote_code=cfg.trust_remote_code
         )
-    for name, value in image_mode_settings(cfg).items():
-        setattr(processor.image_processor, name, value)
+    settings = image_mode_settings(cfg)
+    # size and tile_size are read from the instance when image tokens are counted...
+    processor.image_processor.size = settings["size"]
+    processor.image_processor.tile_size = settings["tile_size"]
+    processor.image_processor.crop_to_patches = settings["crop_to_patches"]
+    # ...but the processor's class-level default crop_to_patches=True beats the instance attribute,
+    # so it must be passed on every call: encode() does that.
+    processor.hwocr_call_kwargs = {"crop_to_patches": settings["crop_to_patches"]}
     processor.tokenizer.padding_side = "left"  # batched generation
     return processor
+
+
+def encode(processor: ProcessorMixin, images: list, texts: list[str], **kwargs):
+    """Run the processor with the image mode chosen in load_processor."""
+    return processor(images=images, text=texts, **getattr(processor, "hwocr_call_kwargs", {}), **kwargs)
 
 
 def load_model(cfg: ModelConfig, hardware: HardwareConfig, device_map=None) -> PreTrainedModel:
@@ -89,7 +100,19 @@ def load_model(cfg: ModelConfig, hardware: HardwareConfig, device_map=None) -> P
     log.info(
         "loaded %s (%s, %s%s)", source, revision or "local", hardware.dtype, ", 4-bit" if quantization else ""
     )
+    if hardware.optimize:
+        optimize_loaded_model(model, hardware)
     return model
+
+
+def optimize_loaded_model(model: PreTrainedModel, hardware: HardwareConfig) -> None:
+    """NF4 routed experts under 4-bit loading; the vision tower run in chunks of images."""
+    from hwocr.model.experts import quantize_experts
+    from hwocr.model.vision import VISION_CHUNK, chunk_vision_tower
+
+    if hardware.load_in_4bit:
+        quantize_experts(model)
+    chunk_vision_tower(model.model.vision_tower, VISION_CHUNK)
 
 
 class _explained_load_errors:

@@ -6,6 +6,7 @@ import torch
 from transformers import ProcessorMixin
 
 from hwocr.data import Sample, load_image
+from hwocr.model.load import encode
 
 IGNORE_INDEX = -100
 
@@ -27,7 +28,7 @@ class OcrCollator:
     def __call__(self, samples: Sequence[Sample]) -> dict[str, torch.Tensor]:
         sequences, labels, pixel_values, local_values, n_local = [], [], [], [], []
         for sample in samples:
-            encoded = self.processor(images=load_image(sample.image), text=self.prompt, return_tensors="pt")
+            encoded = encode(self.processor, [load_image(sample.image)], [self.prompt], return_tensors="pt")
             prompt_ids = encoded["input_ids"][0]
             target_ids = torch.tensor(
                 self.tokenizer(sample.text, add_special_tokens=False)["input_ids"]
