@@ -77,6 +77,11 @@ class HardwareConfig:
     gradient_checkpointing: bool = False
     dataloader_workers: int = 0
     eval_batch: int = 0  # 0 = pick automatically to fit memory
+    # With several devices: a collective that waits longer than this fails the job instead of hanging.
+    collective_timeout_s: int = 1800
+    # 4-bit routed experts, a vision tower run in chunks, logits only at target positions
+    # (benchmarks/README.md). false = the plain recipe, kept as the benchmarks' baseline.
+    optimize: bool = True
 
 
 @dataclass

@@ -1,10 +1,13 @@
 """Checks that fail at once, with a way forward, before any data or model work starts."""
 
+from pathlib import Path
+
 import torch
 
-from hwocr.config import HardwareConfig
+from hwocr.config import Config, HardwareConfig
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DEMO_HINT = "To try hwocr without a GPU or data: `python -m hwocr.run +experiment=demo`."
 
 
 class PreflightError(RuntimeError):
@@ -15,23 +18,54 @@ def torch_dtype(hardware: HardwareConfig) -> torch.dtype:
     return DTYPES[hardware.dtype]
 
 
-def check_hardware(hardware: HardwareConfig) -> None:
+def hardware_problems(hardware: HardwareConfig) -> list[str]:
     if hardware.device != "cuda":
-        return
+        return []
     found = torch.cuda.device_count()
     if found == 0:
-        raise PreflightError(
+        return [
             f"hardware={hardware.name} needs {hardware.num_devices} CUDA GPU(s), but torch sees none "
-            f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}).\n"
-            "On a CPU, run the offline demo instead: `python -m hwocr.run +experiment=demo`, "
-            "or keep your preset and add `hardware=cpu model=tiny`."
-        )
+            f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}); "
+            "on a CPU add `hardware=cpu model=tiny`"
+        ]
     if found < hardware.num_devices:
-        raise PreflightError(
-            f"hardware={hardware.name} asks for {hardware.num_devices} GPUs but only {found} are visible; "
-            f"use hardware.num_devices={found} or a single-GPU profile (hardware=t4)."
-        )
+        return [
+            f"hardware={hardware.name} asks for {hardware.num_devices} GPUs but {found} are visible; "
+            f"use hardware.num_devices={found} or a single-GPU profile (hardware=t4)"
+        ]
     if hardware.dtype == "bf16" and not torch.cuda.is_bf16_supported():
+        return [
+            f"hardware.dtype=bf16 is not supported by {torch.cuda.get_device_name(0)}; use hardware.dtype=fp16"
+        ]
+    return []
+
+
+def dataset_problems(cfg: Config) -> list[str]:
+    dataset = cfg.dataset
+    if dataset.kind == "synth":
+        return []
+    root = Path(dataset.root or "")
+    if not dataset.root or not root.is_dir():
+        return [
+            f"dataset.root={dataset.root!r} does not exist (resolved: {root.resolve()}); point it at the "
+            f"UIT-HWDB {dataset.level} folder that holds train_data/ and test_data/, e.g. "
+            f"dataset.root=/kaggle/input/<dataset>/UIT_HWDB_{dataset.level}"
+        ]
+    return []
+
+
+def check_hardware(hardware: HardwareConfig) -> None:
+    problems = hardware_problems(hardware)
+    if problems:
+        raise PreflightError("\n".join(problems))
+
+
+def preflight(cfg: Config) -> None:
+    """Report every missing prerequisite at once, before anything heavy runs."""
+    problems = hardware_problems(cfg.hardware) + dataset_problems(cfg)
+    if problems:
         raise PreflightError(
-            f"hardware.dtype=bf16 is not supported by {torch.cuda.get_device_name(0)}; use hardware.dtype=fp16."
+            f"cannot run experiment {cfg.experiment!r}:\n"
+            + "\n".join(f"  - {p}" for p in problems)
+            + f"\n{DEMO_HINT}"
         )

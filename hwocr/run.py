@@ -4,55 +4,123 @@ config -> data -> model -> base eval -> train -> tuned eval -> report.
 """
 
 import logging
+import shlex
 import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+from transformers import set_seed
 
+from hwocr import distributed, sweep
+from hwocr.checkpoints import CheckpointError, TrainingInterrupted
 from hwocr.config import Config, ConfigError, register_schema, to_config
 from hwocr.data import DatasetError, load_splits, prepare_dataset
 from hwocr.evaluate import delta_metrics, evaluate_checkpoint, generation_settings
 from hwocr.model import ModelLoadError, attach_adapter, load_model, load_processor, prepare_for_training
-from hwocr.preflight import PreflightError, check_hardware, torch_dtype
-from hwocr.report import write_comparison, write_json
-from hwocr.tracking import Tracker, TrackingError, TrainerLogsToMlflow, flatten, run_tags, ui_command
+from hwocr.preflight import PreflightError, preflight, torch_dtype
+from hwocr.redact import redact_yaml
+from hwocr.report import write_comparison, write_json, write_text
+from hwocr.tracking import (
+    NullTracker,
+    Tracker,
+    TrackingError,
+    TrainerLogsToMlflow,
+    flatten,
+    run_tags,
+    ui_command,
+)
 from hwocr.train import train
 
 log = logging.getLogger("hwocr")
 register_schema()
 
-USER_ERRORS = (ConfigError, DatasetError, ModelLoadError, PreflightError, TrackingError)
+USER_ERRORS = (CheckpointError, ConfigError, DatasetError, ModelLoadError, PreflightError, TrackingError)
+EXIT_INTERRUPTED = 143  # 128 + SIGTERM, what a shell reports for a job ended by SIGTERM
+
+
+def resume_command() -> str:
+    """This job's command line, pinned to its job directory: rerunning it resumes (train.resume=auto)."""
+    hydra_cfg = HydraConfig.get()
+    overrides = [o for o in hydra_cfg.overrides.task if not o.startswith("hydra.run.dir=")]
+    overrides.append(f"hydra.run.dir={hydra_cfg.runtime.output_dir}")
+    return " ".join(["python -m hwocr.run", *(shlex.quote(o) for o in overrides)])
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(composed: DictConfig) -> float:
     try:
-        return run(to_config(composed), OmegaConf.to_yaml(composed, resolve=True))
+        cfg = to_config(composed)
+        cfg.output_dir = cfg.output_dir or HydraConfig.get().runtime.output_dir
+        resolved_yaml = OmegaConf.to_yaml(composed, resolve=True)
+        job = sweep.job_context()  # parent run + tags when this job is part of a sweep
+        if cfg.hardware.num_devices > 1 and not distributed.in_worker():
+            # One command, N workers: they share this job dir and config (composed once, here).
+            return distributed.launch(
+                _worker,
+                (cfg, resolved_yaml, job),
+                cfg.hardware.num_devices,
+                cfg.hardware.collective_timeout_s,
+            )
+        return run(cfg, resolved_yaml, job)
+    except TrainingInterrupted as error:
+        log.error(
+            "%s\nThe job stopped early. Resume it (it continues from that checkpoint and the same MLflow "
+            "run) with:\n  %s",
+            error,
+            resume_command(),
+        )
+        sys.exit(EXIT_INTERRUPTED)
     except USER_ERRORS as error:
         log.error("%s", error)
+        if sweep.in_multirun():  # a failed job must not stop the sweep (hwocr/sweep.py)
+            return sweep.job_failed(error, user_error=True)
         sys.exit(2)
+    except ChildFailedError as error:
+        log.error("a worker process failed, so the job was stopped:\n%s", distributed.describe_failure(error))
+        if sweep.in_multirun():
+            return sweep.job_failed(error)
+        sys.exit(1)
+    except Exception as error:
+        return sweep.job_failed(error)  # re-raises outside a multirun
 
 
-def run(cfg: Config, resolved_yaml: str) -> float:
+def _worker(cfg: Config, resolved_yaml: str, job: sweep.JobContext) -> float:
+    distributed.configure_worker_logging()
+    return run(cfg, resolved_yaml, job)
+
+
+def run(cfg: Config, resolved_yaml: str, job: sweep.JobContext) -> float:
     """Run every selected stage; return the tuned corpus CER (the base CER if nothing was tuned)."""
-    run_dir = Path(cfg.output_dir or HydraConfig.get().runtime.output_dir).resolve()
-    check_hardware(cfg.hardware)
+    run_dir = Path(cfg.output_dir).resolve()
+    preflight(cfg)
+    rank = distributed.init(cfg.hardware.device)
 
-    prepare_dataset(cfg.dataset)
+    # Before any data or model work: an unreachable store fails here, in seconds.
+    tracker = (
+        Tracker(cfg.tracking, outputs_dir=Path("outputs"), run_dir=run_dir) if rank.is_main else NullTracker()
+    )
+    tracker.check_reachable()
+
+    if rank.is_main:
+        prepare_dataset(cfg.dataset)
+    distributed.barrier()
     splits = load_splits(cfg.dataset, seed=cfg.train.seed)
 
-    tracker = Tracker(cfg.tracking, outputs_dir=Path("outputs"))
-    tracker.check_reachable()
     with tracker:
-        tracker.start(run_name=run_dir.name, tags=run_tags(cfg, run_dir))
-        tracker.log_params(flatten(OmegaConf.to_container(OmegaConf.structured(cfg))))
-        (run_dir / "resolved_config.yaml").write_text(resolved_yaml)
-        tracker.log_artifact(run_dir / "resolved_config.yaml")
-        tracker.log_metrics({f"data/{k}": v for k, v in splits.summary().items()})
-        data_report = {"summary": splits.summary(), "skipped": [vars(s) for s in splits.skipped]}
-        tracker.log_artifact(write_json(run_dir / "data_report.json", data_report))
+        tracker.start(
+            run_name=job.run_name or run_dir.name,
+            tags=run_tags(cfg, run_dir) | job.tags,
+            parent_run_id=job.parent_run_id,
+        )
+        if rank.is_main:
+            tracker.log_params(flatten(OmegaConf.to_container(OmegaConf.structured(cfg))))
+            tracker.log_artifact(write_text(run_dir / "resolved_config.yaml", redact_yaml(resolved_yaml)))
+            tracker.log_metrics({f"data/{k}": v for k, v in splits.summary().items()})
+            data_report = {"summary": splits.summary(), "skipped": [vars(s) for s in splits.skipped]}
+            tracker.log_artifact(write_json(run_dir / "data_report.json", data_report))
 
         processor = load_processor(cfg.model)
         model = load_model(cfg.model, cfg.hardware)
@@ -61,10 +129,11 @@ def run(cfg: Config, resolved_yaml: str) -> float:
         results = {}
         if "base_eval" in cfg.stages:
             results["base"] = evaluate_checkpoint(
-                "base", model, processor, splits.test, settings, run_dir, tracker
+                "base", model, processor, splits.test, settings, run_dir, tracker, rank
             )
 
         if "train" in cfg.stages and not cfg.eval.adapter:
+            set_seed(cfg.train.seed)  # LoRA init draws random numbers: same seed, same starting adapter
             model = prepare_for_training(model, cfg.lora, cfg.hardware)
             trained = train(
                 model,
@@ -83,10 +152,10 @@ def run(cfg: Config, resolved_yaml: str) -> float:
 
         if "tuned_eval" in cfg.stages and ("train" in cfg.stages or cfg.eval.adapter):
             results["tuned"] = evaluate_checkpoint(
-                "tuned", model, processor, splits.test, settings, run_dir, tracker
+                "tuned", model, processor, splits.test, settings, run_dir, tracker, rank
             )
 
-        if {"base", "tuned"} <= results.keys():
+        if {"base", "tuned"} <= results.keys() and rank.is_main:
             comparison = write_comparison(
                 run_dir / "eval",
                 run_dir / "plots",
@@ -99,11 +168,15 @@ def run(cfg: Config, resolved_yaml: str) -> float:
             tracker.log_artifact(run_dir / "eval" / "comparison.json", "eval")
         tracker.log_artifact(run_dir / "plots", "plots")
 
+    if not rank.is_main:
+        return float("nan")  # rank 0 reports and returns the job's result
     summary = {name: result.metrics["cer"] for name, result in results.items()}
     print(f"\nResults: {run_dir}")
     for name, cer in summary.items():
         print(f"  {name:5s} CER {cer:.2%}  ({run_dir / 'eval' / name / 'metrics.json'})")
     print(f"MLflow run {tracker.run_id} in {tracker.uri}\n  view it with: {ui_command(tracker.uri)}")
+    if tracker.pending_sync_command():
+        print(f"  MLflow missed part of this run; upload it with: {tracker.pending_sync_command()}")
     return summary.get("tuned", summary.get("base", float("nan")))
 
 

@@ -4,10 +4,12 @@ hwocr owns the run itself (transformers' MLflowCallback is off): its `__del__` c
 and it uploads whole models on save.
 """
 
+import contextlib
 import logging
+import os
 import shlex
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import mlflow
@@ -15,16 +17,54 @@ from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 from transformers import TrainerCallback
 
+from hwocr.checkpoints import TrainingInterrupted
 from hwocr.config import Config, TrackingConfig
+from hwocr.redact import redact_mapping
+from hwocr.sync import Journal, read_run_file, replay, sync_command, write_run_file
 
 log = logging.getLogger(__name__)
 
 MAX_PARAM_VALUE = 6000  # MLflow rejects longer param values
 PARAMS_PER_BATCH = 100  # and more params per call
+PARENT_RUN_ENV = "HWOCR_PARENT_RUN_ID"  # set by the sweep callback: jobs log as its children
+
+
+# HTTP stores: mlflow retries a failing request 7 times with exponential backoff (minutes). The
+# reachability check at start tries once with a short timeout; later calls retry a little, then the
+# run goes on offline (mlflow_pending/ journal). A user's own MLFLOW_HTTP_REQUEST_* values win.
+CHECK_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+RUN_ENV_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+_ENV_SET_BY_US: set[str] = set()
 
 
 class TrackingError(RuntimeError):
     pass
+
+
+def _is_http(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+@contextlib.contextmanager
+def _quick_http(uri: str) -> Iterator[None]:
+    """For a one-off check: no retries and a short timeout (unless the user set them)."""
+    ours = {k for k, v in RUN_ENV_DEFAULTS.items() if os.environ.get(k) == v and k in _ENV_SET_BY_US}
+    changed = {k: v for k, v in CHECK_ENV.items() if _is_http(uri) and (k not in os.environ or k in ours)}
+    saved = {k: os.environ.get(k) for k in changed}
+    os.environ.update(changed)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _short(error: Exception, limit: int = 400) -> str:
+    text = f"{type(error).__name__}: {error}".replace("\n", " ")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def tracking_uri(cfg: TrackingConfig, outputs_dir: Path) -> str:
@@ -52,73 +92,255 @@ def flatten(tree: Mapping, prefix: str = "") -> dict[str, object]:
 
 
 class Tracker:
-    """One MLflow run. Use as a context manager: it ends FINISHED, or FAILED on an exception."""
+    """One MLflow run. Use as a context manager: it ends FINISHED, KILLED on a stop signal, or FAILED
+    on an exception.
 
-    def __init__(self, cfg: TrackingConfig, outputs_dir: Path):
+    With `run_dir`, the run survives faults: its id is kept in RUN_DIR/mlflow_run.json and a rerun of
+    the job continues it; a call that fails (store down mid-run, or unreachable at start with
+    tracking.required=false) switches the tracker offline: it and every later call are appended to
+    RUN_DIR/mlflow_pending/journal.jsonl, which `python -m hwocr.sync RUN_DIR` uploads (and the next
+    run of the job uploads by itself when the store is back).
+    """
+
+    def __init__(self, cfg: TrackingConfig, outputs_dir: Path, run_dir: Path | None = None):
         self.cfg = cfg
         self.uri = tracking_uri(cfg, outputs_dir)
+        if _is_http(self.uri):
+            for key, value in RUN_ENV_DEFAULTS.items():
+                if key not in os.environ:
+                    os.environ[key] = value
+                    _ENV_SET_BY_US.add(key)
         self.client = MlflowClient(self.uri)
         self.run_id: str | None = None
         self.experiment_id: str | None = None
+        self.run_dir = Path(run_dir) if run_dir else None
+        self.journal = Journal(self.run_dir) if self.run_dir else None
+        self.offline = False
+        self.resumed = False
+        self._start_info: dict = {}
 
     def check_reachable(self) -> None:
-        """Fail before any GPU work if the store cannot be reached."""
+        """Fail fast, before any model or GPU work, if the store cannot be reached (with
+        tracking.required=false: warn and keep everything locally instead)."""
         try:
-            experiment = self.client.get_experiment_by_name(self.cfg.experiment)
-            self.experiment_id = (
-                experiment.experiment_id if experiment else self.client.create_experiment(self.cfg.experiment)
-            )
+            with _quick_http(self.uri):
+                experiment = self.client.get_experiment_by_name(self.cfg.experiment)
+                self.experiment_id = (
+                    experiment.experiment_id
+                    if experiment
+                    else self.client.create_experiment(self.cfg.experiment)
+                )
         except Exception as error:
-            raise TrackingError(
-                f"MLflow tracking store {self.uri} is unreachable: {error}\n"
-                "Check tracking.uri, or run with tracking.uri=null to log to outputs/mlflow.db."
-            ) from error
+            message = f"MLflow tracking store {self.uri} is unreachable: {_short(error)}"
+            if self.cfg.required or self.journal is None:
+                raise TrackingError(
+                    f"{message}\nCheck tracking.uri; or run with tracking.uri=null to log to "
+                    "outputs/mlflow.db; or with tracking.required=false to keep the results locally "
+                    "and upload them later with `python -m hwocr.sync RUN_DIR`."
+                ) from error
+            self.offline = True
+            log.warning(
+                "%s\ntracking.required=false: going on without MLflow; params, metrics and artifacts "
+                "are kept in %s. Upload them later with: %s",
+                message,
+                self.journal.dir,
+                sync_command(self.run_dir),
+            )
 
-    def start(self, run_name: str, tags: Mapping[str, str], parent_run_id: str | None = None) -> str:
-        if self.experiment_id is None:
+    def _go_offline(self, error: Exception) -> None:
+        if self.journal is None:
+            raise error
+        if not self.offline:
+            self.offline = True
+            log.warning(
+                "MLflow call failed (%s): going on without MLflow; the rest of this run is kept in %s. "
+                "Upload it later with: %s",
+                _short(error),
+                self.journal.dir,
+                sync_command(self.run_dir),
+            )
+            self._journal_start()
+
+    def _journal_start(self) -> None:
+        self.journal.append(
+            "start",
+            uri=self.uri,
+            experiment=self.cfg.experiment,
+            run_id=self.run_id,
+            **self._start_info,
+        )
+
+    def _call(self, op: str, payload: dict, action: Callable[[], None]) -> None:
+        """Do `action` against the store; if it fails (or the tracker is offline), journal it."""
+        if not self.offline:
+            try:
+                action()
+                return
+            except Exception as error:
+                self._go_offline(error)
+        self.journal.append(op, **payload)
+
+    def pending_sync_command(self) -> str | None:
+        """The command that uploads what this job kept locally, or None when nothing is pending."""
+        if self.journal and self.journal.pending():
+            return sync_command(self.run_dir)
+        return None
+
+    def _upload_pending(self) -> None:
+        """A previous attempt of this job left a journal for this store: upload it first."""
+        if not self.journal or not self.journal.pending():
+            return
+        starts = [e for e in self.journal.entries() if e["op"] == "start"]
+        if starts and starts[0].get("uri") != self.uri:
+            return
+        n = self.journal.pending()
+        replay(self.run_dir)
+        log.info("uploaded %d entries that an earlier attempt of this job kept in %s", n, self.journal.dir)
+
+    def _reopen(self) -> str | None:
+        """The run this job directory logged to before (a resumed job), set RUNNING again."""
+        if self.run_dir is None:
+            return None
+        saved = read_run_file(self.run_dir)
+        if saved.get("uri") != self.uri or not saved.get("run_id"):
+            return None
+        try:
+            run = self.client.get_run(saved["run_id"])
+        except mlflow.exceptions.MlflowException:
+            return None
+        if run.info.lifecycle_stage != "active":
+            return None
+        self.client.update_run(run.info.run_id, status="RUNNING")
+        self.resumed = True
+        log.info("continuing MLflow run %s: this job directory was run before", run.info.run_id)
+        return run.info.run_id
+
+    def start(self, run_name: str, tags: Mapping[str, str], parent_run_id: str | None = None) -> str | None:
+        if self.experiment_id is None and not self.offline:
             self.check_reachable()
         all_tags = dict(tags)
+        # A sweep's parent run (hwocr/sweep.py); the variable reaches jobs in other processes too.
+        parent_run_id = parent_run_id or os.environ.get(PARENT_RUN_ENV) or None
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
-        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags)
-        self.run_id = run.info.run_id
+        all_tags = redact_mapping(all_tags)
+        self._start_info = {"run_name": run_name, "tags": all_tags}
+        if self.run_dir and not self.run_id:
+            self.run_id = read_run_file(self.run_dir).get("run_id") if self.offline else None
+        if not self.offline:
+            try:
+                self._upload_pending()
+                self.run_id = self._reopen()
+                if self.run_id is None:
+                    run = self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags)
+                    self.run_id = run.info.run_id
+                if self.run_dir:
+                    write_run_file(self.run_dir, self.uri, self.run_id, self.experiment_id)
+            except Exception as error:
+                self._go_offline(error)
+                return self.run_id
+        if self.offline:
+            self._journal_start()
         return self.run_id
 
     def log_params(self, params: Mapping[str, object]) -> None:
-        items = [mlflow.entities.Param(k, _param_value(v)) for k, v in params.items()]
-        for i in range(0, len(items), PARAMS_PER_BATCH):
-            self.client.log_batch(self.run_id, params=items[i : i + PARAMS_PER_BATCH])
+        """Log params, secrets redacted (hwocr/redact.py). A continued run keeps its first values."""
+        values = redact_mapping({k: _param_value(v) for k, v in params.items()})
+        if self.resumed and not self.offline:
+            try:
+                existing = self.client.get_run(self.run_id).data.params
+            except Exception as error:
+                self._go_offline(error)
+                existing = {}
+            changed = sorted(k for k, v in values.items() if k in existing and existing[k] != v)
+            if changed:
+                log.warning(
+                    "continuing MLflow run %s: params changed since it started keep their first values "
+                    "there (the job's resolved_config.yaml has the new ones): %s",
+                    self.run_id,
+                    ", ".join(changed),
+                )
+            values = {k: v for k, v in values.items() if k not in existing}
+
+        def action() -> None:
+            items = [mlflow.entities.Param(k, v) for k, v in values.items()]
+            for i in range(0, len(items), PARAMS_PER_BATCH):
+                self.client.log_batch(self.run_id, params=items[i : i + PARAMS_PER_BATCH])
+
+        self._call("params", {"params": values}, action)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         numeric = {
             k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
         }
         stamp = mlflow.utils.time.get_current_time_millis()
-        batch = [mlflow.entities.Metric(k, v, stamp, step or 0) for k, v in numeric.items()]
-        for i in range(0, len(batch), PARAMS_PER_BATCH):
-            self.client.log_batch(self.run_id, metrics=batch[i : i + PARAMS_PER_BATCH])
+
+        def action() -> None:
+            batch = [mlflow.entities.Metric(k, v, stamp, step or 0) for k, v in numeric.items()]
+            for i in range(0, len(batch), PARAMS_PER_BATCH):
+                self.client.log_batch(self.run_id, metrics=batch[i : i + PARAMS_PER_BATCH])
+
+        self._call("metrics", {"metrics": numeric, "step": step or 0, "timestamp": stamp}, action)
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
-        for key, value in tags.items():
-            self.client.set_tag(self.run_id, key, value)
+        tags = redact_mapping(tags)
+
+        def action() -> None:
+            for key, value in tags.items():
+                self.client.set_tag(self.run_id, key, value)
+
+        self._call("tags", {"tags": tags}, action)
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
-        if path.is_dir():
-            self.client.log_artifacts(self.run_id, str(path), artifact_path)
-        elif path.is_file():
-            self.client.log_artifact(self.run_id, str(path), artifact_path)
-        else:
+        path = Path(path)
+        if not path.exists():
             log.warning("not logged to MLflow: %s does not exist", path)
+            return
+
+        def action() -> None:
+            if path.is_dir():
+                self.client.log_artifacts(self.run_id, str(path), artifact_path)
+            else:
+                self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+        self._call("artifact", {"path": str(path.resolve()), "artifact_path": artifact_path}, action)
 
     def end(self, status: str = "FINISHED") -> None:
-        if self.run_id:
-            self.client.set_terminated(self.run_id, status=status)
+        if self.run_id or self.offline:
+            self._call(
+                "end", {"status": status}, lambda: self.client.set_terminated(self.run_id, status=status)
+            )
+        command = self.pending_sync_command()
+        if command:
+            log.warning("MLflow did not get everything; upload what was kept locally with: %s", command)
 
     def __enter__(self) -> "Tracker":
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        self.end(RunStatus.to_string(RunStatus.FAILED) if exc else "FINISHED")
+        if exc is None:
+            status = "FINISHED"
+        elif isinstance(exc, (TrainingInterrupted, KeyboardInterrupt)):
+            status = RunStatus.to_string(RunStatus.KILLED)  # resumable: a rerun continues this run
+        else:
+            status = RunStatus.to_string(RunStatus.FAILED)
+        self.end(status)
+        return False
+
+
+class NullTracker:
+    """The tracker of ranks other than 0: only rank 0 talks to MLflow."""
+
+    run_id = None
+    uri = ""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+    def __enter__(self) -> "NullTracker":
+        return self
+
+    def __exit__(self, *exc) -> bool:
         return False
 
 

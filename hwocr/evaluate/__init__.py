@@ -5,9 +5,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from hwocr import distributed
 from hwocr.config import Config
 from hwocr.data import Sample
+from hwocr.distributed import Rank
 from hwocr.evaluate.generate import EvalStats, GenerationSettings, max_new_tokens_for, transcribe
+from hwocr.evaluate.partial import PartialPredictions, eval_key
 from hwocr.metrics import Prediction
 from hwocr.report import plot_single_eval, write_eval
 
@@ -53,9 +56,39 @@ def evaluate_checkpoint(
     settings: GenerationSettings,
     run_dir: Path,
     tracker: "Tracker",
+    rank: Rank | None = None,
 ) -> EvalResult:
-    predictions, stats = transcribe(model, processor, test, settings, desc=f"{name} eval")
+    """Each rank transcribes its shard; every rank gets all predictions in order; rank 0 reports.
+
+    Resumable: each batch is appended to eval/<name>/predictions.partial.jsonl as it finishes, and a
+    rerun transcribes only the samples not predicted yet (hwocr/evaluate/partial.py)."""
+    rank = rank or Rank()
     out_dir = run_dir / "eval" / name
+    shard = distributed.shard(test, rank)
+    partial = PartialPredictions(out_dir, eval_key(name, settings, test, model), rank.rank)
+    done = partial.load()
+    todo = [s for s in shard if s.id not in done]
+    if len(todo) < len(shard):
+        log.info(
+            "%s eval: %d of %d samples were predicted by an earlier attempt (%s); transcribing the other %d",
+            name,
+            len(shard) - len(todo),
+            len(shard),
+            partial.path,
+            len(todo),
+        )
+    if todo:
+        new_predictions, shard_stats = transcribe(
+            model, processor, todo, settings, desc=f"{name} eval", on_batch=partial.append
+        )
+    else:
+        new_predictions, shard_stats = [], EvalStats(0.0, 0.0, settings.batch_size, 0)
+    by_id = done | {p.id: p for p in new_predictions}
+    shard_predictions = [by_id[s.id] for s in shard]
+    predictions = distributed.gather_in_order(shard_predictions, rank)
+    stats = _combined(distributed.gather_in_order([shard_stats], rank), len(predictions))
+    if not rank.is_main:
+        return EvalResult(predictions, {}, stats)
     extra = {
         "images_per_s": stats.images_per_s,
         "eval_seconds": stats.seconds,
@@ -73,6 +106,17 @@ def evaluate_checkpoint(
     tracker.log_metrics({f"{name}/{k}": v for k, v in metrics.items()})
     tracker.log_artifact(out_dir, f"eval/{name}")
     return EvalResult(predictions, metrics, stats)
+
+
+def _combined(per_rank: list[EvalStats], n_samples: int) -> EvalStats:
+    """Throughput of all ranks together: they run in parallel, so the slowest sets the time."""
+    seconds = max(s.seconds for s in per_rank)
+    return EvalStats(
+        images_per_s=n_samples / seconds if seconds else 0.0,
+        seconds=seconds,
+        batch_size=per_rank[0].batch_size,
+        n_failed=sum(s.n_failed for s in per_rank),
+    )
 
 
 def delta_metrics(paired: dict) -> dict[str, float]:

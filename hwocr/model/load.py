@@ -79,6 +79,8 @@ def load_model(cfg: ModelConfig, hardware: HardwareConfig, device_map=None) -> P
     """Load weights in the hardware profile's dtype, 4-bit NF4 when it asks for QLoRA."""
     source, revision = resolve_source(cfg)
     dtype = torch_dtype(hardware)
+    if device_map is None and hardware.device == "cuda":
+        device_map = {"": torch.cuda.current_device()}  # this process's GPU (set per rank under DDP)
     quantization = None
     if hardware.load_in_4bit:
         quantization = BitsAndBytesConfig(
@@ -96,6 +98,7 @@ def load_model(cfg: ModelConfig, hardware: HardwareConfig, device_map=None) -> P
             quantization_config=quantization,
             device_map=device_map,
             trust_remote_code=False,
+            use_safetensors=True,  # never unpickle downloaded weights (hwocr/checkpoints.py)
         )
     log.info(
         "loaded %s (%s, %s%s)", source, revision or "local", hardware.dtype, ", 4-bit" if quantization else ""
@@ -106,12 +109,14 @@ def load_model(cfg: ModelConfig, hardware: HardwareConfig, device_map=None) -> P
 
 
 def optimize_loaded_model(model: PreTrainedModel, hardware: HardwareConfig) -> None:
-    """NF4 routed experts under 4-bit loading; the vision tower run in chunks of images."""
+    """NF4 routed experts under 4-bit loading; SAM attention without a materialised bias; the vision
+    tower run in chunks of images."""
     from hwocr.model.experts import quantize_experts
-    from hwocr.model.vision import VISION_CHUNK, chunk_vision_tower
+    from hwocr.model.vision import VISION_CHUNK, chunk_vision_tower, fold_sam_rel_pos
 
     if hardware.load_in_4bit:
         quantize_experts(model)
+    fold_sam_rel_pos(model.model.vision_tower)
     chunk_vision_tower(model.model.vision_tower, VISION_CHUNK)
 
 

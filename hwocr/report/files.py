@@ -55,6 +55,11 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
+def write_text(path: Path, text: str) -> Path:
+    write_atomic(path, text)
+    return path
+
+
 def write_json(path: Path, data: dict) -> Path:
     write_atomic(path, json.dumps(data, ensure_ascii=False, indent=2) + "\n")
     return path

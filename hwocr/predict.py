@@ -1,0 +1,108 @@
+"""Batched transcription of image files: the replacement for the seed's one-image `model.infer`.
+
+python -m hwocr.predict model=deepseek_ocr2 adapter=outputs/runs/lines/<ts>/adapter images=scans/
+"""
+
+import csv
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import hydra
+
+from hwocr.config import ConfigError, HardwareConfig, ModelConfig
+from hwocr.data import Sample
+from hwocr.data.uit_hwdb import IMAGE_SUFFIXES, natural_key
+from hwocr.evaluate.generate import GenerationSettings, transcribe
+from hwocr.model import ModelLoadError, attach_adapter, load_model, load_processor
+from hwocr.preflight import PreflightError, check_hardware
+
+log = logging.getLogger("hwocr.predict")
+
+
+@dataclass
+class PredictConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    images: str = "???"
+    adapter: str | None = None
+    output: str | None = None
+    max_new_tokens: int = 160
+    no_repeat_ngram_size: int = 0
+    batch_size: int = 0
+
+
+def find_images(spec: str) -> list[Path]:
+    """A directory (its image files, naturally sorted), a file, or comma-separated files."""
+    paths: list[Path] = []
+    for part in (p.strip() for p in spec.split(",") if p.strip()):
+        path = Path(part).expanduser()
+        if path.is_dir():
+            found = [p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+            paths.extend(sorted(found, key=lambda p: natural_key(p.name)))
+        elif path.is_file():
+            paths.append(path)
+        else:
+            raise ConfigError(f"images={part!r}: no such file or directory")
+    if not paths:
+        raise ConfigError(f"images={spec!r} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
+    return paths
+
+
+def predict(cfg: PredictConfig) -> list:
+    images = find_images(cfg.images)
+    check_hardware(cfg.hardware)
+    processor = load_processor(cfg.model)
+    model = load_model(cfg.model, cfg.hardware)
+    if cfg.adapter:
+        model = attach_adapter(model, Path(cfg.adapter))
+    samples = [Sample(id=str(p), writer="", split="predict", image=p.resolve(), text="") for p in images]
+    settings = GenerationSettings(
+        prompt=cfg.model.prompt,
+        max_new_tokens=cfg.max_new_tokens,
+        no_repeat_ngram_size=cfg.no_repeat_ngram_size,
+        batch_size=cfg.batch_size or cfg.hardware.eval_batch,
+    )
+    predictions, stats = transcribe(model, processor, samples, settings, desc="predict")
+    log.info("%d images at %.1f images/s, %d failed", len(predictions), stats.images_per_s, stats.n_failed)
+    return predictions
+
+
+def write_output(predictions: list, output: str | None) -> None:
+    if output is None:
+        for p in predictions:
+            print(f"{p.id}\t{p.prediction}" + (f"\t[error: {p.error}]" if p.error else ""))
+        return
+    path = Path(output)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "prediction", "error"])
+        writer.writerows([p.id, p.prediction, p.error] for p in predictions)
+    print(f"wrote {len(predictions)} transcriptions to {path.resolve()}")
+
+
+def _register() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="hwocr_predict_schema", node=PredictConfig)
+
+
+_register()
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
+def main(composed) -> None:
+    from omegaconf import OmegaConf
+
+    cfg: PredictConfig = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(PredictConfig), composed))
+    try:
+        write_output(predict(cfg), cfg.output)
+    except (ConfigError, ModelLoadError, PreflightError, FileNotFoundError) as error:
+        log.error("%s", error)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""Data-parallel runs on CPU (gloo): the same launcher the GPUs use, with the tiny model."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from hwocr.distributed import Rank, interleave, shard
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = [
+    "+experiment=demo",
+    "train.max_steps=3",
+    "train.logging_steps=1",
+    "train.save_steps=100",
+    "train.eval_steps=100",
+    "dataset.max_train_samples=24",
+    "dataset.max_eval_samples=7",  # odd: the shards differ in size
+    "dataset.synth.lines_per_writer=4",
+]
+
+
+@pytest.mark.parametrize("n_items", [0, 1, 5, 7, 8])
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_shard_then_interleave_restores_order(n_items, world_size):
+    items = list(range(n_items))
+    shards = [shard(items, Rank(rank=r, world_size=world_size)) for r in range(world_size)]
+    assert sorted(sum(shards, [])) == items  # every item exactly once
+    assert interleave(shards) == items
+
+
+def _run(tmp_path: Path, name: str, *overrides: str) -> Path:
+    run_dir = tmp_path / name
+    env = {**os.environ, "HWOCR_CACHE": str(tmp_path / "cache")}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hwocr.run",
+            *SMALL,
+            f"hydra.run.dir={run_dir}",
+            f"tracking.uri=sqlite:///{tmp_path / name}.db",
+            *overrides,
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return run_dir
+
+
+def _predictions(run_dir: Path, name: str) -> list[dict]:
+    with open(run_dir / "eval" / name / "predictions.csv", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _train_losses(run_dir: Path) -> list[float]:
+    state = json.loads(
+        sorted((run_dir / "checkpoints").glob("checkpoint-*/trainer_state.json"))[-1].read_text()
+    )
+    return [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+
+
+@pytest.mark.slow
+def test_two_processes_match_one(tmp_path):
+    one = _run(tmp_path, "one", "hardware.per_device_batch=4", "train.save_steps=3")
+    two = _run(tmp_path, "two", "hardware.num_devices=2", "hardware.per_device_batch=2", "train.save_steps=3")
+
+    # sharded evaluation gathers every sample exactly once, in order, with the same text
+    for stage in ("base", "tuned"):
+        a, b = _predictions(one, stage), _predictions(two, stage)
+        assert [r["id"] for r in a] == [r["id"] for r in b] and len(a) == 7
+        assert len({r["id"] for r in b}) == 7
+    assert [r["prediction"] for r in _predictions(one, "base")] == [
+        r["prediction"] for r in _predictions(two, "base")
+    ]
+
+    # same effective batch (1x4 vs 2x2) and the same data order: the same training losses
+    losses_one, losses_two = _train_losses(one), _train_losses(two)
+    assert len(losses_one) == len(losses_two) == 3
+    assert losses_two == pytest.approx(losses_one, rel=1e-3)
+
+    # only rank 0 talks to MLflow: one run, finished
+    client = MlflowClient(f"sqlite:///{tmp_path / 'two'}.db")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert runs[0].data.metrics["tuned/n_samples"] == 7
+
+
+@pytest.mark.slow
+def test_a_killed_rank_ends_the_job_with_a_clear_error(tmp_path):
+    env = {**os.environ, "HWOCR_CACHE": str(tmp_path / "cache")}
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "hwocr.run",
+            *SMALL,
+            "hardware.num_devices=2",
+            "train.max_steps=400",
+            "hardware.collective_timeout_s=60",
+            f"hydra.run.dir={tmp_path / 'run'}",
+            f"tracking.uri=sqlite:///{tmp_path}/kill.db",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        workers = []
+        while len(workers) < 2 and time.monotonic() < deadline:
+            time.sleep(1)
+            workers = _spawned_workers(process.pid)
+        assert len(workers) == 2, "the two workers never started"
+        time.sleep(8)  # let them get into the job
+        os.kill(workers[-1], signal.SIGKILL)
+        output, _ = process.communicate(timeout=180)  # no hang: elastic stops the other rank
+    finally:
+        process.kill()
+    assert process.returncode != 0
+    assert "a worker process failed" in output and "SIGKILL" in output
+
+
+def _spawned_workers(ancestor: int) -> list[int]:
+    """Pids of the multiprocessing-spawned workers below `ancestor`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes() if proc.name.isdigit() else b""
+            if b"multiprocessing.spawn" in cmdline and _descends(int(proc.name), ancestor):
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return sorted(found)
+
+
+def _descends(pid: int, ancestor: int) -> bool:
+    while pid > 1:
+        status = Path(f"/proc/{pid}/status").read_text()
+        pid = int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
+        if pid == ancestor:
+            return True
+    return False
