@@ -6,7 +6,7 @@ entrypoint converts the composed config to these dataclasses once; no other modu
 DictConfig.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 
 STAGES = ("base_eval", "train", "tuned_eval")
 IMAGE_MODES = ("base", "small", "gundam")
@@ -173,9 +173,24 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
+def _reject_unknown_keys(node, schema: type, prefix: str = "") -> None:
+    """`+key=value` bypasses Hydra's struct check, and merging into the schema drops such keys
+    silently, so look for them explicitly."""
+    from omegaconf import DictConfig
+
+    known = {f.name: f.type for f in fields(schema)}
+    for key in node:
+        if key not in known:
+            raise ConfigError(f"unknown config key {prefix}{key} (known keys here: {', '.join(known)})")
+        child = node[key] if not node._get_node(key)._is_interpolation() else None
+        if isinstance(child, DictConfig) and is_dataclass(known[key]):
+            _reject_unknown_keys(child, known[key], f"{prefix}{key}.")
+
+
 def to_config(cfg) -> Config:
     """Resolve the composed DictConfig into the typed schema, then validate it."""
     from omegaconf import OmegaConf
 
+    _reject_unknown_keys(cfg, Config)
     merged = OmegaConf.merge(OmegaConf.structured(Config), cfg)
     return validate(OmegaConf.to_object(merged))

@@ -56,6 +56,7 @@ def main(composed: DictConfig) -> float:
         cfg.output_dir = cfg.output_dir or HydraConfig.get().runtime.output_dir
         resolved_yaml = OmegaConf.to_yaml(composed, resolve=True)
         job = sweep.job_context()  # parent run + tags when this job is part of a sweep
+        preflight(cfg)
         if cfg.hardware.num_devices > 1 and not distributed.in_worker():
             # One command, N workers: they share this job dir and config (composed once, here).
             return distributed.launch(
@@ -95,7 +96,6 @@ def _worker(cfg: Config, resolved_yaml: str, job: sweep.JobContext) -> float:
 def run(cfg: Config, resolved_yaml: str, job: sweep.JobContext) -> float:
     """Run every selected stage; return the tuned corpus CER (the base CER if nothing was tuned)."""
     run_dir = Path(cfg.output_dir).resolve()
-    preflight(cfg)
     rank = distributed.init(cfg.hardware.device)
 
     # Before any data or model work: an unreachable store fails here, in seconds.

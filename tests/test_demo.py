@@ -1,0 +1,190 @@
+"""`+experiment=demo` end to end (small overrides): every file of the run layout and the MLflow run."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from hwocr.config import register_schema
+
+ROOT = Path(__file__).resolve().parents[1]
+METRIC_KEYS = {
+    "cer",
+    "mean_cer",
+    "median_cer",
+    "perfect_match_rate",
+    "substitutions",
+    "deletions",
+    "insertions",
+    "substitution_rate",
+    "deletion_rate",
+    "insertion_rate",
+    "wer",
+    "n_samples",
+    "n_failed",
+}
+PREDICTION_COLUMNS = [
+    "id",
+    "writer",
+    "image",
+    "reference",
+    "prediction",
+    "cer",
+    "substitutions",
+    "deletions",
+    "insertions",
+    "error",
+]
+register_schema()
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("demo")
+    run_dir, db = tmp / "run", tmp / "mlflow.db"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hwocr.run",
+            "+experiment=demo",
+            "train.max_steps=6",
+            "train.save_steps=3",
+            "train.eval_steps=3",
+            "train.logging_steps=1",
+            "dataset.max_train_samples=24",
+            "dataset.max_eval_samples=6",
+            "dataset.synth.lines_per_writer=4",
+            f"hydra.run.dir={run_dir}",
+            f"tracking.uri=sqlite:///{db}",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "HWOCR_CACHE": str(tmp / "cache")},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return run_dir, db, result.stdout
+
+
+def test_run_layout(demo_run):
+    run_dir, _, _ = demo_run
+    for path in [
+        ".hydra/config.yaml",
+        "resolved_config.yaml",
+        "data_report.json",
+        "eval/base/metrics.json",
+        "eval/base/predictions.csv",
+        "eval/tuned/metrics.json",
+        "eval/tuned/predictions.csv",
+        "eval/comparison.json",
+        "plots/cer_distribution.png",
+        "plots/cer_scatter.png",
+        "plots/error_types.png",
+        "plots/cer_by_writer.png",
+        "adapter/adapter_config.json",
+        "adapter/adapter_model.safetensors",
+        "checkpoints/checkpoint-6/trainer_state.json",
+    ]:
+        assert (run_dir / path).is_file(), path
+
+
+def test_metrics_and_predictions(demo_run):
+    run_dir, _, _ = demo_run
+    for stage in ("base", "tuned"):
+        metrics = json.loads((run_dir / "eval" / stage / "metrics.json").read_text())
+        assert metrics.keys() >= METRIC_KEYS
+        assert metrics["n_samples"] == 6 and metrics["n_failed"] == 0
+        assert metrics["images_per_s"] > 0
+        with open(run_dir / "eval" / stage / "predictions.csv", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+        assert list(rows[0].keys()) == PREDICTION_COLUMNS and len(rows) == 6
+        edits = sum(int(r["substitutions"]) + int(r["deletions"]) + int(r["insertions"]) for r in rows)
+        assert metrics["cer"] == pytest.approx(edits / sum(len(r["reference"]) for r in rows))
+    comparison = json.loads((run_dir / "eval" / "comparison.json").read_text())
+    assert comparison["paired"]["n_samples"] == 6
+    report = json.loads((run_dir / "data_report.json").read_text())
+    assert report["summary"]["n_test"] == 6 and report["summary"]["skipped_total"] == 0
+
+
+def test_mlflow_run(demo_run):
+    run_dir, db, stdout = demo_run
+    client = MlflowClient(f"sqlite:///{db}")
+    [run] = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.max_steps"] == "6" and run.data.params["model.name"] == "tiny"
+    assert run.data.tags["experiment"] == "demo" and run.data.tags["model"] == "tiny"
+    for key in ("base/cer", "tuned/cer", "delta/cer", "tuned/perfect_match_rate", "data/n_train"):
+        assert key in run.data.metrics, key
+    assert run.data.metrics["delta/cer"] == pytest.approx(
+        run.data.metrics["tuned/cer"] - run.data.metrics["base/cer"]
+    )
+    losses = client.get_metric_history(run.info.run_id, "train/loss")
+    assert [m.step for m in losses][:3] == [1, 2, 3]
+    assert client.get_metric_history(run.info.run_id, "val/loss")
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"adapter", "eval", "plots", "resolved_config.yaml", "data_report.json"} <= artifacts
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "eval/tuned")} >= {
+        "eval/tuned/metrics.json",
+        "eval/tuned/predictions.csv",
+    }
+    # the run ends by saying where its results are and how to see them
+    assert (
+        str(run_dir) in stdout and f"mlflow ui --host 127.0.0.1 --backend-store-uri sqlite:///{db}" in stdout
+    )
+
+
+def test_reevaluate_an_adapter_only(demo_run, tmp_path):
+    run_dir, _, _ = demo_run
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hwocr.run",
+            "+experiment=demo",
+            "stages=[tuned_eval]",
+            f"eval.adapter={run_dir / 'adapter'}",
+            "dataset.max_eval_samples=6",
+            "dataset.synth.lines_per_writer=4",
+            f"hydra.run.dir={tmp_path / 'again'}",
+            f"tracking.uri=sqlite:///{tmp_path / 'db'}",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "HWOCR_CACHE": str(run_dir.parent / "cache")},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    before = (run_dir / "eval" / "tuned" / "predictions.csv").read_text()
+    assert (tmp_path / "again" / "eval" / "tuned" / "predictions.csv").read_text() == before
+    assert not (tmp_path / "again" / "checkpoints").exists()
+
+
+def test_real_presets_fail_fast_without_gpu_or_data(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hwocr.run",
+            "+experiment=lines",
+            f"dataset.root={tmp_path / 'missing'}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+            f"tracking.uri=sqlite:///{tmp_path / 'db'}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 2
+    assert "Traceback" not in output
+    assert "CUDA GPU" in output and str(tmp_path / "missing") in output
+    assert "+experiment=demo" in output
