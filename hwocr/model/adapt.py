@@ -116,4 +116,11 @@ def attach_adapter(model: PreTrainedModel, adapter_dir: Path) -> PeftModel:
             f"{adapter_dir} is not a PEFT adapter: it has no adapter_config.json "
             "(point eval.adapter at the run's adapter/ dir or a Trainer checkpoint-N dir)"
         )
+    from hwocr.checkpoints import CheckpointError, require_safetensors
+    from hwocr.model.load import ModelLoadError
+
+    try:
+        require_safetensors(adapter_dir, "adapter")  # refuses a pickled adapter_model.bin
+    except CheckpointError as error:
+        raise ModelLoadError(str(error)) from error
     return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)

@@ -3,6 +3,7 @@
 import logging
 from pathlib import Path
 
+import torch
 from transformers import (
     AutoProcessor,
     BitsAndBytesConfig,

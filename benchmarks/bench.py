@@ -1,0 +1,527 @@
+"""Measure hwocr's training step and batched generation: peak memory, samples/s, images/s.
+
+Runs the product's own code: load_model / load_processor (4-bit through BitsAndBytesConfig, image
+modes), prepare_for_training (LoRA, frozen tower, checkpointing), OcrCollator, the Trainer's loss
+(train/loss.py for the optimized recipe) and evaluate.generate.transcribe.
+
+    # full-size DeepSeek-OCR-2 shapes with random weights (a GPU), T4 settings
+    python benchmarks/bench.py --model full --dtype fp16 --load-in-4bit --batch 8 --task train
+    # the same with the unoptimised recipe
+    python benchmarks/bench.py --model full --dtype fp16 --load-in-4bit --batch 8 --recipe baseline
+    # on a CPU
+    python benchmarks/bench.py --model tiny --dtype fp32 --batch 2 --steps 2 --task both
+
+The full-size model is built once with random weights and saved (model + a Vietnamese byte-level
+BPE tokenizer + the DeepSeek-OCR-2 image processor) to --checkpoint-dir, so that 4-bit loading
+goes through the product's from_pretrained path and yields the product's quantized layout.
+"""
+
+import argparse
+import json
+import math
+import os
+import platform
+import shlex
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hwocr.config import HardwareConfig, LoraConfig, ModelConfig  # noqa: E402
+from hwocr.data import Sample  # noqa: E402
+
+PROMPT = "<image>\nFree OCR."
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+# ----------------------------------------------------------------------------------------------
+# model and data
+
+
+def build_full_checkpoint(path: Path) -> Path:
+    """Random-weight DeepSeek-OCR-2 at full size, saved like a hub checkpoint (bf16)."""
+    if (path / "config.json").is_file():
+        return path
+    from transformers import (
+        DeepseekOcr2ForConditionalGeneration,
+        DeepseekOcr2ImageProcessorPil,
+        DeepseekOcr2Processor,
+    )
+
+    from hwocr.model.architecture import full_size_config
+    from hwocr.model.tiny import IMAGE, build_tokenizer
+
+    torch.manual_seed(0)
+    tokenizer = build_tokenizer()
+    config = full_size_config()
+    # The real vocabulary size (129,280: lm_head cost) with the offline tokenizer's special ids.
+    config.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE)
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        setattr(config.text_config, key, getattr(tokenizer, key))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    with torch.device(device):
+        model = DeepseekOcr2ForConditionalGeneration(config)
+    torch.set_default_dtype(previous)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    processor = DeepseekOcr2Processor(
+        image_processor=DeepseekOcr2ImageProcessorPil(), tokenizer=tokenizer, patch_size=16, downsample_ratio=4
+    )
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    del model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return path
+
+
+def model_config(args) -> ModelConfig:
+    if args.model == "tiny":
+        return ModelConfig(
+            name="tiny", source=str(Path(args.checkpoint_dir) / "tiny"), build_tiny=True, image_size=128,
+            tile_size=96, image_mode=args.image_mode,
+        )
+    source = build_full_checkpoint(Path(args.checkpoint_dir) / "full")
+    return ModelConfig(name="deepseek_ocr2", source=str(source), image_mode=args.image_mode)
+
+
+def line_samples(n: int, folder: Path, width: int, height: int, seed: int = 0) -> list[Sample]:
+    """Synthetic 1600x120 handwriting-like lines with Vietnamese text (a handwriting font)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    from hwocr.data import generate_lines
+
+    font_path = Path(__file__).resolve().parents[1] / "hwocr" / "data" / "fonts" / "playwrite-vn.ttf"
+    font = ImageFont.truetype(str(font_path), size=int(height * 0.45))
+    folder.mkdir(parents=True, exist_ok=True)
+    samples = []
+    for i, text in enumerate(generate_lines(n, seed=seed)):
+        path = folder / f"{width}x{height}_{seed}_{i}.png"
+        if not path.is_file():
+            image = Image.new("RGB", (width, height), (246, 243, 236))
+            ImageDraw.Draw(image).text((20, height // 5), text, fill=(20, 20, 60), font=font)
+            image.save(path)
+        samples.append(Sample(id=f"bench/{i}", writer="bench", split="test", image=path, text=text))
+    return samples
+
+
+# ----------------------------------------------------------------------------------------------
+# memory accounting
+
+
+def gib(n_bytes: float) -> float:
+    return round(n_bytes / 2**30, 3)
+
+
+def weight_bytes_by_component(model) -> dict[str, float]:
+    """Bytes of parameters and buffers, grouped by the part of the model they belong to."""
+    groups: dict[str, int] = {}
+    seen = set()
+    for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
+        if tensor.data_ptr() in seen or tensor.device.type == "meta":
+            continue
+        seen.add(tensor.data_ptr())
+        if "lora_" in name:
+            group = "lora (trainable)"
+        elif "vision_tower.sam_encoder" in name:
+            group = "vision: SAM"
+        elif "vision_tower" in name:
+            group = "vision: encoder"
+        elif "multi_modal_projector" in name or "view_separator" in name:
+            group = "projector"
+        elif "mlp.experts" in name:
+            group = "LM: routed experts"
+        elif "shared_experts" in name or ".mlp." in name:
+            group = "LM: dense + shared MLP"
+        elif "self_attn" in name:
+            group = "LM: attention"
+        elif "embed_tokens" in name:
+            group = "LM: embeddings"
+        elif "lm_head" in name:
+            group = "lm_head"
+        else:
+            group = "other (norms, router)"
+        size = tensor.numel() * tensor.element_size()
+        quant_state = getattr(tensor, "quant_state", None)
+        if quant_state is not None:
+            size += quant_state.absmax.numel() * quant_state.absmax.element_size()
+        groups[group] = groups.get(group, 0) + size
+    for module in model.modules():  # NF4 experts keep their absmax in quant states
+        for state in getattr(module, "_hwocr_quant_states", {}).values():
+            groups["LM: routed experts"] += state.absmax.numel() * state.absmax.element_size()
+    return {k: gib(v) for k, v in sorted(groups.items())}
+
+
+class MemoryProbe:
+    """Peak allocated memory per stage of a training step (CUDA only)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.stages: dict[str, dict] = {}
+        self._stage = None
+        self._start = 0
+
+    def mark(self, stage: str | None) -> None:
+        if not self.enabled:
+            return
+        torch.cuda.synchronize()
+        if self._stage is not None:
+            peak = torch.cuda.max_memory_allocated()
+            entry = self.stages.setdefault(self._stage, {"start_gib": 0.0, "peak_gib": 0.0, "transient_gib": 0.0})
+            entry["start_gib"] = gib(self._start)
+            entry["peak_gib"] = max(entry["peak_gib"], gib(peak))
+            entry["transient_gib"] = max(entry["transient_gib"], gib(peak - self._start))
+        self._stage = stage
+        self._start = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+
+    def hook(self, module, before: str, after: str) -> None:
+        module.register_forward_pre_hook(lambda *a, **k: self.mark(before))
+        module.register_forward_hook(lambda *a, **k: self.mark(after))
+
+
+# ----------------------------------------------------------------------------------------------
+# training step
+
+
+def run_train(args, mcfg, hw, lora, processor, samples, result) -> None:
+    from hwocr.model import load_model, prepare_for_training
+    from hwocr.model.adapt import vision_tower
+    from hwocr.train.collator import OcrCollator
+    from hwocr.train.loss import causal_lm_loss_on_targets
+
+    cuda = torch.cuda.is_available() and args.device == "cuda"
+    dtype = DTYPES[args.dtype]
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    model = load_model(mcfg, hw, device_map={"": 0} if cuda else None)
+    result["attn_implementation"] = model.config._attn_implementation
+    result["experts_implementation"] = model.config.text_config._experts_implementation
+    model = prepare_for_training(model, lora, hw)
+    model.train()
+    result["weights_gib_by_component"] = weight_bytes_by_component(model)
+    result["weights_gib_total"] = round(sum(result["weights_gib_by_component"].values()), 3)
+    if cuda:
+        result["allocated_after_load_gib"] = gib(torch.cuda.memory_allocated())
+
+    collator = OcrCollator(processor, PROMPT, pixel_dtype=dtype)
+    device = torch.device("cuda" if cuda else "cpu")
+    n_batches = max(1, min(args.steps, len(samples) // args.batch))
+    batches = []
+    for i in range(n_batches):
+        batch = collator(samples[i * args.batch : (i + 1) * args.batch])
+        batches.append({k: v.to(device) for k, v in batch.items()})
+    result["sequence_length"] = int(batches[0]["input_ids"].shape[1])
+    result["target_tokens_per_sample"] = round(
+        float((batches[0]["labels"] != -100).sum()) / batches[0]["labels"].shape[0], 1
+    )
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=args.lr)
+    scaler = torch.amp.GradScaler("cuda") if (cuda and args.dtype == "fp16") else None
+    probe = MemoryProbe(cuda and args.memory_profile)
+    if probe.enabled:
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        probe.hook(vision_tower(model), "vision forward", "LM forward")
+        probe.hook(base.lm_head, "lm_head + logits", "loss")
+
+    def step(batch) -> tuple[float, float]:
+        probe.mark("embed + projector")
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            if args.recipe == "optimized":
+                loss, _ = causal_lm_loss_on_targets(model, batch)
+            else:
+                loss = model(**batch).loss
+        probe.mark("backward")
+        (scaler.scale(loss) if scaler else loss).backward()
+        probe.mark("optimizer")
+        if scaler:
+            scaler.unscale_(optimizer)
+        norm = torch.nn.utils.clip_grad_norm_(trainable, args.max_grad_norm)
+        if scaler:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        probe.mark(None)
+        return float(loss), float(norm)
+
+    losses, norms = [], []
+    warmup = min(args.warmup, args.steps - 1)
+    started = None
+    for i in range(args.steps):
+        if i == warmup:
+            if cuda:
+                torch.cuda.synchronize()
+            started = time.perf_counter()
+        loss, norm = step(batches[i % len(batches)])
+        losses.append(loss)
+        norms.append(norm)
+    if cuda:
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - started
+    timed = args.steps - warmup
+    result["train"] = {
+        "steps": args.steps,
+        "timed_steps": timed,
+        "step_s": round(seconds / timed, 4),
+        "samples_per_s": round(timed * args.batch / seconds, 2),
+        "first_loss": losses[0],
+        "last_loss": losses[-1],
+        "losses": [round(x, 5) for x in losses],
+        "nonfinite_losses": sum(1 for x in losses if not math.isfinite(x)),
+        "nonfinite_grad_norms": sum(1 for x in norms if not math.isfinite(x)),
+        "grad_scale": float(scaler.get_scale()) if scaler else None,
+    }
+    if cuda:
+        peak = max([torch.cuda.max_memory_allocated()] + [0])
+        stage_peak = max([s["peak_gib"] for s in probe.stages.values()] + [0.0])
+        result["train"]["peak_gib"] = max(gib(peak), stage_peak)
+        if probe.enabled:
+            result["train"]["memory_by_stage"] = probe.stages
+    if args.profile and cuda:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            step(batches[0])
+            torch.cuda.synchronize()
+        table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25)
+        print(table)
+        result["profile_top"] = table
+    del model, optimizer
+    if cuda:
+        torch.cuda.empty_cache()
+
+
+def loss_match(args, mcfg, hw, lora, processor, samples, result) -> None:
+    """Baseline loss (full logits, model.loss) vs optimized loss on the same batch and weights."""
+    from hwocr.model import load_model, prepare_for_training
+    from hwocr.train.collator import OcrCollator
+    from hwocr.train.loss import causal_lm_loss_on_targets
+
+    cuda = torch.cuda.is_available() and args.device == "cuda"
+    dtype = DTYPES[args.dtype]
+    device = torch.device("cuda" if cuda else "cpu")
+    batch = OcrCollator(processor, PROMPT, pixel_dtype=dtype)(samples[: args.batch])
+    batch = {k: v.to(device) for k, v in batch.items()}
+    out = {}
+    for recipe in ("baseline", "optimized"):
+        hw_r = HardwareConfig(**{**asdict(hw), "optimize": recipe == "optimized"})
+        torch.manual_seed(0)
+        model = load_model(mcfg, hw_r, device_map={"": 0} if cuda else None)
+        model = prepare_for_training(model, lora, hw_r)
+        model.eval()
+        with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            full = model(**batch).loss.float().item()
+            targets = causal_lm_loss_on_targets(model, batch)[0].float().item()
+        out[recipe] = {"full_logits_loss": full, "target_logits_loss": targets}
+        del model
+        if cuda:
+            torch.cuda.empty_cache()
+    out["same_weights_rel_diff"] = abs(
+        out["optimized"]["target_logits_loss"] - out["optimized"]["full_logits_loss"]
+    ) / abs(out["optimized"]["full_logits_loss"])
+    out["baseline_vs_optimized_rel_diff"] = abs(
+        out["optimized"]["target_logits_loss"] - out["baseline"]["full_logits_loss"]
+    ) / abs(out["baseline"]["full_logits_loss"])
+    result["loss_match"] = out
+
+
+# ----------------------------------------------------------------------------------------------
+# generation
+
+
+def run_generate(args, mcfg, hw, processor, samples, result) -> None:
+    from hwocr.evaluate.generate import GenerationSettings, transcribe
+    from hwocr.model import load_model
+
+    cuda = torch.cuda.is_available() and args.device == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    model = load_model(mcfg, hw, device_map={"": 0} if cuda else None)
+    model.eval()
+    settings = GenerationSettings(prompt=PROMPT, max_new_tokens=args.new_tokens, batch_size=args.gen_batch)
+    # warm-up: CUDA context, kernels, autotuning
+    warm = GenerationSettings(prompt=PROMPT, max_new_tokens=4, batch_size=min(4, len(samples)))
+    transcribe(model, processor, samples[:4], warm, desc="warm-up")
+    if cuda:
+        torch.cuda.synchronize()
+    predictions, stats = transcribe(model, processor, samples, settings, desc="bench")
+    if cuda:
+        torch.cuda.synchronize()
+    result["generate"] = {
+        "images": len(samples),
+        "new_tokens": args.new_tokens,
+        "images_per_s": round(stats.images_per_s, 2),
+        "seconds": round(stats.seconds, 2),
+        "batch_size": stats.batch_size,
+        "failed": stats.n_failed,
+    }
+    if cuda:
+        result["generate"]["peak_gib"] = gib(torch.cuda.max_memory_allocated())
+    if args.check_unbatched:
+        # Compare token ids, not text: a random full-size model emits ids the small bench tokenizer
+        # cannot decode (they would all decode to "" and compare equal).
+        tokenizer = processor.tokenizer
+        decode = tokenizer.batch_decode
+        tokenizer.batch_decode = lambda ids, **kw: [" ".join(map(str, row.tolist())) for row in ids]
+        try:
+            check = samples[: args.check_unbatched]
+            batched, _ = transcribe(
+                model, processor, check, GenerationSettings(PROMPT, args.new_tokens, batch_size=len(check)),
+                desc="batched",
+            )
+            alone, _ = transcribe(
+                model, processor, check, GenerationSettings(PROMPT, args.new_tokens, batch_size=1), desc="unbatched"
+            )
+        finally:
+            tokenizer.batch_decode = decode
+        same = [a.prediction == b.prediction for a, b in zip(alone, batched, strict=True)]
+        agree = [
+            _common_prefix(a.prediction.split(), b.prediction.split()) for a, b in zip(alone, batched, strict=True)
+        ]
+        result["generate"]["unbatched_identical"] = f"{sum(same)}/{len(same)}"
+        result["generate"]["unbatched_common_prefix_tokens"] = agree
+    del model
+    if cuda:
+        torch.cuda.empty_cache()
+
+
+def _common_prefix(a: list, b: list) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def environment(args) -> dict:
+    import transformers
+
+    try:
+        import bitsandbytes
+
+        bnb = bitsandbytes.__version__
+    except Exception:  # noqa: BLE001 - report, don't fail
+        bnb = None
+    cuda = torch.cuda.is_available() and args.device == "cuda"
+    return {
+        "device": torch.cuda.get_device_name(0) if cuda else platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "transformers": transformers.__version__,
+        "bitsandbytes": bnb,
+        "python": platform.python_version(),
+        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+    }
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", choices=["full", "tiny"], default="full")
+    p.add_argument("--dtype", choices=list(DTYPES), default="bf16")
+    p.add_argument("--load-in-4bit", action="store_true")
+    p.add_argument("--image-mode", choices=["base", "small", "gundam"], default="base")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--task", choices=["train", "generate", "both", "loss-match"], default="train")
+    p.add_argument("--recipe", choices=["baseline", "optimized"], default="optimized")
+    p.add_argument("--no-grad-ckpt", action="store_true", help="train without gradient checkpointing")
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--max-grad-norm", type=float, default=1.0)
+    p.add_argument("--memory-profile", action="store_true", help="peak memory per stage of the step")
+    p.add_argument("--profile", action="store_true", help="torch.profiler table of one step")
+    p.add_argument("--gen-images", type=int, default=128)
+    p.add_argument("--gen-batch", type=int, default=0, help="0 = transcribe's automatic batch size")
+    p.add_argument("--new-tokens", type=int, default=48)
+    p.add_argument("--check-unbatched", type=int, default=0, help="compare N texts with batch-1 generation")
+    p.add_argument("--width", type=int, default=1600)
+    p.add_argument("--height", type=int, default=120)
+    p.add_argument("--checkpoint-dir", default=os.environ.get("HWOCR_BENCH_DIR", "/tmp/hwocr-bench"))
+    p.add_argument("--device", choices=["cuda", "cpu"], default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--json", help="write the result here (default benchmarks/results/<name>.json)")
+    p.add_argument("--name", help="result name")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.device == "cpu" and args.dtype != "fp32":
+        print("note: CPU runs use fp32 autocast off; fp16/bf16 weights are slow or unsupported on CPU")
+    torch.manual_seed(0)
+    mcfg = model_config(args)
+    hw = HardwareConfig(
+        name="bench",
+        device=args.device,
+        dtype=args.dtype,
+        load_in_4bit=args.load_in_4bit,
+        per_device_batch=args.batch,
+        gradient_checkpointing=not args.no_grad_ckpt,
+        optimize=args.recipe == "optimized",
+    )
+    lora = LoraConfig()
+    from hwocr.model import load_processor
+
+    processor = load_processor(mcfg)
+    folder = Path(args.checkpoint_dir) / "lines"
+    n = max(args.batch * max(1, min(args.steps, 4)), args.gen_images if args.task in ("generate", "both") else 0)
+    samples = line_samples(n, folder, args.width, args.height)
+    name = args.name or (
+        f"{args.model}_{args.task}_{args.recipe}_{args.dtype}{'_4bit' if args.load_in_4bit else ''}"
+        f"_{args.image_mode}_b{args.batch}"
+    )
+    result = {"name": name, **environment(args), "settings": {k: v for k, v in vars(args).items() if k != "json"}}
+    if args.task in ("train", "both"):
+        run_train(args, mcfg, hw, lora, processor, samples, result)
+    if args.task == "loss-match":
+        loss_match(args, mcfg, hw, lora, processor, samples, result)
+    if args.task in ("generate", "both"):
+        run_generate(args, mcfg, hw, processor, samples[: args.gen_images], result)
+    out = Path(args.json) if args.json else Path(__file__).parent / "results" / f"{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, default=str))
+    print(summary(result))
+    print(f"wrote {out}")
+    return result
+
+
+def summary(result: dict) -> str:
+    rows = [f"== {result['name']} on {result['device']}"]
+    if "weights_gib_by_component" in result:
+        rows.append("weights GiB: " + ", ".join(f"{k} {v}" for k, v in result["weights_gib_by_component"].items()))
+    train = result.get("train")
+    if train:
+        rows.append(
+            f"train: peak {train.get('peak_gib')} GiB, {train['samples_per_s']} samples/s, "
+            f"loss {train['first_loss']:.4f} -> {train['last_loss']:.4f}, "
+            f"nonfinite {train['nonfinite_losses']}/{train['steps']}"
+        )
+        for stage, m in train.get("memory_by_stage", {}).items():
+            rows.append(f"  {stage:18s} start {m['start_gib']:7.3f}  peak {m['peak_gib']:7.3f}  +{m['transient_gib']:.3f}")
+    if "loss_match" in result:
+        rows.append("loss match: " + json.dumps(result["loss_match"]))
+    gen = result.get("generate")
+    if gen:
+        rows.append(
+            f"generate: {gen['images_per_s']} images/s, batch {gen['batch_size']}, "
+            f"peak {gen.get('peak_gib')} GiB, unbatched identical {gen.get('unbatched_identical', '-')}"
+        )
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    main()

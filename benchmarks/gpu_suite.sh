@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Runs on the lent GPU machine: benchmarks/gpu_suite.sh PHASE...  (results to $OUT or benchmarks/results)
+# Wheels that the GPU image lacks (bitsandbytes) travel in .whl/ (see benchmarks/README.md).
+set -u
+export PYTHONUNBUFFERED=1 HWOCR_BENCH_DIR=${HWOCR_BENCH_DIR:-/tmp/hwocr-bench} TQDM_DISABLE=1
+if ls .whl/*.whl >/dev/null 2>&1 && ! python3 -c "import bitsandbytes, rapidfuzz" 2>/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+fi
+export PYTHONPATH=.:/tmp/site
+RES=${OUT:-benchmarks/results}
+mkdir -p "$RES"
+b() { local name=$1; shift; echo "### $name"; timeout ${LIMIT:-300} python3 benchmarks/bench.py --name "$name" --json "$RES/$name.json" "$@" 2>&1 | grep -v "Warning\|warn(" ; }
+for phase in "$@"; do case $phase in
+  t4mem)
+    b t4_train_baseline_b8 --dtype fp16 --load-in-4bit --batch 8 --steps 4 --recipe baseline --memory-profile
+    b t4_train_optimized_b8 --dtype fp16 --load-in-4bit --batch 8 --steps 4 --recipe optimized --memory-profile ;;
+  t4big)
+    b t4_train_optimized_b16 --dtype fp16 --load-in-4bit --batch 16 --steps 4 --recipe optimized --memory-profile ;;
+  h100speed)
+    b h100_train_optimized_b32 --dtype bf16 --batch 32 --steps 8 --recipe optimized --profile
+    b h100_train_optimized_b64_nockpt --dtype bf16 --batch 64 --steps 6 --recipe optimized --no-grad-ckpt ;;
+  h100base)
+    b h100_train_baseline_b32 --dtype bf16 --batch 32 --steps 5 --recipe baseline ;;
+  fp16steps)
+    b t4_fp16_50steps_optimized_b8 --dtype fp16 --load-in-4bit --batch 8 --steps 52 --warmup 2 --recipe optimized ;;
+  gen)
+    b h100_generate_optimized --task generate --dtype bf16 --gen-images 512 --new-tokens 48 --check-unbatched 4 ;;
+  genbase)
+    b h100_generate_baseline_b32 --task generate --recipe baseline --dtype bf16 --gen-images 64 --gen-batch 32 --new-tokens 48 ;;
+  lossmatch)
+    b full_lossmatch_fp16_4bit_b4 --task loss-match --dtype fp16 --load-in-4bit --batch 4
+    b full_lossmatch_bf16_b4 --task loss-match --dtype bf16 --batch 4 ;;
+  *) echo "unknown phase $phase" ;;
+esac; done

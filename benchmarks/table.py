@@ -1,0 +1,38 @@
+"""Render the results table of benchmarks/README.md from benchmarks/results/*.json."""
+
+import json
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def rows(folder: Path = RESULTS) -> list[str]:
+    out = [
+        "| result | device | recipe | dtype | 4-bit | batch | weights GiB | peak GiB | samples/s | images/s | note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for path in sorted(folder.glob("*.json")):
+        r = json.loads(path.read_text())
+        s, train, gen, lm = r["settings"], r.get("train", {}), r.get("generate", {}), r.get("loss_match")
+        note = ""
+        if train.get("steps", 0) >= 50:
+            note = f"{train['nonfinite_losses']} non-finite losses in {train['steps']} steps"
+        if lm:
+            note = (f"loss rel. diff: target vs full logits {lm['same_weights_rel_diff']:.1e}, "
+                    f"optimized vs plain {lm['baseline_vs_optimized_rel_diff']:.1e}")
+        if gen.get("unbatched_identical"):
+            note = f"batch-1 token ids identical {gen['unbatched_identical']}"
+        if s.get("no_grad_ckpt"):
+            note = (note + "; " if note else "") + "no grad. checkpointing"
+        out.append(
+            f"| {r['name']} | {r['device'].replace('NVIDIA ', '')} | {s['recipe']} | {s['dtype']} | "
+            f"{'yes' if s['load_in_4bit'] else 'no'} | {gen.get('batch_size', s['batch'])} | "
+            f"{r.get('weights_gib_total', '')} | {train.get('peak_gib', gen.get('peak_gib', ''))} | "
+            f"{train.get('samples_per_s', '')} | {gen.get('images_per_s', '')} | {note} |"
+        )
+    return out
+
+
+if __name__ == "__main__":
+    print("\n".join(rows(Path(sys.argv[1]) if len(sys.argv) > 1 else RESULTS)))

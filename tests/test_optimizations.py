@@ -1,0 +1,193 @@
+"""The memory/speed optimizations compute the same function as the plain recipe.
+
+CPU tests run on the tiny DeepSeek-OCR-2; the `gpu` tests repeat the checks on the full-size
+architecture (random weights) and are skipped without CUDA.
+"""
+
+import copy
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from hwocr.config import HardwareConfig, LoraConfig, ModelConfig
+from hwocr.data import Sample
+from hwocr.evaluate.generate import GenerationSettings, transcribe
+from hwocr.model import load_model, load_processor, prepare_for_training
+from hwocr.model.vision import chunk_vision_tower, fold_sam_rel_pos
+from hwocr.train.collator import OcrCollator
+from hwocr.train.loss import causal_lm_loss_on_targets, target_columns
+
+PROMPT = "<image>\nFree OCR."
+PLAIN = HardwareConfig(optimize=False)
+OPTIMIZED = HardwareConfig(optimize=True)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> ModelConfig:
+    path = tmp_path_factory.mktemp("models") / "tiny"
+    return ModelConfig(name="tiny", source=str(path), build_tiny=True, image_size=128, tile_size=96)
+
+
+@pytest.fixture(scope="module")
+def lines(tmp_path_factory) -> list[Sample]:
+    from PIL import Image, ImageDraw
+
+    folder = tmp_path_factory.mktemp("lines")
+    texts = ["Tôi yêu tiếng Việt", "học sinh đi học", "mưa rơi ướt át", "Đường về quê hương", "xin chào"]
+    samples = []
+    for i, text in enumerate(texts):
+        image = Image.new("RGB", (1600, 120), "white")
+        ImageDraw.Draw(image).text((5, 50), text, fill="black")
+        image.save(folder / f"{i}.png")
+        samples.append(Sample(id=f"o/{i}", writer="w", split="test", image=folder / f"{i}.png", text=text))
+    return samples
+
+
+def _batch(cfg, samples):
+    return OcrCollator(load_processor(cfg), PROMPT)(samples)
+
+
+def test_target_columns_cover_every_label():
+    labels = torch.tensor([[-100, -100, 5, 6, 1, -100], [-100, -100, 7, 1, -100, -100]])
+    assert target_columns(labels).tolist() == [1, 2, 3]
+
+
+@pytest.mark.parametrize("mode", ["base", "gundam"])
+def test_target_logits_loss_equals_full_logits_loss(tiny, lines, mode):
+    cfg = replace(tiny, image_mode=mode)
+    model = prepare_for_training(load_model(cfg, PLAIN), LoraConfig(), PLAIN)
+    batch = _batch(cfg, lines)
+    torch.manual_seed(0)
+    full = model(**batch).loss
+    full.backward()
+    full_grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+    model.zero_grad()
+    ours, _ = causal_lm_loss_on_targets(model, batch)
+    ours.backward()
+    assert ours.item() == pytest.approx(full.item(), rel=1e-6)
+    for a, p in zip(full_grads, [p for p in model.parameters() if p.requires_grad], strict=True):
+        torch.testing.assert_close(p.grad, a, rtol=1e-4, atol=1e-6)
+    # gradient accumulation divides by the tokens of all micro-batches
+    n = int((batch["labels"] != -100).sum())
+    summed, _ = causal_lm_loss_on_targets(model, batch, num_items_in_batch=2 * n)
+    assert summed.item() == pytest.approx(full.item() / 2, rel=1e-6)
+
+
+def test_folded_rel_pos_attention_equals_stock_attention(tiny):
+    model = load_model(tiny, PLAIN)
+    tower = model.model.vision_tower
+    pixels = torch.randn(3, 3, 128, 128)
+    for module in tower.modules():  # the tiny checkpoint has zero rel-pos tables: make them count
+        if hasattr(module, "rel_pos_h"):
+            torch.nn.init.normal_(module.rel_pos_h, std=0.3)
+            torch.nn.init.normal_(module.rel_pos_w, std=0.3)
+    with torch.no_grad():
+        reference = tower(pixels).last_hidden_state
+        folded = copy.deepcopy(tower)
+        assert fold_sam_rel_pos(folded) > 0
+        out = folded(pixels).last_hidden_state
+    torch.testing.assert_close(out, reference, rtol=1e-4, atol=1e-5)
+
+
+def test_chunked_vision_tower_gives_the_same_features(tiny):
+    tower = load_model(tiny, PLAIN).model.vision_tower
+    pixels = torch.randn(5, 3, 128, 128)
+    with torch.no_grad():
+        reference = tower(pixels).last_hidden_state
+        assert chunk_vision_tower(tower, 2)
+        out = tower(pixels).last_hidden_state
+    torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-6)
+
+
+def test_quantized_experts_equal_nf4_rounded_weights(tiny, lines):
+    """Packed NF4 experts compute what the same model computes with NF4-rounded expert weights."""
+    import bitsandbytes.functional as bnbf
+
+    from hwocr.model.experts import QuantizedExpertsMixin, quantize_experts
+
+    model = load_model(tiny, PLAIN)
+    reference = copy.deepcopy(model)
+    assert quantize_experts(model) > 0
+    experts = [m for m in model.modules() if isinstance(m, QuantizedExpertsMixin)]
+    assert experts and all(not hasattr(m, "gate_up_proj") or m.gate_up_proj is None for m in experts)
+    with torch.no_grad():
+        for module in reference.modules():
+            if hasattr(module, "gate_up_proj") and isinstance(module.gate_up_proj, torch.nn.Parameter):
+                for name in ("gate_up_proj", "down_proj"):
+                    weight = getattr(module, name)
+                    packed, state = bnbf.quantize_4bit(weight.data, blocksize=64, compress_statistics=True, quant_type="nf4")
+                    weight.copy_(bnbf.dequantize_4bit(packed, state))
+    batch = _batch(tiny, lines)
+    batch.pop("labels")
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch).logits, reference(**batch).logits, rtol=1e-4, atol=1e-5)
+
+
+def test_optimized_qlora_step_matches_plain_recipe(tiny, lines):
+    """4-bit load + every optimization: same loss as the plain 4-bit recipe up to NF4 rounding of experts."""
+    losses = {}
+    for name, hw in (("plain", PLAIN), ("optimized", OPTIMIZED)):
+        hw = replace(hw, load_in_4bit=True)
+        model = prepare_for_training(load_model(tiny, hw), LoraConfig(), hw)
+        batch = _batch(tiny, lines)
+        if hw.optimize:
+            loss, _ = causal_lm_loss_on_targets(model, batch)
+        else:
+            loss = model(**batch).loss
+        loss.backward()
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
+        losses[name] = loss.item()
+    assert losses["optimized"] == pytest.approx(losses["plain"], rel=1e-3)
+
+
+def test_optimized_batched_generation_equals_unbatched(tiny, lines):
+    processor = load_processor(tiny)
+    model = load_model(tiny, replace(OPTIMIZED, load_in_4bit=True))
+    texts = {}
+    for batch_size in (1, len(lines)):
+        settings = GenerationSettings(PROMPT, max_new_tokens=12, batch_size=batch_size)
+        predictions, _ = transcribe(model, processor, lines, settings)
+        texts[batch_size] = [p.prediction for p in predictions]
+    assert texts[1] == texts[len(lines)]
+
+
+# ------------------------------------------------------------------------------------------------
+# full size, on a GPU
+
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def _bench(*args) -> dict:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench
+
+    return bench.main([*args, "--json", "/tmp/hwocr-test-bench.json"])
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@gpu
+@pytest.mark.parametrize("dtype,four_bit", [("fp16", True), ("bf16", False)])
+def test_full_size_optimized_loss_matches_plain_recipe(dtype, four_bit):
+    result = _bench("--model", "full", "--dtype", dtype, *(["--load-in-4bit"] if four_bit else []),
+                    "--batch", "4", "--task", "loss-match")["loss_match"]
+    # same weights: target-only logits vs full logits
+    assert result["same_weights_rel_diff"] < 1e-2
+    # plain recipe vs optimized (NF4 experts under 4-bit, folded SAM attention): fp16/bf16 tolerance
+    assert result["baseline_vs_optimized_rel_diff"] < 2e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@gpu
+@pytest.mark.xfail(strict=False, reason="measured 1/4 identical on an H100 in bf16 with random weights: "
+                   "batch-shape-dependent rounding flips near-tied argmaxes (benchmarks/README.md)")
+def test_full_size_batched_generation_equals_unbatched():
+    result = _bench("--model", "full", "--dtype", "bf16", "--task", "generate", "--gen-images", "8",
+                    "--new-tokens", "16", "--check-unbatched", "4")["generate"]
+    assert result["failed"] == 0
+    assert result["unbatched_identical"] == "4/4"
