@@ -297,7 +297,7 @@ def run_train(args, mcfg, hw, lora, processor, samples, result) -> None:
         table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25)
         print(table)
         result["profile_top"] = table
-    del model, optimizer
+    model = optimizer = None  # free GPU memory before the next phase
     if cuda:
         torch.cuda.empty_cache()
 

@@ -95,7 +95,7 @@ def quantize_experts(model: nn.Module, compress_statistics: bool = True) -> int:
     import bitsandbytes.functional as bnbf
 
     n_params = 0
-    for name, module in list(model.named_modules()):
+    for _name, module in list(model.named_modules()):
         if isinstance(module, QuantizedExpertsMixin) or not is_fused_experts(module):
             continue
         cls = type(module)
