@@ -111,21 +111,25 @@ def test_full_finetuning_trains_the_language_model_not_the_tower(tiny_model_conf
     assert not any("vision_tower" in n for n in names)
 
 
-def test_a_few_training_steps_lower_the_loss(tiny_model_config, line_samples):
+def _trained_lora_model(model_config, samples, steps: int, lr: float):
+    """A LoRA model after `steps` AdamW steps on one batch, and its losses."""
     torch.manual_seed(0)
-    processor = load_processor(tiny_model_config)
-    model = prepare_for_training(
-        load_model(tiny_model_config, HardwareConfig()), LoraConfig(), HardwareConfig()
-    )
-    batch = OcrCollator(processor, PROMPT)(line_samples)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    processor = load_processor(model_config)
+    model = prepare_for_training(load_model(model_config, HardwareConfig()), LoraConfig(), HardwareConfig())
+    batch = OcrCollator(processor, PROMPT)(samples)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     losses = []
-    for _ in range(8):
+    for _ in range(steps):
         loss = model(**batch).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
         losses.append(loss.item())
+    return model, processor, losses
+
+
+def test_a_few_training_steps_lower_the_loss(tiny_model_config, line_samples):
+    _, _, losses = _trained_lora_model(tiny_model_config, line_samples, steps=8, lr=1e-2)
     assert losses[-1] < losses[0] - 0.5, losses
 
 
@@ -185,17 +189,7 @@ def test_generation_guards_reach_generate(tiny_model_config, line_samples):
 
 
 def test_adapter_round_trip_reproduces_predictions(tiny_model_config, line_samples, tmp_path):
-    torch.manual_seed(0)
-    processor = load_processor(tiny_model_config)
-    model = prepare_for_training(
-        load_model(tiny_model_config, HardwareConfig()), LoraConfig(), HardwareConfig()
-    )
-    batch = OcrCollator(processor, PROMPT)(line_samples)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-2)
-    for _ in range(5):
-        model(**batch).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
+    model, processor, _ = _trained_lora_model(tiny_model_config, line_samples, steps=5, lr=2e-2)
     settings = _settings(processor, line_samples, 5)
     before, _ = transcribe(model, processor, line_samples, settings)
     model.save_pretrained(tmp_path / "adapter")
