@@ -3,6 +3,18 @@
 Layout: root/{train_data,test_data}/<writer>/{1.jpg, 2.jpg, ..., label.json}. Every sample that
 cannot be used is recorded as a `Skipped` with a reason and logged; with `strict` the first one
 raises. Nothing outside `root` is opened.
+
+Hostile inputs and their outcome (tests/test_hostile_data.py):
+- label.json not UTF-8, not JSON, not an object, nested too deep, or over MAX_LABEL_BYTES (read at most
+  that many bytes): `bad_label_json`; a value that is not a string: `bad_label_json`;
+- a label key that is not a plain file name (`../../x.jpg`, `/etc/passwd`, NUL, over 255 bytes) or a
+  symlink (image, label.json, writer folder) resolving outside the root: `unsafe_path`; a split folder
+  (train_data/, test_data/) resolving outside the root: DatasetError;
+- 0-byte image: `empty_image`; truncated or not an image: `corrupt_image`; over MAX_IMAGE_PIXELS
+  pixels, a decompression bomb, or a side over MAX_IMAGE_SIDE px (e.g. 20000 px wide): `image_too_large`;
+- labels: NFC-normalised; control, zero-width and other format characters removed (hwocr/text.py);
+  empty afterwards: `empty_text`; over MAX_TEXT_CHARS characters: `text_too_long`;
+- a folder or file the OS refuses to read (permissions, I/O error): `unreadable`.
 """
 
 import json
@@ -26,6 +38,13 @@ LABEL_FILE = "label.json"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 # Far above any scanned page; a header claiming more is a decompression bomb or corrupt.
 MAX_IMAGE_PIXELS = 60_000_000
+# A longer side is no handwriting line or page (and would explode gundam-mode crops).
+MAX_IMAGE_SIDE = 16_384
+# UIT-HWDB label.json files are tens of KB; a bigger one is not read (bounded read, counted skip).
+MAX_LABEL_BYTES = 16 * 2**20
+# A paragraph is ~1,000 characters; a longer label would set a huge generation budget.
+MAX_TEXT_CHARS = 10_000
+MAX_NAME_BYTES = 255
 
 MISSING_IMAGE = "missing_image"
 UNLABELLED_IMAGE = "unlabelled_image"
@@ -35,8 +54,11 @@ IMAGE_TOO_LARGE = "image_too_large"
 BAD_LABEL_JSON = "bad_label_json"
 EMPTY_TEXT = "empty_text"
 UNSAFE_PATH = "unsafe_path"
+TEXT_TOO_LONG = "text_too_long"
+UNREADABLE = "unreadable"
 SKIP_REASONS = (
     MISSING_IMAGE, UNLABELLED_IMAGE, CORRUPT_IMAGE, EMPTY_IMAGE, IMAGE_TOO_LARGE, BAD_LABEL_JSON, EMPTY_TEXT, UNSAFE_PATH,
+    TEXT_TOO_LONG, UNREADABLE,
 )  # fmt: skip
 
 LAYOUT_HELP = (
@@ -119,16 +141,16 @@ def _inside(path: Path, root: Path) -> bool:
 
 def _check_image(path: Path) -> str | None:
     """A skip reason, or None for a usable image. Decodes JPEGs at 1/8 scale: cheap but complete."""
-    if path.stat().st_size == 0:
-        return EMPTY_IMAGE
     try:
+        if path.stat().st_size == 0:
+            return EMPTY_IMAGE
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 w, h = img.size
                 if w == 0 or h == 0:
                     return EMPTY_IMAGE
-                if w * h > MAX_IMAGE_PIXELS:
+                if w * h > MAX_IMAGE_PIXELS or max(w, h) > MAX_IMAGE_SIDE:
                     return IMAGE_TOO_LARGE
                 if img.format == "JPEG":
                     img.draft("L", (max(1, w // 8), max(1, h // 8)))  # still reads the whole bitstream
@@ -137,16 +159,35 @@ def _check_image(path: Path) -> str | None:
                     img.verify()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         return IMAGE_TOO_LARGE
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, MemoryError):
         return CORRUPT_IMAGE
     return None
 
 
+def _plain_name(name: str) -> bool:
+    """A file name with no directory part, NUL, or excess length: it cannot leave its folder."""
+    if not name or name in (".", "..") or "\x00" in name or Path(name).name != name:
+        return False
+    try:
+        return len(name.encode("utf-8")) <= MAX_NAME_BYTES  # undecodable bytes / lone surrogates fail
+    except UnicodeEncodeError:
+        return False
+
+
 def _read_labels(label_path: Path, out: _Collector) -> dict[str, object] | None:
     try:
-        labels = json.loads(label_path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        out.skip(label_path, BAD_LABEL_JSON, str(err))
+        with open(label_path, "rb") as file:  # bounded: a huge file is never read whole
+            data = file.read(MAX_LABEL_BYTES + 1)
+    except OSError as err:
+        out.skip(label_path, UNREADABLE, str(err))
+        return None
+    if len(data) > MAX_LABEL_BYTES:
+        out.skip(label_path, BAD_LABEL_JSON, f"larger than {MAX_LABEL_BYTES} bytes; not read")
+        return None
+    try:
+        labels = json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError) as err:  # not UTF-8, not JSON, nested too deep, huge numbers
+        out.skip(label_path, BAD_LABEL_JSON, f"{type(err).__name__}: {err}"[:300])
         return None
     if not isinstance(labels, dict):
         out.skip(label_path, BAD_LABEL_JSON, f"top level is {type(labels).__name__}, not an object")
@@ -165,10 +206,12 @@ def _load_writer(folder: Path, split: str, root: Path, out: _Collector) -> list[
             labels = _read_labels(label_path, out) or {}
     samples = []
     for name, raw_text in sorted(labels.items(), key=lambda kv: natural_key(kv[0])):
-        image = folder / name
-        if Path(name).name != name or name in (".", ".."):
-            out.skip(image, UNSAFE_PATH, f"label key {name!r} is not a plain file name")
+        if not _plain_name(name):
+            out.skip(
+                f"{folder}/{name!r}"[:500], UNSAFE_PATH, f"label key {name[:200]!r} is not a plain file name"
+            )
             continue
+        image = folder / name
         if image.is_symlink() and not _inside(image, root):
             out.skip(image, UNSAFE_PATH, "symlink leaves the dataset root")
             continue
@@ -184,6 +227,9 @@ def _load_writer(folder: Path, split: str, root: Path, out: _Collector) -> list[
         if not text:
             out.skip(image, EMPTY_TEXT, "transcription is empty")
             continue
+        if len(text) > MAX_TEXT_CHARS:
+            out.skip(image, TEXT_TOO_LONG, f"{len(text)} characters, more than {MAX_TEXT_CHARS}")
+            continue
         reason = _check_image(image)
         if reason:
             out.skip(image, reason)
@@ -196,6 +242,8 @@ def _load_writer(folder: Path, split: str, root: Path, out: _Collector) -> list[
 
 
 def _load_split(split_dir: Path, split: str, root: Path, out: _Collector) -> list[Sample]:
+    if not _inside(split_dir, root):
+        raise DatasetError(f"{split_dir} is a symlink that leaves the dataset root {root}; not reading it")
     samples = []
     for folder in sorted(split_dir.iterdir(), key=lambda p: natural_key(p.name)):
         if not folder.is_dir():
@@ -203,7 +251,13 @@ def _load_split(split_dir: Path, split: str, root: Path, out: _Collector) -> lis
         if not _inside(folder, root):
             out.skip(folder, UNSAFE_PATH, "symlink leaves the dataset root")
             continue
-        samples += _load_writer(folder, split, root, out)
+        if not _plain_name(folder.name):
+            out.skip(repr(str(folder)), UNSAFE_PATH, "writer folder name is not valid UTF-8")
+            continue
+        try:
+            samples += _load_writer(folder, split, root, out)
+        except OSError as err:  # permissions, I/O errors: the folder is skipped, not the dataset
+            out.skip(folder, UNREADABLE, str(err))
     return samples
 
 

@@ -107,7 +107,9 @@ def _generate(
     model, processor, batch: list[Sample], settings: GenerationSettings, device, dtype
 ) -> list[str]:
     images = [load_image(sample.image) for sample in batch]
-    inputs = encode(processor, images, [settings.prompt] * len(batch), padding=True, return_tensors="pt").to(device)
+    inputs = encode(processor, images, [settings.prompt] * len(batch), padding=True, return_tensors="pt").to(
+        device
+    )
     for key in ("pixel_values", "pixel_values_local"):
         if key in inputs:
             inputs[key] = inputs[key].to(dtype)

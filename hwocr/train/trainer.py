@@ -8,11 +8,13 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 from transformers import Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
 
+from hwocr import checkpoints
+from hwocr.checkpoints import CompletionMarker, GracefulStop, TrainingInterrupted, atomic_directory
 from hwocr.config import Config
 from hwocr.data import Sample
 from hwocr.train.collator import OcrCollator
+from hwocr.train.loss import causal_lm_loss_on_targets
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,17 @@ class TrainResult:
         }
 
 
+class OcrTrainer(Trainer):
+    """The HF Trainer with the loss computed from logits at target positions only (train/loss.py)."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, outputs = causal_lm_loss_on_targets(model, inputs, num_items_in_batch)
+        if num_items_in_batch is not None and self.args.average_tokens_across_devices:
+            # what Trainer.compute_loss does for a loss that divides by num_items_in_batch
+            loss = loss * (self.accelerator.num_processes if self.args.n_gpu <= 1 else self.args.n_gpu)
+        return (loss, outputs) if return_outputs else loss
+
+
 def training_arguments(cfg: Config, checkpoint_dir: Path) -> TrainingArguments:
     hw, train = cfg.hardware, cfg.train
     return TrainingArguments(
@@ -78,6 +91,7 @@ def training_arguments(cfg: Config, checkpoint_dir: Path) -> TrainingArguments:
         dataloader_pin_memory=hw.device == "cuda",
         remove_unused_columns=False,  # the collator needs the Sample objects
         label_names=["labels"],
+        prediction_loss_only=True,  # validation needs the loss, not every batch's full-vocabulary logits
         report_to="none",  # hwocr.tracking owns the MLflow run
         ddp_find_unused_parameters=False,
         disable_tqdm=False,
@@ -85,11 +99,9 @@ def training_arguments(cfg: Config, checkpoint_dir: Path) -> TrainingArguments:
 
 
 def find_resume_checkpoint(cfg: Config, checkpoint_dir: Path) -> str | None:
-    if cfg.train.resume == "never":
-        return None
-    if cfg.train.resume != "auto":
-        return cfg.train.resume
-    return get_last_checkpoint(str(checkpoint_dir)) if checkpoint_dir.is_dir() else None
+    """The newest COMPLETE checkpoint (hwocr/checkpoints.py): broken newer ones are set aside."""
+    found = checkpoints.find_resume_checkpoint(cfg.train.resume, checkpoint_dir)
+    return str(found) if found else None
 
 
 def train(
@@ -107,29 +119,40 @@ def train(
     if not val_samples:
         args.eval_strategy = "no"
         log.warning("no validation samples: validation loss is not computed")
-    trainer = Trainer(
+    trainer_class = OcrTrainer if cfg.hardware.optimize else Trainer
+    trainer = trainer_class(
         model=model,
         args=args,
         train_dataset=SampleDataset(train_samples),
         eval_dataset=SampleDataset(val_samples) if val_samples else None,
         data_collator=OcrCollator(processor, cfg.model.prompt, pixel_dtype),
-        callbacks=list(callbacks),
+        callbacks=[*callbacks, CompletionMarker()],
     )
     resume = find_resume_checkpoint(cfg, checkpoint_dir)
     resumed_step = None
     if resume:
-        resumed_step = int(Path(resume).name.rsplit("-", 1)[-1])
+        resumed_step = checkpoints.checkpoint_global_step(Path(resume))
         log.info("resuming from %s (step %d)", resume, resumed_step)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
+    stop = GracefulStop()
+    trainer.add_callback(stop)
     started = time.perf_counter()
-    output = trainer.train(resume_from_checkpoint=resume)
+    with stop.installed():
+        output = trainer.train(resume_from_checkpoint=resume)
     runtime = time.perf_counter() - started
 
     adapter_dir = run_dir / "adapter"
+    if stop.received is not None:
+        step = trainer.state.global_step
+        saved = checkpoint_dir / f"checkpoint-{step}"
+        raise TrainingInterrupted(
+            f"training stopped by a signal at step {step}; checkpoint saved to {saved}", step, saved
+        )
     if trainer.is_world_process_zero():
-        trainer.save_model(str(adapter_dir))  # PEFT models save only the adapter
-        processor.save_pretrained(str(adapter_dir))
+        with atomic_directory(adapter_dir) as tmp:  # a crash never leaves a half-written adapter
+            trainer.save_model(str(tmp))  # PEFT models save only the adapter
+            processor.save_pretrained(str(tmp))
     peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
     return TrainResult(
         train_loss=output.training_loss,

@@ -1,0 +1,290 @@
+"""Checkpoints a resume can trust, atomic output directories, and a graceful stop on SIGTERM.
+
+The Trainer writes `checkpoint-N/` file by file, so a process killed mid-save leaves a directory
+that looks like a checkpoint but is not one. hwocr therefore:
+
+- writes `hwocr_complete.json` (every file's size) into a checkpoint only after the Trainer has
+  finished saving it (`CompletionMarker`, a callback), after fsync-ing its files;
+- resumes (`train.resume=auto`) from the newest checkpoint whose marker matches the files on disk,
+  whose `trainer_state.json` parses and whose weights are complete safetensors; a newer checkpoint
+  that fails is renamed to `corrupt-checkpoint-N` with a warning and the previous one is used;
+- never loads pickled weights: a checkpoint or adapter with only `*.bin` weights is refused.
+  (The optimizer, scheduler and RNG states are `.pt`/`.pth` files; transformers 5 reads them with
+  `torch.load(..., weights_only=True)`, which cannot run code.)
+"""
+
+import contextlib
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+log = logging.getLogger(__name__)
+
+MARKER = "hwocr_complete.json"
+TRAINER_STATE = "trainer_state.json"
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+SAFE_WEIGHTS = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json")
+PICKLE_WEIGHTS = ("adapter_model.bin", "pytorch_model.bin", "pytorch_model.bin.index.json")
+MAX_SAFETENSORS_HEADER = 100_000_000
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint or adapter cannot be used; the message says which and why."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """Training stopped on a signal after saving a checkpoint; rerunning the job resumes it."""
+
+    def __init__(self, message: str, step: int, checkpoint: Path | None):
+        super().__init__(message)
+        self.step = step
+        self.checkpoint = checkpoint
+
+
+def checkpoint_step(path: Path) -> int:
+    match = CHECKPOINT_RE.match(Path(path).name)
+    return int(match.group(1)) if match else -1
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """Why `path` is not a complete safetensors file, or None. Reads only the header."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as file:
+            head = file.read(8)
+            if len(head) < 8:
+                return f"{path.name} is truncated ({size} bytes)"
+            header_len = int.from_bytes(head, "little")
+            if header_len > MAX_SAFETENSORS_HEADER or 8 + header_len > size:
+                return f"{path.name} is truncated (header runs past the end of the file)"
+            header = json.loads(file.read(header_len))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError) as error:
+        return f"{path.name} is unreadable: {error}"
+    if 8 + header_len + end != size:
+        return f"{path.name} is truncated ({size} bytes, its header describes {8 + header_len + end})"
+    return None
+
+
+def weights_problem(directory: Path) -> str | None:
+    """Why the weights in `directory` cannot be loaded safely, or None."""
+    directory = Path(directory)
+    present = [name for name in SAFE_WEIGHTS if (directory / name).is_file()]
+    if not present:
+        pickled = [name for name in PICKLE_WEIGHTS if (directory / name).is_file()]
+        if pickled:
+            return (
+                f"{directory} holds only pickled weights ({', '.join(pickled)}); hwocr loads safetensors "
+                "only, because unpickling an untrusted file can run code. Convert it with "
+                "`model.save_pretrained(DIR, safe_serialization=True)` in a trusted environment"
+            )
+        return f"{directory} has no weights ({' or '.join(SAFE_WEIGHTS[:2])})"
+    files = []
+    for name in present:
+        if name.endswith(".index.json"):
+            try:
+                index = json.loads((directory / name).read_text(encoding="utf-8"))
+                files += sorted({directory / shard for shard in index["weight_map"].values()})
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+                return f"{directory / name} is unreadable: {error}"
+        else:
+            files.append(directory / name)
+    for file in files:
+        if not file.is_file():
+            return f"{file} is missing"
+        problem = safetensors_problem(file)
+        if problem:
+            return problem
+    return None
+
+
+def require_safetensors(directory: Path, what: str = "adapter") -> None:
+    """Raise CheckpointError unless `directory` holds complete safetensors weights."""
+    problem = weights_problem(Path(directory))
+    if problem:
+        raise CheckpointError(f"refusing to load the {what}: {problem}")
+
+
+def checkpoint_problem(path: Path, require_marker: bool = True) -> str | None:
+    """Why `path` is not a complete Trainer checkpoint, or None."""
+    path = Path(path)
+    if not path.is_dir():
+        return "not a directory"
+    if require_marker:
+        marker = path / MARKER
+        if not marker.is_file():
+            return f"no {MARKER}: its save was interrupted"
+        try:
+            files = json.loads(marker.read_text(encoding="utf-8"))["files"]
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            return f"{MARKER} is unreadable: {error}"
+        for name, size in files.items():
+            file = path / name
+            if not file.is_file():
+                return f"{name} is missing"
+            if file.stat().st_size != size:
+                return f"{name} has {file.stat().st_size} bytes, {size} when it was saved"
+    try:
+        state = json.loads((path / TRAINER_STATE).read_text(encoding="utf-8"))
+        if not isinstance(state.get("global_step"), int):
+            return f"{TRAINER_STATE} has no global_step"
+    except (OSError, ValueError, AttributeError) as error:
+        return f"{TRAINER_STATE} is missing or unreadable ({type(error).__name__})"
+    for name in ("optimizer.pt", "scheduler.pt"):
+        if not (path / name).is_file():
+            return f"{name} is missing"
+    return weights_problem(path)
+
+
+def find_resume_checkpoint(resume: str, checkpoint_dir: Path) -> Path | None:
+    """The checkpoint to resume from: `never` -> None; a path -> it, if complete; `auto` -> the newest
+    complete one in `checkpoint_dir` (newer broken ones are renamed `corrupt-*` with a warning)."""
+    if resume == "never":
+        return None
+    if resume != "auto":
+        problem = checkpoint_problem(Path(resume), require_marker=False)
+        if problem:
+            raise CheckpointError(f"train.resume={resume} is not a usable checkpoint: {problem}")
+        return Path(resume)
+    if not checkpoint_dir.is_dir():
+        return None
+    candidates = sorted(
+        (p for p in checkpoint_dir.iterdir() if checkpoint_step(p) >= 0 and p.is_dir()),
+        key=checkpoint_step,
+        reverse=True,
+    )
+    for candidate in candidates:
+        problem = checkpoint_problem(candidate)
+        if problem is None:
+            return candidate
+        aside = candidate.with_name(f"corrupt-{candidate.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+        log.warning(
+            "checkpoint %s is incomplete or corrupt (%s): moved to %s; trying the previous one",
+            candidate,
+            problem,
+            aside.name,
+        )
+        os.replace(candidate, aside)
+    return None
+
+
+def _fsync_tree(directory: Path) -> dict[str, int]:
+    sizes = {}
+    for file in sorted(p for p in directory.rglob("*") if p.is_file()):
+        with open(file, "rb") as handle:
+            os.fsync(handle.fileno())
+        sizes[file.relative_to(directory).as_posix()] = file.stat().st_size
+    return sizes
+
+
+def _fsync_dir(directory: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def mark_complete(checkpoint: Path, step: int) -> None:
+    """Write the completion marker (after fsync-ing every file) via a temp name and a rename."""
+    sizes = {k: v for k, v in _fsync_tree(checkpoint).items() if k != MARKER}
+    tmp = checkpoint / f".{MARKER}.tmp"
+    tmp.write_text(json.dumps({"step": step, "files": sizes}, indent=1), encoding="utf-8")
+    with open(tmp, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, checkpoint / MARKER)
+    _fsync_dir(checkpoint)
+
+
+class CompletionMarker(TrainerCallback):
+    """Marks each checkpoint complete once the Trainer has finished writing it (on_save)."""
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if checkpoint.is_dir():
+                mark_complete(checkpoint, state.global_step)
+
+
+class GracefulStop(TrainerCallback):
+    """On SIGTERM (what schedulers and Kaggle send before killing): save a checkpoint at the end of the
+    current step and stop training. A second SIGTERM kills the process at once."""
+
+    def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM,)):
+        self.signals = signals
+        self.received: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handler(self, signum, frame):
+        self.received = signum
+        log.warning(
+            "received %s: saving a checkpoint after the current step, then stopping",
+            signal.Signals(signum).name,
+        )
+        signal.signal(signum, signal.SIG_DFL)  # a second one ends the process
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator["GracefulStop"]:
+        for signum in self.signals:
+            try:
+                self._previous[signum] = signal.signal(signum, self._handler)
+            except ValueError:  # not the main thread (e.g. a notebook's worker thread): no handler
+                log.debug("not installing a %s handler outside the main thread", signum)
+        try:
+            yield self
+        finally:
+            for signum, previous in self._previous.items():
+                signal.signal(signum, previous)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        requested = self.received is not None
+        if args.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            # every rank must stop at the same step, or the others hang in the next collective
+            flag = torch.tensor([int(requested)], device=args.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            requested = bool(flag.item())
+            if requested and self.received is None:
+                self.received = signal.SIGTERM
+        if requested:
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+
+@contextlib.contextmanager
+def atomic_directory(target: Path) -> Iterator[Path]:
+    """Yield a temporary sibling directory; on success it replaces `target` (never half-written)."""
+    target = Path(target)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    for stale in target.parent.glob(f".{target.name}.tmp-*"):  # left by a killed earlier attempt
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        _fsync_tree(tmp)
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        if target.exists():
+            os.replace(target, old)
+        os.replace(tmp, target)
+        _fsync_dir(target.parent)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def checkpoint_global_step(path: Path) -> int:
+    """The step a checkpoint was saved at (trainer_state.json; the directory name as a fallback)."""
+    try:
+        return int(json.loads((Path(path) / TRAINER_STATE).read_text(encoding="utf-8"))["global_step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return checkpoint_step(Path(path))

@@ -1,0 +1,149 @@
+"""MLflow faults: unreachable at start (fast, clear error or offline), failing mid-run (journal + sync)."""
+
+import json
+import logging
+import shutil
+import socket
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+import hwocr.run as run_module
+from hwocr import sync
+from hwocr.config import TrackingConfig
+from hwocr.tracking import Tracker, TrackingError
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def closed_port_uri() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"  # nothing listens there once the socket is closed
+
+
+def run_cli(*overrides: str) -> int:
+    """`python -m hwocr.run OVERRIDES` in this process (fast: no second import of torch)."""
+    argv = sys.argv
+    sys.argv = ["hwocr.run", "-cp", str(CONF), *overrides]
+    try:
+        run_module.main()
+    except SystemExit as stop:
+        return stop.code
+    finally:
+        sys.argv = argv
+    return 0
+
+
+def test_unreachable_store_fails_fast_before_any_data_or_model_work(tmp_path, monkeypatch):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("data or model work started before the tracking check")
+
+    monkeypatch.setattr(run_module, "prepare_dataset", forbidden)
+    monkeypatch.setattr(run_module, "load_model", forbidden)
+    started = time.perf_counter()
+    code = run_cli(f"tracking.uri={closed_port_uri()}", f"hydra.run.dir={tmp_path / 'job'}")
+    elapsed = time.perf_counter() - started
+    assert code == 2
+    log = (tmp_path / "job" / "run.log").read_text()
+    assert "is unreachable" in log and "tracking.required=false" in log
+    assert elapsed < 10, f"the check took {elapsed:.1f} s (mlflow's default retries take minutes)"
+
+
+def test_not_required_store_keeps_everything_locally_then_syncs(tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)  # sqlite artifacts go to ./mlruns
+    run_dir = tmp_path / "job"
+    (run_dir / "eval").mkdir(parents=True)
+    (run_dir / "eval" / "metrics.json").write_text('{"cer": 0.1}')
+    tracker = Tracker(TrackingConfig(uri=closed_port_uri(), required=False), tmp_path, run_dir=run_dir)
+    with caplog.at_level(logging.WARNING, logger="hwocr.tracking"):
+        tracker.check_reachable()
+    assert tracker.offline and "python -m hwocr.sync" in caplog.text
+    with tracker:
+        tracker.start("job", {"model": "tiny"})
+        tracker.log_params({"train.lr": 0.001})
+        tracker.log_metrics({"train/loss": 2.0}, step=1)
+        tracker.log_artifact(run_dir / "eval", "eval")
+    assert tracker.pending_sync_command() == f"python -m hwocr.sync {run_dir.resolve()}"
+    ops = [e["op"] for e in sync.Journal(run_dir).entries()]
+    assert ops == ["start", "params", "metrics", "artifact", "end"]
+
+    moved = tmp_path / "downloaded-job"  # e.g. a Kaggle job dir synced from a laptop
+    shutil.move(run_dir, moved)
+    store = f"sqlite:///{tmp_path / 'store.db'}"
+    assert sync.main([str(moved), "--uri", store]) == 0
+    client = MlflowClient(store)
+    (run,) = client.search_runs([client.get_experiment_by_name("hwocr").experiment_id])
+    assert run.data.params == {"train.lr": "0.001"} and run.data.metrics == {"train/loss": 2.0}
+    assert run.info.status == "FINISHED" and run.data.tags["model"] == "tiny"
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "eval")] == ["eval/metrics.json"]
+    assert json.loads((moved / "mlflow_run.json").read_text())["run_id"] == run.info.run_id
+
+
+def test_store_failing_mid_run_then_sync_completes_the_same_run(tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_dir = tmp_path / "job"
+    run_dir.mkdir()
+    (run_dir / "predictions.csv").write_text("id\n1\n")
+    tracker = Tracker(TrackingConfig(uri=store), tmp_path, run_dir=run_dir)
+    tracker.check_reachable()
+    with tracker:
+        run_id = tracker.start("job", {})
+        tracker.log_params({"train.seed": 1})
+        for step in (1, 2):
+            tracker.log_metrics({"train/loss": 10.0 - step}, step=step)
+
+        def down(*args, **kwargs):
+            raise ConnectionError("the tracking server went away")
+
+        for name in ("log_batch", "log_artifact", "log_artifacts", "set_terminated", "set_tag"):
+            monkeypatch.setattr(tracker.client, name, down)
+        with caplog.at_level(logging.WARNING, logger="hwocr.tracking"):
+            for step in (3, 4, 5):  # training goes on
+                tracker.log_metrics({"train/loss": 10.0 - step}, step=step)
+            tracker.log_artifact(run_dir / "predictions.csv", "eval")
+    assert caplog.text.count("going on without MLflow") == 1
+    assert f"python -m hwocr.sync {run_dir.resolve()}" in caplog.text
+    client = MlflowClient(store)
+    assert [m.step for m in client.get_metric_history(run_id, "train/loss")] == [1, 2]
+    assert client.get_run(run_id).info.status == "RUNNING"
+
+    assert sync.main([str(run_dir)]) == 0  # the store is back
+    history = client.get_metric_history(run_id, "train/loss")
+    assert sorted((m.step, m.value) for m in history) == [(s, 10.0 - s) for s in range(1, 6)]
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert [a.path for a in client.list_artifacts(run_id, "eval")] == ["eval/predictions.csv"]
+    assert sync.main([str(run_dir)]) == 0  # idempotent: nothing uploaded twice
+    assert len(client.get_metric_history(run_id, "train/loss")) == 5
+    assert len(client.search_runs([client.get_experiment_by_name("hwocr").experiment_id])) == 1
+
+
+def test_a_rerun_of_the_job_uploads_the_pending_journal_and_continues_the_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_dir = tmp_path / "job"
+    first = Tracker(TrackingConfig(uri=store), tmp_path, run_dir=run_dir)
+    first.check_reachable()
+    run_id = first.start("job", {})
+    monkeypatch.setattr(first.client, "log_batch", lambda *a, **k: (_ for _ in ()).throw(OSError("down")))
+    first.log_metrics({"train/loss": 1.0}, step=7)  # journaled; then the process is killed
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+
+    second = Tracker(TrackingConfig(uri=store), tmp_path, run_dir=run_dir)
+    second.check_reachable()
+    assert second.start("job", {}) == run_id and second.resumed
+    client = MlflowClient(store)
+    assert [m.step for m in client.get_metric_history(run_id, "train/loss")] == [7]
+    assert second.pending_sync_command() is None
+
+
+def test_tracker_without_a_run_dir_still_raises(tmp_path):
+    tracker = Tracker(TrackingConfig(uri=closed_port_uri(), required=False), tmp_path)
+    with pytest.raises(TrackingError, match="unreachable"):
+        tracker.check_reachable()
