@@ -72,7 +72,10 @@ def build_full_checkpoint(path: Path) -> Path:
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id
     processor = DeepseekOcr2Processor(
-        image_processor=DeepseekOcr2ImageProcessorPil(), tokenizer=tokenizer, patch_size=16, downsample_ratio=4
+        image_processor=DeepseekOcr2ImageProcessorPil(),
+        tokenizer=tokenizer,
+        patch_size=16,
+        downsample_ratio=4,
     )
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)
@@ -86,8 +89,12 @@ def build_full_checkpoint(path: Path) -> Path:
 def model_config(args) -> ModelConfig:
     if args.model == "tiny":
         return ModelConfig(
-            name="tiny", source=str(Path(args.checkpoint_dir) / "tiny"), build_tiny=True, image_size=128,
-            tile_size=96, image_mode=args.image_mode,
+            name="tiny",
+            source=str(Path(args.checkpoint_dir) / "tiny"),
+            build_tiny=True,
+            image_size=128,
+            tile_size=96,
+            image_mode=args.image_mode,
         )
     source = build_full_checkpoint(Path(args.checkpoint_dir) / "full")
     return ModelConfig(name="deepseek_ocr2", source=str(source), image_mode=args.image_mode)
@@ -175,7 +182,9 @@ class MemoryProbe:
         torch.cuda.synchronize()
         if self._stage is not None:
             peak = torch.cuda.max_memory_allocated()
-            entry = self.stages.setdefault(self._stage, {"start_gib": 0.0, "peak_gib": 0.0, "transient_gib": 0.0})
+            entry = self.stages.setdefault(
+                self._stage, {"start_gib": 0.0, "peak_gib": 0.0, "transient_gib": 0.0}
+            )
             entry["start_gib"] = gib(self._start)
             entry["peak_gib"] = max(entry["peak_gib"], gib(peak))
             entry["transient_gib"] = max(entry["transient_gib"], gib(peak - self._start))
@@ -377,17 +386,25 @@ def run_generate(args, mcfg, hw, processor, samples, result) -> None:
         try:
             check = samples[: args.check_unbatched]
             batched, _ = transcribe(
-                model, processor, check, GenerationSettings(PROMPT, args.new_tokens, batch_size=len(check)),
+                model,
+                processor,
+                check,
+                GenerationSettings(PROMPT, args.new_tokens, batch_size=len(check)),
                 desc="batched",
             )
             alone, _ = transcribe(
-                model, processor, check, GenerationSettings(PROMPT, args.new_tokens, batch_size=1), desc="unbatched"
+                model,
+                processor,
+                check,
+                GenerationSettings(PROMPT, args.new_tokens, batch_size=1),
+                desc="unbatched",
             )
         finally:
             tokenizer.batch_decode = decode
         same = [a.prediction == b.prediction for a, b in zip(alone, batched, strict=True)]
         agree = [
-            _common_prefix(a.prediction.split(), b.prediction.split()) for a, b in zip(alone, batched, strict=True)
+            _common_prefix(a.prediction.split(), b.prediction.split())
+            for a, b in zip(alone, batched, strict=True)
         ]
         result["generate"]["unbatched_identical"] = f"{sum(same)}/{len(same)}"
         result["generate"]["unbatched_common_prefix_tokens"] = agree
@@ -452,7 +469,9 @@ def parse_args(argv=None):
     p.add_argument("--width", type=int, default=1600)
     p.add_argument("--height", type=int, default=120)
     p.add_argument("--checkpoint-dir", default=os.environ.get("HWOCR_BENCH_DIR", "/tmp/hwocr-bench"))
-    p.add_argument("--device", choices=["cuda", "cpu"], default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument(
+        "--device", choices=["cuda", "cpu"], default="cuda" if torch.cuda.is_available() else "cpu"
+    )
     p.add_argument("--json", help="write the result here (default benchmarks/results/<name>.json)")
     p.add_argument("--name", help="result name")
     return p.parse_args(argv)
@@ -478,13 +497,19 @@ def main(argv=None) -> dict:
 
     processor = load_processor(mcfg)
     folder = Path(args.checkpoint_dir) / "lines"
-    n = max(args.batch * max(1, min(args.steps, 4)), args.gen_images if args.task in ("generate", "both") else 0)
+    n = max(
+        args.batch * max(1, min(args.steps, 4)), args.gen_images if args.task in ("generate", "both") else 0
+    )
     samples = line_samples(n, folder, args.width, args.height)
     name = args.name or (
         f"{args.model}_{args.task}_{args.recipe}_{args.dtype}{'_4bit' if args.load_in_4bit else ''}"
         f"_{args.image_mode}_b{args.batch}"
     )
-    result = {"name": name, **environment(args), "settings": {k: v for k, v in vars(args).items() if k != "json"}}
+    result = {
+        "name": name,
+        **environment(args),
+        "settings": {k: v for k, v in vars(args).items() if k != "json"},
+    }
     if args.task in ("train", "both"):
         run_train(args, mcfg, hw, lora, processor, samples, result)
     if args.task == "loss-match":
@@ -502,7 +527,9 @@ def main(argv=None) -> dict:
 def summary(result: dict) -> str:
     rows = [f"== {result['name']} on {result['device']}"]
     if "weights_gib_by_component" in result:
-        rows.append("weights GiB: " + ", ".join(f"{k} {v}" for k, v in result["weights_gib_by_component"].items()))
+        rows.append(
+            "weights GiB: " + ", ".join(f"{k} {v}" for k, v in result["weights_gib_by_component"].items())
+        )
     train = result.get("train")
     if train:
         rows.append(
@@ -511,7 +538,9 @@ def summary(result: dict) -> str:
             f"nonfinite {train['nonfinite_losses']}/{train['steps']}"
         )
         for stage, m in train.get("memory_by_stage", {}).items():
-            rows.append(f"  {stage:18s} start {m['start_gib']:7.3f}  peak {m['peak_gib']:7.3f}  +{m['transient_gib']:.3f}")
+            rows.append(
+                f"  {stage:18s} start {m['start_gib']:7.3f}  peak {m['peak_gib']:7.3f}  +{m['transient_gib']:.3f}"
+            )
     if "loss_match" in result:
         rows.append("loss match: " + json.dumps(result["loss_match"]))
     gen = result.get("generate")

@@ -19,8 +19,10 @@ def rows(folder: Path = RESULTS) -> list[str]:
         if train.get("steps", 0) >= 50:
             note = f"{train['nonfinite_losses']} non-finite losses in {train['steps']} steps"
         if lm:
-            note = (f"loss rel. diff: target vs full logits {lm['same_weights_rel_diff']:.1e}, "
-                    f"optimized vs plain {lm['baseline_vs_optimized_rel_diff']:.1e}")
+            note = (
+                f"loss rel. diff: target vs full logits {lm['same_weights_rel_diff']:.1e}, "
+                f"optimized vs plain {lm['baseline_vs_optimized_rel_diff']:.1e}"
+            )
         if gen.get("unbatched_identical"):
             note = f"batch-1 token ids identical {gen['unbatched_identical']}"
         if s.get("no_grad_ckpt"):

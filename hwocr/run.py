@@ -23,6 +23,7 @@ from hwocr.model import ModelLoadError, attach_adapter, load_model, load_process
 from hwocr.preflight import PreflightError, preflight, torch_dtype
 from hwocr.redact import redact_yaml
 from hwocr.report import write_comparison, write_json, write_text
+from hwocr.report.record import environment_info
 from hwocr.tracking import (
     NullTracker,
     Tracker,
@@ -118,6 +119,9 @@ def run(cfg: Config, resolved_yaml: str, job: sweep.JobContext) -> float:
         if rank.is_main:
             tracker.log_params(flatten(OmegaConf.to_container(OmegaConf.structured(cfg))))
             tracker.log_artifact(write_text(run_dir / "resolved_config.yaml", redact_yaml(resolved_yaml)))
+            environment = environment_info()
+            tracker.set_tags({f"env.{k}": v for k, v in environment.items()})
+            tracker.log_artifact(write_json(run_dir / "environment.json", environment))
             tracker.log_metrics({f"data/{k}": v for k, v in splits.summary().items()})
             data_report = {"summary": splits.summary(), "skipped": [vars(s) for s in splits.skipped]}
             tracker.log_artifact(write_json(run_dir / "data_report.json", data_report))
@@ -146,6 +150,8 @@ def run(cfg: Config, resolved_yaml: str, job: sweep.JobContext) -> float:
                 pixel_dtype=torch_dtype(cfg.hardware),
             )
             tracker.log_metrics(trained.metrics())
+            if rank.is_main:
+                write_json(run_dir / "train_summary.json", trained.metrics())
             tracker.log_artifact(trained.adapter_dir, "adapter")
         elif cfg.eval.adapter:
             model = attach_adapter(model, Path(cfg.eval.adapter))

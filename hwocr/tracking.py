@@ -74,6 +74,13 @@ def tracking_uri(cfg: TrackingConfig, outputs_dir: Path) -> str:
     return f"sqlite:///{(outputs_dir / 'mlflow.db').resolve()}"
 
 
+def local_artifact_location(uri: str) -> str | None:
+    """Artifacts beside a sqlite store; MLflow's default is ./mlruns of whatever the cwd is."""
+    if not uri.startswith("sqlite:///"):
+        return None  # a server decides where its artifacts go
+    return (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
+
+
 def ui_command(uri: str) -> str:
     if uri.startswith(("http://", "https://")):
         return f"open {uri}"
@@ -128,7 +135,9 @@ class Tracker:
                 self.experiment_id = (
                     experiment.experiment_id
                     if experiment
-                    else self.client.create_experiment(self.cfg.experiment)
+                    else self.client.create_experiment(
+                        self.cfg.experiment, artifact_location=local_artifact_location(self.uri)
+                    )
                 )
         except Exception as error:
             message = f"MLflow tracking store {self.uri} is unreachable: {_short(error)}"
@@ -303,7 +312,11 @@ class Tracker:
             else:
                 self.client.log_artifact(self.run_id, str(path), artifact_path)
 
-        self._call("artifact", {"path": str(path.resolve()), "artifact_path": artifact_path}, action)
+        entry = {"path": str(path.resolve()), "artifact_path": artifact_path}
+        if self.run_dir and path.resolve().is_relative_to(self.run_dir.resolve()):
+            # relative too, so `hwocr.sync` still finds it after the job dir is copied elsewhere
+            entry["in_run_dir"] = path.resolve().relative_to(self.run_dir.resolve()).as_posix()
+        self._call("artifact", entry, action)
 
     def end(self, status: str = "FINISHED") -> None:
         if self.run_id or self.offline:

@@ -117,7 +117,9 @@ def test_quantized_experts_equal_nf4_rounded_weights(tiny, lines):
             if hasattr(module, "gate_up_proj") and isinstance(module.gate_up_proj, torch.nn.Parameter):
                 for name in ("gate_up_proj", "down_proj"):
                     weight = getattr(module, name)
-                    packed, state = bnbf.quantize_4bit(weight.data, blocksize=64, compress_statistics=True, quant_type="nf4")
+                    packed, state = bnbf.quantize_4bit(
+                        weight.data, blocksize=64, compress_statistics=True, quant_type="nf4"
+                    )
                     weight.copy_(bnbf.dequantize_4bit(packed, state))
     batch = _batch(tiny, lines)
     batch.pop("labels")
@@ -173,8 +175,17 @@ def _bench(*args) -> dict:
 @gpu
 @pytest.mark.parametrize("dtype,four_bit", [("fp16", True), ("bf16", False)])
 def test_full_size_optimized_loss_matches_plain_recipe(dtype, four_bit):
-    result = _bench("--model", "full", "--dtype", dtype, *(["--load-in-4bit"] if four_bit else []),
-                    "--batch", "4", "--task", "loss-match")["loss_match"]
+    result = _bench(
+        "--model",
+        "full",
+        "--dtype",
+        dtype,
+        *(["--load-in-4bit"] if four_bit else []),
+        "--batch",
+        "4",
+        "--task",
+        "loss-match",
+    )["loss_match"]
     # same weights: target-only logits vs full logits
     assert result["same_weights_rel_diff"] < 1e-2
     # plain recipe vs optimized (NF4 experts under 4-bit, folded SAM attention): fp16/bf16 tolerance
@@ -184,10 +195,25 @@ def test_full_size_optimized_loss_matches_plain_recipe(dtype, four_bit):
 @pytest.mark.gpu
 @pytest.mark.slow
 @gpu
-@pytest.mark.xfail(strict=False, reason="measured 1/4 identical on an H100 in bf16 with random weights: "
-                   "batch-shape-dependent rounding flips near-tied argmaxes (benchmarks/README.md)")
+@pytest.mark.xfail(
+    strict=False,
+    reason="measured 1/4 identical on an H100 in bf16 with random weights: "
+    "batch-shape-dependent rounding flips near-tied argmaxes (benchmarks/README.md)",
+)
 def test_full_size_batched_generation_equals_unbatched():
-    result = _bench("--model", "full", "--dtype", "bf16", "--task", "generate", "--gen-images", "8",
-                    "--new-tokens", "16", "--check-unbatched", "4")["generate"]
+    result = _bench(
+        "--model",
+        "full",
+        "--dtype",
+        "bf16",
+        "--task",
+        "generate",
+        "--gen-images",
+        "8",
+        "--new-tokens",
+        "16",
+        "--check-unbatched",
+        "4",
+    )["generate"]
     assert result["failed"] == 0
     assert result["unbatched_identical"] == "4/4"

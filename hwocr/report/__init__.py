@@ -10,4 +10,5 @@ __all__ = [
     "write_comparison",
     "write_eval",
     "write_json",
+    "write_text",
 ]

@@ -72,7 +72,9 @@ def render(run_dir: Path) -> str:
         "python -m hwocr.run " + " ".join(overrides),
         "```",
         "",
-        "Machine: " + ", ".join(f"{k} {v}" for k, v in environment.items()) if environment else "Machine: unknown",
+        "Machine: " + ", ".join(f"{k} {v}" for k, v in environment.items())
+        if environment
+        else "Machine: unknown",
         "",
         "| metric | " + " | ".join(stages) + " |",
         "|---|" + "---|" * len(stages),
