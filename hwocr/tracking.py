@@ -82,7 +82,7 @@ def local_artifact_location(uri: str) -> str | None:
 
 
 def ui_command(uri: str) -> str:
-    if uri.startswith(("http://", "https://")):
+    if _is_http(uri):
         return f"open {uri}"
     return f"mlflow ui --host 127.0.0.1 --backend-store-uri {shlex.quote(uri)}"
 
