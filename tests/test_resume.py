@@ -177,6 +177,7 @@ def test_sigterm_saves_a_checkpoint_exits_nonzero_and_the_printed_command_resume
 def test_tokens_in_the_environment_never_reach_the_mlflow_store(work, reference):
     work_dir, _ = work
     stored = [(work_dir / "reference.db").read_bytes()]
-    stored += [p.read_bytes() for p in (work_dir / "mlruns").rglob("*") if p.is_file()]
-    assert len(stored) > 5, "expected the run's artifacts under ./mlruns"
+    # hwocr keeps a sqlite store's artifacts beside it (tracking.local_artifact_location)
+    stored += [p.read_bytes() for p in (work_dir / "mlartifacts").rglob("*") if p.is_file()]
+    assert len(stored) > 5, "expected the run's artifacts under mlartifacts/ beside the store"
     assert not any(SECRET.encode() in blob for blob in stored)
