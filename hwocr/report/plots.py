@@ -186,7 +186,7 @@ def plot_cer_by_writer(path: Path, by_run: dict[str, list[dict]]) -> Path:
         ax.set_xlim(0, None)
         ax.xaxis.set_major_formatter(PercentFormatter(100))
         ax.set(xlabel="Corpus CER", ylabel="Writer (samples)")
-        ax.legend(loc="lower right")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)  # never over a point
         total = len(by_run[first])
         subset = f" — {len(writers)} highest-CER of {total}" if total > len(writers) else ""
         ax.set_title(f"CER by writer{subset}")
