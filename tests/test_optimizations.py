@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hwocr.config import HardwareConfig, LoraConfig, ModelConfig
+from hwocr.config import HardwareConfig, LoraConfig
 from hwocr.data import Sample
 from hwocr.evaluate.generate import GenerationSettings, transcribe
 from hwocr.model import load_model, load_processor, prepare_for_training
@@ -22,12 +22,6 @@ from hwocr.train.loss import causal_lm_loss_on_targets, target_columns
 PROMPT = "<image>\nFree OCR."
 PLAIN = HardwareConfig(optimize=False)
 OPTIMIZED = HardwareConfig(optimize=True)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> ModelConfig:
-    path = tmp_path_factory.mktemp("models") / "tiny"
-    return ModelConfig(name="tiny", source=str(path), build_tiny=True, image_size=128, tile_size=96)
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +49,8 @@ def test_target_columns_cover_every_label():
 
 
 @pytest.mark.parametrize("mode", ["base", "gundam"])
-def test_target_logits_loss_equals_full_logits_loss(tiny, lines, mode):
-    cfg = replace(tiny, image_mode=mode)
+def test_target_logits_loss_equals_full_logits_loss(tiny_model_config, lines, mode):
+    cfg = replace(tiny_model_config, image_mode=mode)
     model = prepare_for_training(load_model(cfg, PLAIN), LoraConfig(), PLAIN)
     batch = _batch(cfg, lines)
     torch.manual_seed(0)
@@ -75,11 +69,13 @@ def test_target_logits_loss_equals_full_logits_loss(tiny, lines, mode):
     assert summed.item() == pytest.approx(full.item() / 2, rel=1e-6)
 
 
-def test_folded_rel_pos_attention_equals_stock_attention(tiny):
-    model = load_model(tiny, PLAIN)
+def test_folded_rel_pos_attention_equals_stock_attention(tiny_model_config):
+    model = load_model(tiny_model_config, PLAIN)
     tower = model.model.vision_tower
     pixels = torch.randn(3, 3, 128, 128)
-    for module in tower.modules():  # the tiny checkpoint has zero rel-pos tables: make them count
+    for (
+        module
+    ) in tower.modules():  # the tiny_model_config checkpoint has zero rel-pos tables: make them count
         if hasattr(module, "rel_pos_h"):
             torch.nn.init.normal_(module.rel_pos_h, std=0.3)
             torch.nn.init.normal_(module.rel_pos_w, std=0.3)
@@ -91,8 +87,8 @@ def test_folded_rel_pos_attention_equals_stock_attention(tiny):
     torch.testing.assert_close(out, reference, rtol=1e-4, atol=1e-5)
 
 
-def test_chunked_vision_tower_gives_the_same_features(tiny):
-    tower = load_model(tiny, PLAIN).model.vision_tower
+def test_chunked_vision_tower_gives_the_same_features(tiny_model_config):
+    tower = load_model(tiny_model_config, PLAIN).model.vision_tower
     pixels = torch.randn(5, 3, 128, 128)
     with torch.no_grad():
         reference = tower(pixels).last_hidden_state
@@ -101,13 +97,13 @@ def test_chunked_vision_tower_gives_the_same_features(tiny):
     torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-6)
 
 
-def test_quantized_experts_equal_nf4_rounded_weights(tiny, lines):
+def test_quantized_experts_equal_nf4_rounded_weights(tiny_model_config, lines):
     """Packed NF4 experts compute what the same model computes with NF4-rounded expert weights."""
     import bitsandbytes.functional as bnbf
 
     from hwocr.model.experts import QuantizedExpertsMixin, quantize_experts
 
-    model = load_model(tiny, PLAIN)
+    model = load_model(tiny_model_config, PLAIN)
     reference = copy.deepcopy(model)
     assert quantize_experts(model) > 0
     experts = [m for m in model.modules() if isinstance(m, QuantizedExpertsMixin)]
@@ -121,19 +117,19 @@ def test_quantized_experts_equal_nf4_rounded_weights(tiny, lines):
                         weight.data, blocksize=64, compress_statistics=True, quant_type="nf4"
                     )
                     weight.copy_(bnbf.dequantize_4bit(packed, state))
-    batch = _batch(tiny, lines)
+    batch = _batch(tiny_model_config, lines)
     batch.pop("labels")
     with torch.no_grad():
         torch.testing.assert_close(model(**batch).logits, reference(**batch).logits, rtol=1e-4, atol=1e-5)
 
 
-def test_optimized_qlora_step_matches_plain_recipe(tiny, lines):
+def test_optimized_qlora_step_matches_plain_recipe(tiny_model_config, lines):
     """4-bit load + every optimization: same loss as the plain 4-bit recipe up to NF4 rounding of experts."""
     losses = {}
     for name, hw in (("plain", PLAIN), ("optimized", OPTIMIZED)):
         hw = replace(hw, load_in_4bit=True)
-        model = prepare_for_training(load_model(tiny, hw), LoraConfig(), hw)
-        batch = _batch(tiny, lines)
+        model = prepare_for_training(load_model(tiny_model_config, hw), LoraConfig(), hw)
+        batch = _batch(tiny_model_config, lines)
         if hw.optimize:
             loss, _ = causal_lm_loss_on_targets(model, batch)
         else:
@@ -144,9 +140,9 @@ def test_optimized_qlora_step_matches_plain_recipe(tiny, lines):
     assert losses["optimized"] == pytest.approx(losses["plain"], rel=1e-3)
 
 
-def test_optimized_batched_generation_equals_unbatched(tiny, lines):
-    processor = load_processor(tiny)
-    model = load_model(tiny, replace(OPTIMIZED, load_in_4bit=True))
+def test_optimized_batched_generation_equals_unbatched(tiny_model_config, lines):
+    processor = load_processor(tiny_model_config)
+    model = load_model(tiny_model_config, replace(OPTIMIZED, load_in_4bit=True))
     texts = {}
     for batch_size in (1, len(lines)):
         settings = GenerationSettings(PROMPT, max_new_tokens=12, batch_size=batch_size)

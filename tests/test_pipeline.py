@@ -17,12 +17,6 @@ PROMPT = "<image>\nFree OCR."
 
 
 @pytest.fixture(scope="session")
-def tiny_model_config(tmp_path_factory) -> ModelConfig:
-    path = tmp_path_factory.mktemp("models") / "tiny"
-    return ModelConfig(name="tiny", source=str(path), build_tiny=True, image_size=128, tile_size=96)
-
-
-@pytest.fixture(scope="session")
 def line_samples(tmp_path_factory) -> list[Sample]:
     """A few synthetic lines of varying width (so gundam mode crops differently per image)."""
     from PIL import Image, ImageDraw

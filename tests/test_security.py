@@ -1,8 +1,6 @@
 """Security defaults: remote code only when asked for and pinned, no secrets in MLflow, no pickles."""
 
 import inspect
-import sys
-from pathlib import Path
 
 import pytest
 from transformers import Trainer
@@ -14,20 +12,6 @@ from hwocr.redact import REDACTED, redact_yaml
 from hwocr.tracking import Tracker, flatten, ui_command
 
 SECRET = "secret-value-1234"
-CONF = Path(__file__).resolve().parents[1] / "conf"
-
-
-def run_cli(*overrides: str) -> int:
-    """`python -m hwocr.run OVERRIDES` in this process; returns the exit code."""
-    argv = sys.argv
-    sys.argv = ["hwocr.run", "-cp", str(CONF), *overrides]
-    try:
-        run_module.main()
-    except SystemExit as stop:
-        return stop.code
-    finally:
-        sys.argv = argv
-    return 0
 
 
 @pytest.mark.parametrize(
@@ -38,7 +22,9 @@ def run_cli(*overrides: str) -> int:
         (["model.family=ocr1", "model.trust_remote_code=true"], "needs a pinned model.revision"),
     ],
 )
-def test_remote_code_needs_an_explicit_flag_and_a_pinned_revision(tmp_path, monkeypatch, overrides, message):
+def test_remote_code_needs_an_explicit_flag_and_a_pinned_revision(
+    tmp_path, monkeypatch, overrides, message, run_cli
+):
     monkeypatch.setattr(run_module, "load_model", lambda *a, **k: pytest.fail("model loaded"))
     assert run_cli(*overrides, f"hydra.run.dir={tmp_path}") == 2
     assert message in (tmp_path / "run.log").read_text()

@@ -4,9 +4,7 @@ import json
 import logging
 import shutil
 import socket
-import sys
 import time
-from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -16,8 +14,6 @@ from hwocr import sync
 from hwocr.config import TrackingConfig
 from hwocr.tracking import Tracker, TrackingError
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
-
 
 def closed_port_uri() -> str:
     with socket.socket() as s:
@@ -26,20 +22,7 @@ def closed_port_uri() -> str:
     return f"http://127.0.0.1:{port}"  # nothing listens there once the socket is closed
 
 
-def run_cli(*overrides: str) -> int:
-    """`python -m hwocr.run OVERRIDES` in this process (fast: no second import of torch)."""
-    argv = sys.argv
-    sys.argv = ["hwocr.run", "-cp", str(CONF), *overrides]
-    try:
-        run_module.main()
-    except SystemExit as stop:
-        return stop.code
-    finally:
-        sys.argv = argv
-    return 0
-
-
-def test_unreachable_store_fails_fast_before_any_data_or_model_work(tmp_path, monkeypatch):
+def test_unreachable_store_fails_fast_before_any_data_or_model_work(tmp_path, monkeypatch, run_cli):
     def forbidden(*args, **kwargs):
         raise AssertionError("data or model work started before the tracking check")
 
