@@ -9,37 +9,11 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+from spec import METRIC_KEYS, PREDICTION_COLUMNS
 
 from hwocr.config import register_schema
 
 ROOT = Path(__file__).resolve().parents[1]
-METRIC_KEYS = {
-    "cer",
-    "mean_cer",
-    "median_cer",
-    "perfect_match_rate",
-    "substitutions",
-    "deletions",
-    "insertions",
-    "substitution_rate",
-    "deletion_rate",
-    "insertion_rate",
-    "wer",
-    "n_samples",
-    "n_failed",
-}
-PREDICTION_COLUMNS = [
-    "id",
-    "writer",
-    "image",
-    "reference",
-    "prediction",
-    "cer",
-    "substitutions",
-    "deletions",
-    "insertions",
-    "error",
-]
 register_schema()
 
 
@@ -104,7 +78,7 @@ def test_metrics_and_predictions(demo_run):
         assert metrics["images_per_s"] > 0
         with open(run_dir / "eval" / stage / "predictions.csv", encoding="utf-8") as handle:
             rows = list(csv.DictReader(handle))
-        assert list(rows[0].keys()) == PREDICTION_COLUMNS and len(rows) == 6
+        assert tuple(rows[0].keys()) == PREDICTION_COLUMNS and len(rows) == 6
         edits = sum(int(r["substitutions"]) + int(r["deletions"]) + int(r["insertions"]) for r in rows)
         assert metrics["cer"] == pytest.approx(edits / sum(len(r["reference"]) for r in rows))
     comparison = json.loads((run_dir / "eval" / "comparison.json").read_text())

@@ -4,10 +4,10 @@ import random
 
 import pytest
 from PIL import Image
+from spec import PREDICTION_COLUMNS
 
 from hwocr.metrics import Prediction, evaluate
 from hwocr.report import plot_single_eval, read_predictions, write_comparison, write_eval
-from hwocr.report.files import PREDICTION_COLUMNS
 
 SENTENCES = [
     "Hôm nay trời mưa rất to ở Hà Nội",
