@@ -6,6 +6,9 @@ from pathlib import Path
 import pytest
 
 from hwocr.config import ModelConfig
+from hwocr.data import Sample
+
+LINE_TEXTS = ["Tôi yêu tiếng Việt", "học sinh đi học", "mưa rơi ướt át", "Đường về quê hương", "xin chào"]
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -15,6 +18,27 @@ def tiny_model_config(tmp_path_factory) -> ModelConfig:
     """The tiny DeepSeek-OCR-2, built once per test session."""
     path = tmp_path_factory.mktemp("models") / "tiny"
     return ModelConfig(name="tiny", source=str(path), build_tiny=True, image_size=128, tile_size=96)
+
+
+@pytest.fixture(scope="session")
+def render_lines(tmp_path_factory):
+    """render_lines(sizes) -> one test Sample per size, a short Vietnamese line drawn on white."""
+    from PIL import Image, ImageDraw
+
+    def render(sizes: list[tuple[int, int]]) -> list[Sample]:
+        folder = tmp_path_factory.mktemp("lines")
+        samples = []
+        for i, (text, size) in enumerate(zip(LINE_TEXTS, sizes, strict=False)):
+            image = Image.new("RGB", size, "white")
+            ImageDraw.Draw(image).text((5, size[1] // 2 - 10), text, fill="black")
+            path = folder / f"{i}.png"
+            image.save(path)
+            samples.append(
+                Sample(id=f"test/w{i % 2}/{i}.png", writer=f"w{i % 2}", split="test", image=path, text=text)
+            )
+        return samples
+
+    return render
 
 
 @pytest.fixture

@@ -25,18 +25,9 @@ OPTIMIZED = HardwareConfig(optimize=True)
 
 
 @pytest.fixture(scope="module")
-def lines(tmp_path_factory) -> list[Sample]:
-    from PIL import Image, ImageDraw
-
-    folder = tmp_path_factory.mktemp("lines")
-    texts = ["Tôi yêu tiếng Việt", "học sinh đi học", "mưa rơi ướt át", "Đường về quê hương", "xin chào"]
-    samples = []
-    for i, text in enumerate(texts):
-        image = Image.new("RGB", (1600, 120), "white")
-        ImageDraw.Draw(image).text((5, 50), text, fill="black")
-        image.save(folder / f"{i}.png")
-        samples.append(Sample(id=f"o/{i}", writer="w", split="test", image=folder / f"{i}.png", text=text))
-    return samples
+def lines(render_lines) -> list[Sample]:
+    """Real-size lines (1600x120), as in the GPU measurements."""
+    return render_lines([(1600, 120)] * 5)
 
 
 def _batch(cfg, samples):

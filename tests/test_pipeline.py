@@ -17,22 +17,9 @@ PROMPT = "<image>\nFree OCR."
 
 
 @pytest.fixture(scope="session")
-def line_samples(tmp_path_factory) -> list[Sample]:
-    """A few synthetic lines of varying width (so gundam mode crops differently per image)."""
-    from PIL import Image, ImageDraw
-
-    folder = tmp_path_factory.mktemp("lines")
-    texts = ["Tôi yêu tiếng Việt", "học sinh đi học", "mưa rơi ướt át", "Đường về quê hương", "xin chào"]
-    samples = []
-    for i, text in enumerate(texts):
-        image = Image.new("RGB", (300 + 280 * i, 60), "white")
-        ImageDraw.Draw(image).text((5, 20), text, fill="black")
-        path = folder / f"{i}.png"
-        image.save(path)
-        samples.append(
-            Sample(id=f"test/w{i % 2}/{i}.png", writer=f"w{i % 2}", split="test", image=path, text=text)
-        )
-    return samples
+def line_samples(render_lines) -> list[Sample]:
+    """Lines of varying width, so gundam mode crops differently per image."""
+    return render_lines([(300 + 280 * i, 60) for i in range(5)])
 
 
 @pytest.mark.parametrize("mode", ["base", "small", "gundam"])
