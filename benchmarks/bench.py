@@ -358,12 +358,16 @@ def run_generate(args, mcfg, hw, processor, samples, result) -> None:
         torch.cuda.reset_peak_memory_stats()
     model = load_model(mcfg, hw, device_map={"": 0} if cuda else None)
     model.eval()
-    settings = GenerationSettings(prompt=PROMPT, max_new_tokens=args.new_tokens, batch_size=args.gen_batch)
+    settings = GenerationSettings(
+        prompt=PROMPT, max_new_tokens=args.new_tokens, batch_size=args.gen_batch, cache=args.gen_cache
+    )
     # warm-up: CUDA context, kernels, autotuning
     warm = GenerationSettings(prompt=PROMPT, max_new_tokens=4, batch_size=min(4, len(samples)))
     transcribe(model, processor, samples[:4], warm, desc="warm-up")
     if cuda:
         torch.cuda.synchronize()
+    if args.profile and cuda:
+        result["generate_profile"] = profile_generate(model, processor, samples, settings, args)
     predictions, stats = transcribe(model, processor, samples, settings, desc="bench")
     if cuda:
         torch.cuda.synchronize()
@@ -411,6 +415,72 @@ def run_generate(args, mcfg, hw, processor, samples, result) -> None:
     del model
     if cuda:
         torch.cuda.empty_cache()
+
+
+def profile_generate(model, processor, samples, settings, args) -> dict:
+    """Where one batch's time goes: image loading, the processor, prefill (vision + prompt) and each
+    decoding step; and how busy the GPU is while decoding (kernel time / wall time)."""
+    from hwocr.data import load_image
+    from hwocr.evaluate.generate import _floating_dtype, _grouped_experts_while_decoding
+    from hwocr.model.load import encode
+
+    batch = samples[: settings.batch_size or 128]
+    dtype = _floating_dtype(model)
+
+    def timed(fn):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        out = fn()
+        torch.cuda.synchronize()
+        return out, time.perf_counter() - start
+
+    images, t_load = timed(lambda: [load_image(s.image) for s in batch])
+    inputs, t_encode = timed(
+        lambda: encode(processor, images, [settings.prompt] * len(batch), padding=True, return_tensors="pt")
+    )
+    inputs = inputs.to("cuda")
+    for key in ("pixel_values", "pixel_values_local"):
+        if key in inputs:
+            inputs[key] = inputs[key].to(dtype)
+    kwargs = dict(
+        do_sample=False,
+        num_beams=1,
+        pad_token_id=processor.tokenizer.pad_token_id,
+        eos_token_id=None,
+        **settings.generate_kwargs(),
+    )
+
+    def generate(n):
+        with torch.inference_mode(), _grouped_experts_while_decoding(model):
+            return model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, **kwargs)
+
+    generate(2)  # warm this batch shape
+    seconds_by_tokens = {}
+    for n in (1, 2, 8, 24, args.new_tokens):
+        _, seconds_by_tokens[n] = timed(lambda n=n: generate(n))
+    t_prefill, t_full = seconds_by_tokens[1], seconds_by_tokens[args.new_tokens]
+    per_step = (t_full - t_prefill) / max(1, args.new_tokens - 1)
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        _, t_prof = timed(lambda: generate(args.new_tokens))
+    events = prof.key_averages()
+    kernel_us = sum(
+        e.self_device_time_total for e in events if e.device_type == torch.autograd.DeviceType.CUDA
+    )
+    print(events.table(sort_by="self_device_time_total", row_limit=25))
+    out = {
+        "batch": len(batch),
+        "load_images_s": round(t_load, 3),
+        "processor_s": round(t_encode, 3),
+        "prefill_s": round(t_prefill, 3),
+        "decode_step_ms": round(per_step * 1000, 2),
+        "generate_s": round(t_full, 3),
+        "seconds_by_new_tokens": {n: round(t, 3) for n, t in seconds_by_tokens.items()},
+        "gpu_kernel_share": round(kernel_us / 1e6 / t_prof, 3),
+    }
+    print("generate profile:", json.dumps(out))
+    return out
 
 
 def _common_prefix(a: list, b: list) -> int:
@@ -464,6 +534,7 @@ def parse_args(argv=None):
     p.add_argument("--profile", action="store_true", help="torch.profiler table of one step")
     p.add_argument("--gen-images", type=int, default=128)
     p.add_argument("--gen-batch", type=int, default=0, help="0 = transcribe's automatic batch size")
+    p.add_argument("--gen-cache", choices=["dynamic", "static"], default="dynamic", help="KV cache kind")
     p.add_argument("--new-tokens", type=int, default=48)
     p.add_argument("--check-unbatched", type=int, default=0, help="compare N texts with batch-1 generation")
     p.add_argument("--width", type=int, default=1600)

@@ -25,6 +25,16 @@ for phase in "$@"; do case $phase in
     b t4_fp16_50steps_optimized_b8 --dtype fp16 --load-in-4bit --batch 8 --steps 52 --warmup 2 --recipe optimized ;;
   gen)
     b h100_generate_optimized --task generate --dtype bf16 --gen-images 512 --new-tokens 48 --check-unbatched 4 ;;
+  genprof)
+    b h100_generate_profile_b128 --task generate --dtype bf16 --gen-images 128 --gen-batch 128 --new-tokens 48 --profile ;;
+  genbatch)
+    b h100_generate_b256 --task generate --dtype bf16 --gen-images 512 --gen-batch 256 --new-tokens 48 --profile
+    b h100_generate_b512 --task generate --dtype bf16 --gen-images 1024 --gen-batch 512 --new-tokens 48 ;;
+  genidentity)
+    b h100_generate_identity_fp32 --task generate --dtype fp32 --gen-images 16 --gen-batch 16 --new-tokens 48 --check-unbatched 16
+    b h100_generate_identity_bf16 --task generate --dtype bf16 --gen-images 16 --gen-batch 16 --new-tokens 48 --check-unbatched 16 ;;
+  genstatic)
+    b h100_generate_static_b128 --task generate --dtype bf16 --gen-images 256 --gen-batch 128 --new-tokens 48 --gen-cache static --profile ;;
   genbase)
     b h100_generate_baseline_b32 --task generate --recipe baseline --dtype bf16 --gen-images 64 --gen-batch 32 --new-tokens 48 ;;
   lossmatch)

@@ -8,7 +8,12 @@ import torch
 
 from hwocr.config import HardwareConfig, LoraConfig, ModelConfig
 from hwocr.data import Sample
-from hwocr.evaluate.generate import GenerationSettings, max_new_tokens_for, transcribe
+from hwocr.evaluate.generate import (
+    GenerationSettings,
+    _grouped_experts_while_decoding,
+    max_new_tokens_for,
+    transcribe,
+)
 from hwocr.model import attach_adapter, load_model, load_processor, prepare_for_training, vision_tower
 from hwocr.model.load import image_mode_settings
 from hwocr.train.collator import IGNORE_INDEX, OcrCollator
@@ -130,10 +135,24 @@ def test_batched_generation_equals_one_by_one(tiny_model_config, line_samples, m
     model = load_model(cfg, HardwareConfig())
     batched, stats = transcribe(model, processor, line_samples, _settings(processor, line_samples, 5))
     single, _ = transcribe(model, processor, line_samples, _settings(processor, line_samples, 1))
-    assert [p.prediction for p in batched] == [p.prediction for p in single]
+    # batches of 2, 2 and 1: each encoded in the background while the one before generates
+    pairs, _ = transcribe(model, processor, line_samples, _settings(processor, line_samples, 2))
+    assert [p.prediction for p in batched] == [p.prediction for p in single] == [p.prediction for p in pairs]
     assert [p.id for p in batched] == [s.id for s in line_samples]
     assert any(p.prediction for p in batched)  # a random model still emits text
     assert stats.images_per_s > 0 and stats.n_failed == 0
+
+
+def test_decoding_keeps_the_grouped_experts_kernel(tiny_model_config, monkeypatch):
+    model = load_model(tiny_model_config, HardwareConfig())
+    model.set_experts_implementation("grouped_mm")
+    # transformers swaps grouped_mm for batched_mm while decoding on any non-CPU device
+    monkeypatch.setattr(type(model), "device", property(lambda self: torch.device("cuda")))
+    with model._optimize_model_for_decode():
+        assert set(model.get_experts_implementation().values()) == {"batched_mm"}
+    with _grouped_experts_while_decoding(model), model._optimize_model_for_decode():
+        assert set(model.get_experts_implementation().values()) == {"grouped_mm"}
+    assert "_optimize_model_for_decode" not in vars(model)  # the class's behaviour is back
 
 
 def test_a_failing_sample_is_recorded_not_dropped(tiny_model_config, line_samples, tmp_path):

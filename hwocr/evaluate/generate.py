@@ -7,6 +7,8 @@ its error text, and is scored like every other.
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +31,13 @@ class GenerationSettings:
     max_new_tokens: int
     no_repeat_ngram_size: int = 0
     batch_size: int = 0  # 0 = start large and halve on out-of-memory
+    cache: str = "dynamic"  # "static": a preallocated KV cache, decoding steps compiled by transformers
+
+    def generate_kwargs(self) -> dict:
+        kwargs = {"no_repeat_ngram_size": self.no_repeat_ngram_size or None}
+        if self.cache != "dynamic":
+            kwargs["cache_implementation"] = self.cache
+        return kwargs
 
 
 @dataclass
@@ -55,23 +64,40 @@ def transcribe(
     desc: str = "transcribing",
     on_batch: Callable[[list[Prediction]], None] | None = None,
 ) -> tuple[list[Prediction], EvalStats]:
-    """Transcribe `samples` in order. `on_batch` sees each finished batch (for incremental saving)."""
+    """Transcribe `samples` in order. `on_batch` sees each finished batch (for incremental saving).
+
+    The next batch's images are read and encoded in a background thread while the GPU generates.
+    """
     device = next(model.parameters()).device
     dtype = _floating_dtype(model)
     batch_size = settings.batch_size or AUTO_BATCH_START[device.type]
     predictions: list[Prediction] = []
     started = time.perf_counter()
     model.eval()
-    with tqdm(total=len(samples), desc=desc, unit="img") as progress:
+    prepared: dict[tuple[int, int], Future] = {}  # (start, size) -> encoded inputs, one batch ahead
+
+    with (
+        ThreadPoolExecutor(max_workers=1) as pool,
+        tqdm(total=len(samples), desc=desc, unit="img") as progress,
+    ):
+
+        def encode_soon(start: int, size: int) -> Future:
+            return pool.submit(_encode, processor, samples[start : start + size], settings)
+
         start = 0
         while start < len(samples):
             batch = list(samples[start : start + batch_size])
+            inputs = prepared.pop((start, batch_size), None) or encode_soon(start, batch_size)
+            following = start + len(batch)
+            if following < len(samples):
+                prepared[(following, batch_size)] = encode_soon(following, batch_size)
             try:
-                texts = _generate(model, processor, batch, settings, device, dtype)
+                texts = _generate(model, processor, inputs.result(), settings, device, dtype)
                 results = [_prediction(s, t) for s, t in zip(batch, texts, strict=True)]
             except torch.OutOfMemoryError:
                 if batch_size == 1:
                     raise
+                prepared.clear()
                 torch.cuda.empty_cache()
                 batch_size = max(1, batch_size // 2)
                 log.warning("out of memory: evaluation batch size lowered to %d", batch_size)
@@ -95,35 +121,59 @@ def _one_by_one(model, processor, batch, settings, device, dtype, batch_error) -
     log.warning("batch failed (%s); retrying its %d samples one by one", batch_error, len(batch))
     for sample in batch:
         try:
-            yield _prediction(sample, _generate(model, processor, [sample], settings, device, dtype)[0])
+            inputs = _encode(processor, [sample], settings)
+            yield _prediction(sample, _generate(model, processor, inputs, settings, device, dtype)[0])
         except torch.OutOfMemoryError:
             raise
         except Exception as error:
             yield _prediction(sample, "", error=f"{type(error).__name__}: {error}")
 
 
-@torch.inference_mode()
-def _generate(
-    model, processor, batch: list[Sample], settings: GenerationSettings, device, dtype
-) -> list[str]:
+def _encode(processor, batch: Sequence[Sample], settings: GenerationSettings):
     images = [load_image(sample.image) for sample in batch]
-    inputs = encode(processor, images, [settings.prompt] * len(batch), padding=True, return_tensors="pt").to(
-        device
-    )
+    return encode(processor, images, [settings.prompt] * len(batch), padding=True, return_tensors="pt")
+
+
+@torch.inference_mode()
+def _generate(model, processor, inputs, settings: GenerationSettings, device, dtype) -> list[str]:
+    inputs = inputs.to(device)
     for key in ("pixel_values", "pixel_values_local"):
         if key in inputs:
             inputs[key] = inputs[key].to(dtype)
-    output = model.generate(
-        **inputs,
-        max_new_tokens=settings.max_new_tokens,
-        do_sample=False,
-        num_beams=1,
-        no_repeat_ngram_size=settings.no_repeat_ngram_size or None,
-        pad_token_id=processor.tokenizer.pad_token_id,
-        eos_token_id=processor.tokenizer.eos_token_id,
-    )
+    with _grouped_experts_while_decoding(model):
+        output = model.generate(
+            **inputs,
+            max_new_tokens=settings.max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            pad_token_id=processor.tokenizer.pad_token_id,
+            eos_token_id=processor.tokenizer.eos_token_id,
+            **settings.generate_kwargs(),
+        )
     new_tokens = output[:, inputs["input_ids"].shape[1] :]
     return processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+
+
+@contextmanager
+def _grouped_experts_while_decoding(model):
+    """Keep the MoE's grouped_mm kernel during decoding.
+
+    transformers switches MoE experts to `batched_mm` for the decoding steps on GPUs. That kernel
+    gathers a copy of each selected expert's weights per token: at batch 128 it copies 3.5 GB per
+    layer per step and made decoding 2-3x slower than grouped_mm, which reads each expert once (H100,
+    benchmarks/results/h100_generate_*.json). One kernel for every batch size also keeps batched and
+    one-by-one transcription on the same arithmetic.
+    """
+    generator = model.get_base_model() if hasattr(model, "get_base_model") else model
+    switch = getattr(generator, "_optimize_model_for_decode", None)
+    if switch is None:
+        yield
+        return
+    generator._optimize_model_for_decode = nullcontext
+    try:
+        yield
+    finally:
+        del generator._optimize_model_for_decode
 
 
 def _prediction(sample: Sample, text: str, error: str = "") -> Prediction:
