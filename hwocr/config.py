@@ -9,7 +9,9 @@ DictConfig.
 from dataclasses import dataclass, field, fields, is_dataclass
 
 STAGES = ("base_eval", "train", "tuned_eval")
-IMAGE_MODES = ("base", "small", "gundam")
+# DeepSeek-OCR-2 has base/small/gundam; v1 adds tiny (512) and large (1280).
+IMAGE_MODES = {"ocr2": ("base", "small", "gundam"), "ocr1": ("tiny", "small", "base", "large", "gundam")}
+BACKENDS = ("hf", "unsloth")
 DTYPES = ("fp32", "fp16", "bf16")
 
 
@@ -25,7 +27,8 @@ class ModelConfig:
     # Native resolutions of the checkpoint: global view and local tile (both in pixels).
     image_size: int = 1024
     tile_size: int = 768
-    # base: one global view at image_size; small: one view at tile_size; gundam: global + tiles.
+    # ocr2: base = one global view at image_size; small = one view at tile_size; gundam = global +
+    # tiles. ocr1: tiny 512, small 640, base 1024, large 1280 (one view each), gundam.
     image_mode: str = "base"
     prompt: str = "<image>\nFree OCR."
 
@@ -37,9 +40,10 @@ class LoraConfig:
     alpha: int = 16
     dropout: float = 0.0
     bias: str = "none"
-    # A regex: the vision encoder reuses the names q/k/v/o/gate/up/down_proj, so a plain list would
-    # adapt it too.
-    target_modules: str = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+    # A regex over module names. None = the language model's q/k/v/o/gate/up/down projections of
+    # the chosen model family (hwocr/model/adapt.py); a plain list would also adapt the vision
+    # encoder, which reuses those names.
+    target_modules: str | None = None
 
 
 @dataclass
@@ -126,6 +130,8 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     experiment: str = "default"
+    # hf: transformers + PEFT. unsloth: Unsloth's FastVisionModel (GPU only, `pip install .[unsloth]`).
+    backend: str = "hf"
     stages: list[str] = field(default_factory=lambda: list(STAGES))
     output_dir: str | None = None  # None = the Hydra job dir
 
@@ -147,8 +153,9 @@ def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
 
 def validate(cfg: Config) -> Config:
     """Checks that go beyond types; raises ConfigError naming the key."""
-    _check_choice("model.image_mode", cfg.model.image_mode, IMAGE_MODES)
-    _check_choice("model.family", cfg.model.family, ("ocr2", "ocr1"))
+    _check_choice("model.family", cfg.model.family, tuple(IMAGE_MODES))
+    _check_choice("model.image_mode", cfg.model.image_mode, IMAGE_MODES[cfg.model.family])
+    _check_choice("backend", cfg.backend, BACKENDS)
     _check_choice("hardware.dtype", cfg.hardware.dtype, DTYPES)
     _check_choice("hardware.device", cfg.hardware.device, ("cpu", "cuda"))
     _check_choice("dataset.kind", cfg.dataset.kind, ("uit_hwdb", "synth"))
@@ -168,9 +175,28 @@ def validate(cfg: Config) -> Config:
             "model.family=ocr1 (DeepSeek-OCR v1) has no native transformers class and runs the hub's "
             "remote code; set model.trust_remote_code=true (with a pinned model.revision) to allow it"
         )
-    if cfg.model.trust_remote_code and not cfg.model.revision:
-        raise ConfigError("model.trust_remote_code=true needs a pinned model.revision (a commit hash)")
+    if cfg.model.family == "ocr1" and not cfg.lora.enabled:
+        raise ConfigError("model.family=ocr1 trains LoRA adapters only; choose a lora other than none")
+    if cfg.backend == "unsloth" and not cfg.lora.enabled:
+        raise ConfigError("backend=unsloth trains LoRA adapters here; use backend=hf for lora=none")
+    if cfg.backend == "unsloth" and cfg.hardware.device != "cuda":
+        raise ConfigError(
+            "backend=unsloth needs a CUDA GPU (Unsloth cannot run on CPU); use backend=hf here, or a "
+            "GPU hardware profile such as hardware=t4"
+        )
+    if cfg.model.trust_remote_code and not cfg.model.revision and not _is_local_dir(cfg.model.source):
+        raise ConfigError(
+            f"model.trust_remote_code=true runs code from the hub: pin model.revision to the commit "
+            f"you reviewed (`hf api` / the hub's file history for {cfg.model.source}), or set "
+            "model.source to a local directory holding a reviewed download"
+        )
     return cfg
+
+
+def _is_local_dir(source: str) -> bool:
+    from pathlib import Path
+
+    return Path(source).expanduser().is_dir()
 
 
 def _reject_unknown_keys(node, schema: type, prefix: str = "") -> None:

@@ -127,7 +127,7 @@ def run(cfg: Config, resolved_yaml: str, job: sweep.JobContext) -> float:
             tracker.log_artifact(write_json(run_dir / "data_report.json", data_report))
 
         processor = load_processor(cfg.model)
-        model = load_model(cfg.model, cfg.hardware)
+        model = load_model(cfg.model, cfg.hardware, backend=cfg.backend)
         settings = generation_settings(cfg, processor, splits.test)
 
         results = {}
@@ -138,7 +138,7 @@ def run(cfg: Config, resolved_yaml: str, job: sweep.JobContext) -> float:
 
         if "train" in cfg.stages and not cfg.eval.adapter:
             set_seed(cfg.train.seed)  # LoRA init draws random numbers: same seed, same starting adapter
-            model = prepare_for_training(model, cfg.lora, cfg.hardware)
+            model = prepare_for_training(model, cfg.lora, cfg.hardware, cfg.backend)
             trained = train(
                 model,
                 processor,

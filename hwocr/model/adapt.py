@@ -42,14 +42,37 @@ def _keep_native_adapter_keys() -> None:
 _keep_native_adapter_keys()
 
 
+_PROJECTIONS = r"(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+# Per family, the language model's projections (the default LoRA targets). The vision encoders reuse
+# some of these names, so the regexes anchor on where the language model lives.
+LANGUAGE_MODEL_TARGETS = {
+    "ocr2": rf".*language_model.*\.{_PROJECTIONS}",  # model.language_model.layers.N...
+    "ocr1": rf"model\.layers\.\d+\..*\.{_PROJECTIONS}",  # v1 remote code: model.layers.N...
+}
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.get_base_model() if isinstance(model, PeftModel) else model
+
+
+def model_family(model: torch.nn.Module) -> str:
+    """ocr2 for transformers' native DeepSeek-OCR-2, ocr1 for v1's remote code."""
+    return "ocr2" if getattr(unwrap(model).config, "model_type", "") == "deepseek_ocr2" else "ocr1"
+
+
 def vision_tower(model: torch.nn.Module) -> torch.nn.Module:
-    base = model.get_base_model() if isinstance(model, PeftModel) else model
-    return base.model.vision_tower
+    base = unwrap(model)
+    return base.model.vision_tower if model_family(model) == "ocr2" else base.model.sam_model
 
 
 def prepare_for_training(
-    model: PreTrainedModel, lora: LoraConfig, hardware: HardwareConfig
+    model: PreTrainedModel, lora: LoraConfig, hardware: HardwareConfig, backend: str = "hf"
 ) -> torch.nn.Module:
+    targets = lora.target_modules or LANGUAGE_MODEL_TARGETS[model_family(model)]
+    if backend == "unsloth":
+        from hwocr.model.unsloth import add_lora
+
+        return add_lora(model, lora, targets, hardware)
     model.requires_grad_(False)
     if lora.enabled:
         peft_config = PeftLoraConfig(
@@ -57,7 +80,7 @@ def prepare_for_training(
             lora_alpha=lora.alpha,
             lora_dropout=lora.dropout,
             bias=lora.bias,
-            target_modules=lora.target_modules,  # a string is a full-match regex in PEFT
+            target_modules=targets,  # a string is a full-match regex in PEFT
             task_type="CAUSAL_LM",
         )
         model = get_peft_model(model, peft_config)
@@ -87,8 +110,11 @@ def keep_frozen_tower_out_of_autograd(model: torch.nn.Module) -> bool:
     """Run the vision tower under no_grad when none of its parameters train.
 
     Its activations (SAM attention at 4096 patches at full size) are then never stored for backward.
-    Returns whether the wrapper was installed.
+    Returns whether the wrapper was installed. (v1's remote code already runs its encoders under
+    no_grad.)
     """
+    if model_family(model) == "ocr1":
+        return False
     tower = vision_tower(model)
     if any(p.requires_grad for p in tower.parameters()) or getattr(tower, "_hwocr_no_grad", False):
         return False

@@ -4,13 +4,7 @@ import logging
 from pathlib import Path
 
 import torch
-from transformers import (
-    AutoProcessor,
-    BitsAndBytesConfig,
-    DeepseekOcr2ForConditionalGeneration,
-    PreTrainedModel,
-    ProcessorMixin,
-)
+from transformers import AutoProcessor, BitsAndBytesConfig, PreTrainedModel, ProcessorMixin
 
 from hwocr.config import HardwareConfig, ModelConfig
 from hwocr.model.tiny import ensure_tiny_checkpoint
@@ -21,6 +15,11 @@ log = logging.getLogger(__name__)
 # Kept in 16-bit under 4-bit loading: the frozen vision tower and projector (quality, small) and the
 # output head. Matched from the start of the module name; this replaces bitsandbytes' default.
 NOT_QUANTIZED = ["model.vision_tower", "model.multi_modal_projector", "lm_head"]
+# v1's remote code: SAM, CLIP-L, the projector and the output head.
+OCR1_NOT_QUANTIZED = ["model.sam_model", "model.vision_model", "model.projector", "lm_head"]
+# The transformers releases under which v1's remote code (unsloth/DeepSeek-OCR) imports and trains;
+# measured: 4.56.2 and 4.57.6 work, 4.46 needs deepseek-ai's original code, 5.x fails to import it.
+OCR1_TRANSFORMERS = ("4.56", "4.58")
 
 
 class ModelLoadError(RuntimeError):
@@ -55,6 +54,18 @@ def resolve_source(cfg: ModelConfig) -> tuple[str, str | None]:
 
 def load_processor(cfg: ModelConfig) -> ProcessorMixin:
     source, revision = resolve_source(cfg)
+    if cfg.family == "ocr1":
+        from hwocr.model.ocr1 import Ocr1Processor
+
+        with _explained_load_errors(cfg):
+            return Ocr1Processor.from_pretrained(
+                source,
+                revision=revision,
+                image_mode=cfg.image_mode,
+                image_size=cfg.image_size,
+                tile_size=cfg.tile_size,
+                trust_remote_code=cfg.trust_remote_code,
+            )
     with _explained_load_errors(cfg):
         processor = AutoProcessor.from_pretrained(
             source, revision=revision, trust_remote_code=cfg.trust_remote_code
@@ -76,37 +87,79 @@ def encode(processor: ProcessorMixin, images: list, texts: list[str], **kwargs):
     return processor(images=images, text=texts, **getattr(processor, "hwocr_call_kwargs", {}), **kwargs)
 
 
-def load_model(cfg: ModelConfig, hardware: HardwareConfig, device_map=None) -> PreTrainedModel:
+def quantization_config(cfg: ModelConfig, hardware: HardwareConfig) -> BitsAndBytesConfig | None:
+    """NF4 with double quantization (QLoRA) when the hardware profile asks for 4-bit."""
+    if not hardware.load_in_4bit:
+        return None
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch_dtype(hardware),
+        llm_int8_skip_modules=OCR1_NOT_QUANTIZED if cfg.family == "ocr1" else NOT_QUANTIZED,
+    )
+
+
+def load_model(
+    cfg: ModelConfig, hardware: HardwareConfig, device_map=None, backend: str = "hf"
+) -> PreTrainedModel:
     """Load weights in the hardware profile's dtype, 4-bit NF4 when it asks for QLoRA."""
     source, revision = resolve_source(cfg)
-    dtype = torch_dtype(hardware)
     if device_map is None and hardware.device == "cuda":
         device_map = {"": torch.cuda.current_device()}  # this process's GPU (set per rank under DDP)
-    quantization = None
-    if hardware.load_in_4bit:
-        quantization = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=dtype,
-            llm_int8_skip_modules=NOT_QUANTIZED,
-        )
-    with _explained_load_errors(cfg):
-        model = DeepseekOcr2ForConditionalGeneration.from_pretrained(
-            source,
-            revision=revision,
-            dtype=dtype,
-            quantization_config=quantization,
-            device_map=device_map,
-            trust_remote_code=False,
-            use_safetensors=True,  # never unpickle downloaded weights (hwocr/checkpoints.py)
-        )
+    if cfg.family == "ocr1":
+        require_ocr1_transformers()
+    if backend == "unsloth":
+        from hwocr.model.unsloth import load_with_unsloth
+
+        model = load_with_unsloth(cfg, hardware, source, revision, quantization_config(cfg, hardware))
+    else:
+        with _explained_load_errors(cfg):
+            model = _model_class(cfg).from_pretrained(
+                source,
+                revision=revision,
+                dtype=torch_dtype(hardware),
+                quantization_config=quantization_config(cfg, hardware),
+                device_map=device_map,
+                trust_remote_code=cfg.trust_remote_code,
+                use_safetensors=True,  # never unpickle downloaded weights (hwocr/checkpoints.py)
+            )
     log.info(
-        "loaded %s (%s, %s%s)", source, revision or "local", hardware.dtype, ", 4-bit" if quantization else ""
+        "loaded %s (%s, %s%s, backend %s)",
+        source,
+        revision or "local",
+        hardware.dtype,
+        ", 4-bit" if hardware.load_in_4bit else "",
+        backend,
     )
-    if hardware.optimize:
+    if hardware.optimize and cfg.family == "ocr2":
         optimize_loaded_model(model, hardware)
     return model
+
+
+def _model_class(cfg: ModelConfig):
+    if cfg.family == "ocr1":
+        from transformers import AutoModel  # v1's auto_map names its remote class under AutoModel
+
+        return AutoModel
+    from transformers import DeepseekOcr2ForConditionalGeneration  # transformers >= 5.17
+
+    return DeepseekOcr2ForConditionalGeneration
+
+
+def require_ocr1_transformers() -> None:
+    """v1's remote code breaks across transformers releases; say so before it fails deep inside."""
+    import transformers
+    from packaging.version import Version
+
+    low, high = OCR1_TRANSFORMERS
+    if not Version(low) <= Version(transformers.__version__) < Version(high):
+        raise ModelLoadError(
+            f"model.family=ocr1 (DeepSeek-OCR v1) runs the hub's remote code, which loads only under "
+            f"transformers >={low},<{high}; this environment has transformers {transformers.__version__}. "
+            "Install the ocr1 profile in its own environment: pip install -e '.[ocr1]' "
+            "(README: DeepSeek-OCR v1)"
+        )
 
 
 def optimize_loaded_model(model: PreTrainedModel, hardware: HardwareConfig) -> None:

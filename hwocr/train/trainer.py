@@ -119,7 +119,8 @@ def train(
     if not val_samples:
         args.eval_strategy = "no"
         log.warning("no validation samples: validation loss is not computed")
-    trainer_class = OcrTrainer if cfg.hardware.optimize else Trainer
+    # v1's remote forward takes no logits_to_keep: it computes its own loss from full logits.
+    trainer_class = OcrTrainer if cfg.hardware.optimize and cfg.model.family == "ocr2" else Trainer
     trainer = trainer_class(
         model=model,
         args=args,

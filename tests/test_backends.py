@@ -1,0 +1,110 @@
+"""Model families and backends: DeepSeek-OCR v1 (remote code) and Unsloth, as far as a CPU with
+transformers 5.17 can check them (the GPU and v1-profile checks: tests/test_ocr1_remote.py and
+experiments/)."""
+
+import re
+import sys
+
+import pytest
+import torch
+import transformers
+from hydra import compose, initialize_config_dir
+from packaging.version import Version
+
+from hwocr.config import ConfigError, HardwareConfig, LoraConfig, register_schema, to_config
+from hwocr.model import ModelLoadError, load_model, prepare_for_training
+from hwocr.model.adapt import LANGUAGE_MODEL_TARGETS
+from hwocr.model.load import OCR1_TRANSFORMERS
+from tests.conftest import CONF
+
+register_schema()
+
+# v1's module names (remote code DeepseekOCRForCausalLM): a dense first layer, routed and shared
+# experts after it; SAM and CLIP-L name their projections qkv / qkv_proj / out_proj / fc1.
+V1_LANGUAGE = [
+    "model.layers.0.self_attn.q_proj",
+    "model.layers.0.mlp.gate_proj",
+    "model.layers.5.mlp.experts.63.down_proj",
+    "model.layers.11.mlp.shared_experts.up_proj",
+    "model.layers.11.self_attn.o_proj",
+]
+V1_OTHER = [
+    "model.sam_model.blocks.0.attn.qkv",
+    "model.sam_model.blocks.0.attn.proj",
+    "model.vision_model.transformer.layers.0.self_attn.qkv_proj",
+    "model.vision_model.transformer.layers.0.self_attn.out_proj",
+    "model.projector.layers",
+    "model.layers.5.mlp.gate",  # the router
+    "lm_head",
+]
+
+
+def composed(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def test_v1_lora_targets_are_its_language_model_projections():
+    pattern = LANGUAGE_MODEL_TARGETS["ocr1"]
+    assert [name for name in V1_LANGUAGE + V1_OTHER if re.fullmatch(pattern, name)] == V1_LANGUAGE
+
+
+def test_ocr2_lora_targets_leave_the_vision_tower_alone(tiny_model_config):
+    model = load_model(tiny_model_config, HardwareConfig())
+    names = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
+    matched = [name for name in names if re.fullmatch(LANGUAGE_MODEL_TARGETS["ocr2"], name)]
+    assert matched and all(".language_model." in name for name in matched)
+    assert any("vision_tower" in name and name.endswith("q_proj") for name in names)  # same names there
+
+
+def test_v1_config_needs_a_pinned_revision_and_knows_its_modes(tmp_path):
+    with pytest.raises(ConfigError, match="pin model.revision"):
+        to_config(composed("model=deepseek_ocr"))
+    cfg = to_config(composed("model=deepseek_ocr", "model.revision=0123abc", "model.image_mode=large"))
+    assert (cfg.model.family, cfg.model.trust_remote_code, cfg.model.tile_size) == ("ocr1", True, 640)
+    # a local directory is what was reviewed: no revision needed
+    assert to_config(composed("model=deepseek_ocr", f"model.source={tmp_path}")).model.revision is None
+    with pytest.raises(ConfigError, match="model.image_mode='large'"):
+        to_config(composed("model.image_mode=large"))  # DeepSeek-OCR-2 has no large mode
+    with pytest.raises(ConfigError, match="trust_remote_code=true"):
+        to_config(composed("model=deepseek_ocr", "model.revision=0123abc", "model.trust_remote_code=false"))
+    with pytest.raises(ConfigError, match="LoRA"):
+        to_config(composed("model=deepseek_ocr", "model.revision=0123abc", "lora=none"))
+
+
+@pytest.mark.skipif(
+    Version(OCR1_TRANSFORMERS[0]) <= Version(transformers.__version__) < Version(OCR1_TRANSFORMERS[1]),
+    reason="this environment is the ocr1 profile",
+)
+def test_v1_under_the_wrong_transformers_names_the_install_profile(tmp_path):
+    cfg = to_config(composed("model=deepseek_ocr", f"model.source={tmp_path}"))
+    with pytest.raises(ModelLoadError, match=r"transformers >=4\.56,<4\.58.*pip install -e '\.\[ocr1\]'"):
+        load_model(cfg.model, cfg.hardware)
+
+
+def test_unsloth_backend_is_refused_without_a_gpu(run_cli, capsys):
+    with pytest.raises(ConfigError, match="backend=unsloth needs a CUDA GPU"):
+        to_config(composed("backend=unsloth"))
+    with pytest.raises(ConfigError, match="backend"):
+        to_config(composed("backend=vllm"))
+    assert run_cli("backend=unsloth", "stages=[base_eval]") == 2
+
+
+def test_unsloth_import_errors_are_explained(monkeypatch):
+    from hwocr.model.unsloth import UnslothUnavailable, fast_vision_model
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UnslothUnavailable, match="needs a CUDA GPU"):
+        fast_vision_model()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setitem(sys.modules, "unsloth", None)  # as if the extra were not installed
+    with pytest.raises(UnslothUnavailable, match=r"pip install -e '\.\[unsloth\]'"):
+        fast_vision_model()
+
+
+def test_cpu_code_paths_never_import_unsloth(tiny_model_config):
+    model = prepare_for_training(
+        load_model(tiny_model_config, HardwareConfig()), LoraConfig(), HardwareConfig()
+    )
+    assert model.peft_config["default"].r == 16
+    assert "unsloth" not in sys.modules
