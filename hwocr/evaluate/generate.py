@@ -18,6 +18,7 @@ from hwocr.data import Sample, load_image
 from hwocr.metrics import Prediction
 from hwocr.model.adapt import vision_tower
 from hwocr.model.load import encode
+from hwocr.model.ocr1 import move_images
 from hwocr.text import normalize_text
 
 log = logging.getLogger(__name__)
@@ -140,6 +141,7 @@ def _generate(model, processor, inputs, settings: GenerationSettings, device, dt
     for key in ("pixel_values", "pixel_values_local"):
         if key in inputs:
             inputs[key] = inputs[key].to(dtype)
+    move_images(inputs, device, dtype)  # DeepSeek-OCR v1's per-sample (tiles, global view) pairs
     with _grouped_experts_while_decoding(model):
         output = model.generate(
             **inputs,

@@ -7,6 +7,7 @@ from transformers import ProcessorMixin
 
 from hwocr.data import Sample, load_image
 from hwocr.model.load import encode
+from hwocr.model.ocr1 import Ocr1Processor
 
 IGNORE_INDEX = -100
 
@@ -26,14 +27,12 @@ class OcrCollator:
         self.tokenizer = processor.tokenizer
 
     def __call__(self, samples: Sequence[Sample]) -> dict[str, torch.Tensor]:
+        if isinstance(self.processor, Ocr1Processor):
+            return self._collate_ocr1(samples)
         sequences, labels, pixel_values, local_values, n_local = [], [], [], [], []
         for sample in samples:
             encoded = encode(self.processor, [load_image(sample.image)], [self.prompt], return_tensors="pt")
-            prompt_ids = encoded["input_ids"][0]
-            target_ids = torch.tensor(
-                self.tokenizer(sample.text, add_special_tokens=False)["input_ids"]
-                + [self.tokenizer.eos_token_id]
-            )
+            prompt_ids, target_ids = encoded["input_ids"][0], self._target(sample)
             sequences.append(torch.cat([prompt_ids, target_ids]))
             labels.append(torch.cat([torch.full_like(prompt_ids, IGNORE_INDEX), target_ids]))
             pixel_values.append(encoded["pixel_values"])
@@ -47,6 +46,30 @@ class OcrCollator:
         if local_values:
             batch["pixel_values_local"] = torch.cat(local_values).to(self.pixel_dtype)
         return batch
+
+    def _collate_ocr1(self, samples: Sequence[Sample]) -> dict:
+        """DeepSeek-OCR v1: the image-position mask runs along input_ids, so it is padded with them."""
+        sequences, labels, image_masks, views, grids = [], [], [], [], []
+        for sample in samples:
+            encoded = self.processor([load_image(sample.image)], self.prompt)
+            prompt_ids, target_ids = encoded["input_ids"][0], self._target(sample)
+            sequences.append(torch.cat([prompt_ids, target_ids]))
+            labels.append(torch.cat([torch.full_like(prompt_ids, IGNORE_INDEX), target_ids]))
+            image_masks.append(encoded["images_seq_mask"][0])
+            views.extend(encoded["images"])
+            grids.append(encoded["images_spatial_crop"])
+        batch = _right_pad(sequences, labels, self.tokenizer.pad_token_id)
+        batch["images_seq_mask"] = torch.zeros_like(batch["input_ids"], dtype=torch.bool)
+        for row, mask in enumerate(image_masks):
+            batch["images_seq_mask"][row, : len(mask)] = mask
+        batch["images"] = [(tiles.to(self.pixel_dtype), view.to(self.pixel_dtype)) for tiles, view in views]
+        batch["images_spatial_crop"] = torch.cat(grids)
+        return batch
+
+    def _target(self, sample: Sample) -> torch.Tensor:
+        """The transcription's tokens and EOS: what the loss is computed on."""
+        ids = self.tokenizer(sample.text, add_special_tokens=False)["input_ids"]
+        return torch.tensor([*ids, self.tokenizer.eos_token_id])
 
 
 def _right_pad(
