@@ -23,7 +23,10 @@ def _keep_native_adapter_keys() -> None:
     resume) loads nothing but a "missing adapter keys" warning. Legacy-layout adapters (hub
     remote-code names) still go through the conversion.
     """
-    from peft.utils import transformers_weight_conversion as conversion
+    try:
+        from peft.utils import transformers_weight_conversion as conversion
+    except ImportError:  # transformers 4.x (the ocr1 profile): PEFT converts nothing there
+        return
 
     original = conversion.convert_peft_adapter_state_dict_for_transformers
     if getattr(original, "_hwocr_native_keys", False):

@@ -7,7 +7,6 @@ import torch
 from transformers import AutoProcessor, BitsAndBytesConfig, PreTrainedModel, ProcessorMixin
 
 from hwocr.config import HardwareConfig, ModelConfig
-from hwocr.model.tiny import ensure_tiny_checkpoint
 from hwocr.preflight import torch_dtype
 
 log = logging.getLogger(__name__)
@@ -45,6 +44,8 @@ def image_mode_settings(cfg: ModelConfig) -> dict:
 def resolve_source(cfg: ModelConfig) -> tuple[str, str | None]:
     """(path or hub id, revision). A local directory wins; its revision is meaningless."""
     if cfg.build_tiny:
+        from hwocr.model.tiny import ensure_tiny_checkpoint  # DeepSeek-OCR-2 classes: transformers 5
+
         return str(ensure_tiny_checkpoint(Path(cfg.source).resolve())), None
     local = Path(cfg.source).expanduser()
     if local.is_dir():
