@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from hwocr.data import Sample
+from hwocr.data import Sample, load_image
 from hwocr.model import load_processor
 from hwocr.model.ocr1 import Ocr1Processor, closest_grid
 from hwocr.train.collator import IGNORE_INDEX, OcrCollator
@@ -66,6 +66,23 @@ def test_views_are_normalised_and_letterboxed_in_grey(tokenizer):
     assert global_view[0, :, 512, 512].eq(1.0).all()  # the line itself, centred
     squashed = Ocr1Processor(tokenizer, "small").views(Image.new("RGB", (1600, 120), "white"))[1]
     assert squashed.eq(1.0).all()  # small mode stretches the line to fill the square
+    dark = Ocr1Processor(tokenizer, "large").views(Image.new("RGB", (900, 1400), "black"))[1]
+    assert dark.min() == -1.0 and dark.max() <= 1.0  # [-1, 1]: black is -1
+
+
+def test_exif_rotation_is_applied_before_tiles_and_tokens_are_counted(tokenizer, tmp_path):
+    path = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 120x1600, shown as a 1600x120 line
+    Image.new("RGB", (120, 1600), "white").save(path, exif=exif)
+    inputs = Ocr1Processor(tokenizer, "gundam")([load_image(path)], PROMPT)
+    assert inputs["images_spatial_crop"].tolist() == [[9, 1]]
+    assert int(inputs["images_seq_mask"].sum()) == view(1024) + 1 + (10 * 9 + 1) * 10
+
+
+def test_unknown_mode_is_refused(tokenizer):
+    with pytest.raises(ValueError, match="image mode"):
+        Ocr1Processor(tokenizer, "huge")
 
 
 def test_batches_are_left_padded_for_generation(tokenizer):

@@ -133,9 +133,20 @@ def load_model(
         ", 4-bit" if hardware.load_in_4bit else "",
         backend,
     )
+    if cfg.family == "ocr1":
+        _restore_integer_position_ids(model)
     if hardware.optimize and cfg.family == "ocr2":
         optimize_loaded_model(model, hardware)
     return model
+
+
+def _restore_integer_position_ids(model: torch.nn.Module) -> None:
+    """A 4-bit fp16 load casts v1's CLIP `position_ids` buffer (an arange) to fp16, and its
+    embedding lookup then fails; the values are exact small integers, so cast them back."""
+    for module in model.modules():
+        ids = getattr(module, "position_ids", None)
+        if isinstance(ids, torch.Tensor) and ids.is_floating_point():
+            module.position_ids = ids.round().long()
 
 
 def _model_class(cfg: ModelConfig):

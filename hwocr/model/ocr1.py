@@ -22,7 +22,14 @@ IMAGE_TOKEN = "<image>"
 PIXELS_PER_FEATURE = 64  # SAM's 16-pixel patches, then 4x downsampling
 GREY = (127, 127, 127)  # v1's padding colour: the normalisation mean
 SQUASH_MAX = 640  # views up to this side are resized to a square, larger ones letterboxed
-FIXED_SIDES = {"tiny": 512, "small": 640, "large": 1280}  # base and gundam use model.image_size
+# mode -> (global view side, None = model.image_size; tiles). gundam tiles at model.tile_size.
+MODES = {
+    "tiny": (512, False),
+    "small": (640, False),
+    "base": (None, False),
+    "large": (1280, False),
+    "gundam": (None, True),
+}
 TILE_GRID = (2, 9)  # gundam: the fewest and most tiles
 
 
@@ -30,6 +37,10 @@ class Ocr1Processor:
     """v1's input preparation for batches (training and generation), with hwocr's image modes."""
 
     def __init__(self, tokenizer, image_mode: str = "base", image_size: int = 1024, tile_size: int = 640):
+        if image_mode not in MODES:
+            raise ValueError(
+                f"unknown DeepSeek-OCR v1 image mode {image_mode!r}; choose from {sorted(MODES)}"
+            )
         self.tokenizer = tokenizer
         self.image_mode = image_mode
         self.image_size = image_size
@@ -50,9 +61,11 @@ class Ocr1Processor:
         tile_size: int = 640,
         trust_remote_code: bool = False,
     ) -> "Ocr1Processor":
-        tokenizer = AutoTokenizer.from_pretrained(
-            source, revision=revision, trust_remote_code=trust_remote_code
-        )
+        """The tokenizer is a plain LlamaTokenizerFast: it never needs the remote code, and asking for
+        it (trust_remote_code=True) makes transformers 5 import v1's modeling file, which fails there.
+        The argument is accepted for load_processor's sake and ignored."""
+        del trust_remote_code
+        tokenizer = AutoTokenizer.from_pretrained(source, revision=revision, trust_remote_code=False)
         tokenizer.padding_side = "left"  # batched generation
         return cls(tokenizer, image_mode, image_size, tile_size)
 
@@ -65,16 +78,24 @@ class Ocr1Processor:
 
     @property
     def global_side(self) -> int:
-        return FIXED_SIDES.get(self.image_mode, self.image_size)
+        return MODES[self.image_mode][0] or self.image_size
+
+    @property
+    def crops(self) -> bool:
+        return MODES[self.image_mode][1]
 
     def tile_grid(self, width: int, height: int) -> tuple[int, int]:
         """(tiles across, tiles down): (1, 1) = no tiles."""
-        if self.image_mode != "gundam" or (width <= self.tile_size and height <= self.tile_size):
+        if not self.crops or (width <= self.tile_size and height <= self.tile_size):
             return 1, 1
         return closest_grid(width, height, self.tile_size)
 
     def image_token_count(self, width: int, height: int) -> int:
-        across, down = self.tile_grid(width, height)
+        """Image tokens for an upright image of this size: v1's global view, separator and tiles."""
+        return self.grid_token_count(self.tile_grid(width, height))
+
+    def grid_token_count(self, grid: tuple[int, int]) -> int:
+        across, down = grid
         count = view_tokens(self.global_side) + 1  # + the view separator
         if (across, down) != (1, 1):
             per_tile = self.tile_size // PIXELS_PER_FEATURE
@@ -86,7 +107,7 @@ class Ocr1Processor:
         image = ImageOps.exif_transpose(image).convert("RGB")
         side = self.global_side
         grid = self.tile_grid(*image.size)
-        square = image.resize((side, side)) if side <= SQUASH_MAX and self.image_mode != "gundam" else image
+        square = image.resize((side, side)) if side <= SQUASH_MAX and not self.crops else image
         global_view = _to_tensor(ImageOps.pad(square, (side, side), color=GREY))[None]
         if grid == (1, 1):
             return torch.zeros(1, 3, side, side), global_view, grid
@@ -121,7 +142,7 @@ class Ocr1Processor:
         rows, masks, views, grids = [], [], [], []
         for image, prompt in zip(images, texts, strict=True):
             tiles, global_view, grid = self.views(image)
-            ids, mask = self.prompt_ids(prompt, self.image_token_count(*image.size))
+            ids, mask = self.prompt_ids(prompt, self.grid_token_count(grid))  # grid of the upright image
             rows.append(ids)
             masks.append(mask)
             views.append((tiles, global_view))
@@ -142,7 +163,8 @@ class Ocr1Processor:
 
 
 def move_images(inputs, device, dtype) -> None:
-    """BatchFeature.to moves tensors only: v1's `images` is a list of (tiles, global) tuples."""
+    """BatchFeature.to moves tensors only: v1's `images` is a list of (tiles, global) tuples, moved
+    and cast to the model's dtype here, in place (a no-op for inputs without `images`)."""
     if "images" in inputs:
         inputs["images"] = [(t.to(device, dtype), g.to(device, dtype)) for t, g in inputs["images"]]
 

@@ -72,7 +72,7 @@ def training_arguments(cfg: Config, checkpoint_dir: Path) -> TrainingArguments:
         max_steps=train.max_steps,
         learning_rate=train.lr,
         lr_scheduler_type=train.scheduler,
-        warmup_steps=train.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
+        **_warmup(train.warmup_ratio),
         weight_decay=train.weight_decay,
         max_grad_norm=train.max_grad_norm,
         seed=train.seed,
@@ -95,6 +95,18 @@ def training_arguments(cfg: Config, checkpoint_dir: Path) -> TrainingArguments:
         report_to="none",  # hwocr.tracking owns the MLflow run
         ddp_find_unused_parameters=False,
         disable_tqdm=False,
+    )
+
+
+def _warmup(ratio: float) -> dict:
+    """transformers 5 takes the ratio as warmup_steps (a float < 1) and deprecates warmup_ratio;
+    4.x (the ocr1 profile) wants an int there and the ratio in warmup_ratio."""
+    import transformers
+
+    return (
+        {"warmup_steps": ratio}
+        if int(transformers.__version__.split(".")[0]) >= 5
+        else {"warmup_ratio": ratio}
     )
 
 
