@@ -60,9 +60,21 @@ def check_hardware(hardware: HardwareConfig) -> None:
         raise PreflightError("\n".join(problems))
 
 
+def model_problems(cfg: Config) -> list[str]:
+    if cfg.model.family != "ocr1":
+        return []
+    from hwocr.model.load import ModelLoadError, require_ocr1_transformers
+
+    try:
+        require_ocr1_transformers()
+    except ModelLoadError as error:
+        return [str(error)]
+    return []
+
+
 def preflight(cfg: Config) -> None:
     """Report every missing prerequisite at once, before anything heavy runs."""
-    problems = hardware_problems(cfg.hardware) + dataset_problems(cfg)
+    problems = hardware_problems(cfg.hardware) + dataset_problems(cfg) + model_problems(cfg)
     if problems:
         raise PreflightError(
             f"cannot run experiment {cfg.experiment!r}:\n"

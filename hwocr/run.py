@@ -20,6 +20,7 @@ from hwocr.config import Config, ConfigError, register_schema, to_config
 from hwocr.data import DatasetError, load_splits, prepare_dataset
 from hwocr.evaluate import delta_metrics, evaluate_checkpoint, generation_settings
 from hwocr.model import ModelLoadError, attach_adapter, load_model, load_processor, prepare_for_training
+from hwocr.model.unsloth import for_inference
 from hwocr.preflight import PreflightError, preflight, torch_dtype
 from hwocr.redact import redact_yaml
 from hwocr.report import write_comparison, write_json, write_text
@@ -157,6 +158,8 @@ def run(cfg: Config, resolved_yaml: str, job: sweep.JobContext) -> float:
             model = attach_adapter(model, Path(cfg.eval.adapter))
 
         if "tuned_eval" in cfg.stages and ("train" in cfg.stages or cfg.eval.adapter):
+            if cfg.backend == "unsloth":
+                for_inference(model)  # Unsloth leaves training mode (no KV cache) on after training
             results["tuned"] = evaluate_checkpoint(
                 "tuned", model, processor, splits.test, settings, run_dir, tracker, rank
             )

@@ -15,6 +15,7 @@ from hwocr.config import ConfigError, HardwareConfig, LoraConfig, register_schem
 from hwocr.model import ModelLoadError, load_model, prepare_for_training
 from hwocr.model.adapt import LANGUAGE_MODEL_TARGETS
 from hwocr.model.load import OCR1_TRANSFORMERS
+from hwocr.preflight import PreflightError, preflight
 from tests.conftest import CONF
 
 register_schema()
@@ -80,6 +81,8 @@ def test_v1_under_the_wrong_transformers_names_the_install_profile(tmp_path):
     cfg = to_config(composed("model=deepseek_ocr", f"model.source={tmp_path}"))
     with pytest.raises(ModelLoadError, match=r"transformers >=4\.56,<4\.58.*pip install -e '\.\[ocr1\]'"):
         load_model(cfg.model, cfg.hardware)
+    with pytest.raises(PreflightError, match=r"ocr1"):  # listed with the other prerequisites, at once
+        preflight(cfg)
 
 
 def test_unsloth_backend_is_refused_without_a_gpu(run_cli, capsys):

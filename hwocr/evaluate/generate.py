@@ -23,7 +23,9 @@ from hwocr.text import normalize_text
 
 log = logging.getLogger(__name__)
 
-AUTO_BATCH_START = {"cuda": 128, "cpu": 16}
+# Decoding is per-step overhead bound: 256 lines ran at 47.9 images/s on an H100 where 128 gave 34.3
+# (benchmarks/results/h100_generate_*.json). A smaller GPU halves it on out-of-memory.
+AUTO_BATCH_START = {"cuda": 256, "cpu": 16}
 
 
 @dataclass

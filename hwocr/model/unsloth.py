@@ -70,6 +70,7 @@ def load_with_unsloth(
         device_map={"": torch.cuda.current_device()},
         **kwargs,
     )
+    FastVisionModel.for_inference(model)  # the base evaluation comes first: KV cache on
     return model
 
 
