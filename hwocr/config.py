@@ -186,9 +186,9 @@ def validate(cfg: Config) -> Config:
         )
     if cfg.model.trust_remote_code and not cfg.model.revision and not _is_local_dir(cfg.model.source):
         raise ConfigError(
-            f"model.trust_remote_code=true runs code from the hub: pin model.revision to the commit "
-            f"you reviewed (`hf api` / the hub's file history for {cfg.model.source}), or set "
-            "model.source to a local directory holding a reviewed download"
+            "model.trust_remote_code=true needs a pinned model.revision: it runs code from the hub, so "
+            f"pin model.revision to the commit you reviewed (the hub's file history for "
+            f"{cfg.model.source}), or set model.source to a local directory holding a reviewed download"
         )
     return cfg
 

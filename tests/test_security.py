@@ -18,8 +18,12 @@ SECRET = "secret-value-1234"
     "overrides, message",
     [
         (["model.family=ocr1"], "set model.trust_remote_code=true"),
-        (["model.trust_remote_code=true"], "needs a pinned model.revision"),
-        (["model.family=ocr1", "model.trust_remote_code=true"], "needs a pinned model.revision"),
+        # hub ids: a local directory needs no revision (tests/test_backends.py)
+        (["model.trust_remote_code=true", "model.source=org/model"], "needs a pinned model.revision"),
+        (
+            ["model.family=ocr1", "model.trust_remote_code=true", "model.source=org/model"],
+            "needs a pinned model.revision",
+        ),
     ],
 )
 def test_remote_code_needs_an_explicit_flag_and_a_pinned_revision(
@@ -70,7 +74,7 @@ def test_models_load_from_safetensors_only(monkeypatch, tmp_path):
             seen.update(kwargs)
             raise RuntimeError("stop here")
 
-    monkeypatch.setattr(load_module, "DeepseekOcr2ForConditionalGeneration", Recorder)
+    monkeypatch.setattr(load_module, "_model_class", lambda cfg: Recorder)
     with pytest.raises(Exception, match="stop here"):
         load_module.load_model(ModelConfig(source=str(tmp_path)), HardwareConfig())
     assert seen["use_safetensors"] is True and seen["trust_remote_code"] is False
