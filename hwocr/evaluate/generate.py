@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from hwocr.data import Sample, load_image
 from hwocr.metrics import Prediction
-from hwocr.model.adapt import vision_tower
+from hwocr.model.adapt import unwrap, vision_tower
 from hwocr.model.load import encode
 from hwocr.model.ocr1 import move_images
 from hwocr.text import normalize_text
@@ -168,9 +168,8 @@ def _grouped_experts_while_decoding(model):
     benchmarks/results/h100_generate_*.json). One kernel for every batch size also keeps batched and
     one-by-one transcription on the same arithmetic.
     """
-    generator = model.get_base_model() if hasattr(model, "get_base_model") else model
-    switch = getattr(generator, "_optimize_model_for_decode", None)
-    if switch is None:
+    generator = unwrap(model)
+    if not hasattr(generator, "_optimize_model_for_decode"):  # transformers 4.x has no such switch
         yield
         return
     generator._optimize_model_for_decode = nullcontext
