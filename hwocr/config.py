@@ -184,7 +184,7 @@ def validate(cfg: Config) -> Config:
             "backend=unsloth needs a CUDA GPU (Unsloth cannot run on CPU); use backend=hf here, or a "
             "GPU hardware profile such as hardware=t4"
         )
-    if cfg.model.trust_remote_code and not cfg.model.revision and not _is_local_dir(cfg.model.source):
+    if cfg.model.trust_remote_code and not cfg.model.revision and not is_local_dir(cfg.model.source):
         raise ConfigError(
             "model.trust_remote_code=true needs a pinned model.revision: it runs code from the hub, so "
             f"pin model.revision to the commit you reviewed (the hub's file history for "
@@ -193,7 +193,8 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
-def _is_local_dir(source: str) -> bool:
+def is_local_dir(source: str) -> bool:
+    """model.source names a local checkpoint directory (else a hub id)."""
     from pathlib import Path
 
     return Path(source).expanduser().is_dir()

@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 from transformers import AutoProcessor, BitsAndBytesConfig, PreTrainedModel, ProcessorMixin
 
-from hwocr.config import HardwareConfig, ModelConfig
+from hwocr.config import HardwareConfig, ModelConfig, is_local_dir
 from hwocr.preflight import torch_dtype
 
 log = logging.getLogger(__name__)
@@ -47,9 +47,8 @@ def resolve_source(cfg: ModelConfig) -> tuple[str, str | None]:
         from hwocr.model.tiny import ensure_tiny_checkpoint  # DeepSeek-OCR-2 classes: transformers 5
 
         return str(ensure_tiny_checkpoint(Path(cfg.source).resolve())), None
-    local = Path(cfg.source).expanduser()
-    if local.is_dir():
-        return str(local.resolve()), None
+    if is_local_dir(cfg.source):
+        return str(Path(cfg.source).expanduser().resolve()), None
     return cfg.source, cfg.revision
 
 
