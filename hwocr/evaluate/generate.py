@@ -164,7 +164,8 @@ def _grouped_experts_while_decoding(model):
 
     transformers switches MoE experts to `batched_mm` for the decoding steps on GPUs. That kernel
     gathers a copy of each selected expert's weights per token: at batch 128 it copies 3.5 GB per
-    layer per step and made decoding 2-3x slower than grouped_mm, which reads each expert once (H100,
+    layer per step, and a decoding step took 79.7 ms against 42.1 ms with grouped_mm, which reads each
+    expert once (H100,
     benchmarks/results/h100_generate_*.json). One kernel for every batch size also keeps batched and
     one-by-one transcription on the same arithmetic.
     """
