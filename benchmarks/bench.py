@@ -10,8 +10,12 @@ modes), prepare_for_training (LoRA, frozen tower, checkpointing), OcrCollator, t
     python benchmarks/bench.py --model full --dtype fp16 --load-in-4bit --batch 8 --recipe baseline
     # on a CPU
     python benchmarks/bench.py --model tiny --dtype fp32 --batch 2 --steps 2 --task both
+    # DeepSeek-OCR v1 (remote code, the ocr1 install profile) from a local checkpoint, either backend
+    HWOCR_V1_CHECKPOINT=/path/to/v1 python benchmarks/bench.py --model v1 --dtype fp16 --load-in-4bit \
+        --batch 8 --task both --backend unsloth
 
-The full-size model is built once with random weights and saved (model + a Vietnamese byte-level
+v1 is measured from a checkpoint directory you provide (the hub's, or one built from its remote code);
+this repo does not build v1. The full-size DeepSeek-OCR-2 model is built once with random weights and saved (model + a Vietnamese byte-level
 BPE tokenizer + the DeepSeek-OCR-2 image processor) to --checkpoint-dir, so that 4-bit loading
 goes through the product's from_pretrained path and yields the product's quantized layout.
 """
@@ -87,6 +91,17 @@ def build_full_checkpoint(path: Path) -> Path:
 
 
 def model_config(args) -> ModelConfig:
+    if args.model == "v1":
+        if not args.v1_checkpoint:
+            raise SystemExit("--model v1 needs --v1-checkpoint DIR (or HWOCR_V1_CHECKPOINT)")
+        return ModelConfig(
+            name="deepseek_ocr",
+            family="ocr1",
+            source=args.v1_checkpoint,
+            trust_remote_code=True,
+            tile_size=640,
+            image_mode=args.image_mode,
+        )
     if args.model == "tiny":
         return ModelConfig(
             name="tiny",
@@ -138,11 +153,11 @@ def weight_bytes_by_component(model) -> dict[str, float]:
         seen.add(tensor.data_ptr())
         if "lora_" in name:
             group = "lora (trainable)"
-        elif "vision_tower.sam_encoder" in name:
+        elif "vision_tower.sam_encoder" in name or "sam_model" in name:  # v2 / v1 names
             group = "vision: SAM"
-        elif "vision_tower" in name:
+        elif "vision_tower" in name or "vision_model" in name:
             group = "vision: encoder"
-        elif "multi_modal_projector" in name or "view_separator" in name:
+        elif any(part in name for part in ("projector", "view_separator", "view_seperator", "image_newline")):
             group = "projector"
         elif "mlp.experts" in name:
             group = "LM: routed experts"
@@ -204,6 +219,7 @@ class MemoryProbe:
 def run_train(args, mcfg, hw, lora, processor, samples, result) -> None:
     from hwocr.model import load_model, prepare_for_training
     from hwocr.model.adapt import vision_tower
+    from hwocr.model.ocr1 import move_images
     from hwocr.train.collator import OcrCollator
     from hwocr.train.loss import causal_lm_loss_on_targets
 
@@ -211,10 +227,11 @@ def run_train(args, mcfg, hw, lora, processor, samples, result) -> None:
     dtype = DTYPES[args.dtype]
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    model = load_model(mcfg, hw, device_map={"": 0} if cuda else None)
+    model = load_model(mcfg, hw, device_map={"": 0} if cuda else None, backend=args.backend)
     result["attn_implementation"] = model.config._attn_implementation
-    result["experts_implementation"] = model.config.text_config._experts_implementation
-    model = prepare_for_training(model, lora, hw)
+    text_config = getattr(model.config, "text_config", model.config)
+    result["experts_implementation"] = getattr(text_config, "_experts_implementation", None)
+    model = prepare_for_training(model, lora, hw, args.backend)
     model.train()
     result["weights_gib_by_component"] = weight_bytes_by_component(model)
     result["weights_gib_total"] = round(sum(result["weights_gib_by_component"].values()), 3)
@@ -227,7 +244,8 @@ def run_train(args, mcfg, hw, lora, processor, samples, result) -> None:
     batches = []
     for i in range(n_batches):
         batch = collator(samples[i * args.batch : (i + 1) * args.batch])
-        batches.append({k: v.to(device) for k, v in batch.items()})
+        move_images(batch, device, dtype)  # v1's per-sample image tuples
+        batches.append({k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()})
     result["sequence_length"] = int(batches[0]["input_ids"].shape[1])
     result["target_tokens_per_sample"] = round(
         float((batches[0]["labels"] != -100).sum()) / batches[0]["labels"].shape[0], 1
@@ -245,7 +263,7 @@ def run_train(args, mcfg, hw, lora, processor, samples, result) -> None:
     def step(batch) -> tuple[float, float]:
         probe.mark("embed + projector")
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            if args.recipe == "optimized":
+            if args.recipe == "optimized" and mcfg.family == "ocr2":  # v1 computes its own loss
                 loss, _ = causal_lm_loss_on_targets(model, batch)
             else:
                 loss = model(**batch).loss
@@ -356,7 +374,7 @@ def run_generate(args, mcfg, hw, processor, samples, result) -> None:
     cuda = torch.cuda.is_available() and args.device == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    model = load_model(mcfg, hw, device_map={"": 0} if cuda else None)
+    model = load_model(mcfg, hw, device_map={"": 0} if cuda else None, backend=args.backend)
     model.eval()
     settings = GenerationSettings(
         prompt=PROMPT, max_new_tokens=args.new_tokens, batch_size=args.gen_batch, cache=args.gen_cache
@@ -423,6 +441,7 @@ def profile_generate(model, processor, samples, settings, args) -> dict:
     from hwocr.data import load_image
     from hwocr.evaluate.generate import _floating_dtype, _grouped_experts_while_decoding
     from hwocr.model.load import encode
+    from hwocr.model.ocr1 import move_images
 
     batch = samples[: settings.batch_size or 128]
     dtype = _floating_dtype(model)
@@ -442,6 +461,7 @@ def profile_generate(model, processor, samples, settings, args) -> dict:
     for key in ("pixel_values", "pixel_values_local"):
         if key in inputs:
             inputs[key] = inputs[key].to(dtype)
+    move_images(inputs, "cuda", dtype)
     kwargs = dict(
         do_sample=False,
         num_beams=1,
@@ -518,10 +538,12 @@ def environment(args) -> dict:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", choices=["full", "tiny"], default="full")
+    p.add_argument("--model", choices=["full", "tiny", "v1"], default="full")
+    p.add_argument("--v1-checkpoint", default=os.environ.get("HWOCR_V1_CHECKPOINT"), help="--model v1's dir")
+    p.add_argument("--backend", choices=["hf", "unsloth"], default="hf")
     p.add_argument("--dtype", choices=list(DTYPES), default="bf16")
     p.add_argument("--load-in-4bit", action="store_true")
-    p.add_argument("--image-mode", choices=["base", "small", "gundam"], default="base")
+    p.add_argument("--image-mode", choices=["tiny", "small", "base", "large", "gundam"], default="base")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--warmup", type=int, default=2)
@@ -573,7 +595,7 @@ def main(argv=None) -> dict:
     )
     samples = line_samples(n, folder, args.width, args.height)
     name = args.name or (
-        f"{args.model}_{args.task}_{args.recipe}_{args.dtype}{'_4bit' if args.load_in_4bit else ''}"
+        f"{args.model}_{args.task}_{args.recipe}{'_unsloth' if args.backend == 'unsloth' else ''}_{args.dtype}{'_4bit' if args.load_in_4bit else ''}"
         f"_{args.image_mode}_b{args.batch}"
     )
     result = {

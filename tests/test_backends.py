@@ -2,6 +2,7 @@
 transformers 5.17 can check them (the GPU and v1-profile checks: tests/test_ocr1_remote.py and
 experiments/)."""
 
+import os
 import re
 import sys
 
@@ -111,3 +112,40 @@ def test_cpu_code_paths_never_import_unsloth(tiny_model_config):
     )
     assert model.peft_config["default"].r == 16
     assert "unsloth" not in sys.modules
+
+
+def test_unsloth_loads_with_hwocrs_quantization_and_sdpa(monkeypatch):
+    """What hwocr hands FastVisionModel: its own 4-bit config (Unsloth's default skip list would
+    quantize v1's SAM/CLIP) and sdpa (Unsloth would pick flex_attention for v1's remote code)."""
+    import hwocr.model.unsloth as backend
+    from hwocr.config import ModelConfig
+    from hwocr.model.load import OCR1_NOT_QUANTIZED, quantization_config
+
+    calls = []
+
+    class FakeFastVisionModel:
+        @staticmethod
+        def from_pretrained(source, **kwargs):
+            calls.append((source, kwargs))
+            return torch.nn.Linear(1, 1), None
+
+        @staticmethod
+        def for_inference(model):
+            calls.append(("for_inference", model))
+
+    monkeypatch.setattr(backend, "fast_vision_model", lambda: FakeFastVisionModel)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setenv("UNSLOTH_BLOCK_COMPILE", "1")  # recorded, so teardown restores the real value
+    monkeypatch.delenv("UNSLOTH_BLOCK_COMPILE")
+    v1 = ModelConfig(name="deepseek_ocr", family="ocr1", source="/ckpt", trust_remote_code=True)
+    t4 = HardwareConfig(device="cuda", dtype="fp16", load_in_4bit=True)
+    backend.load_with_unsloth(v1, t4, "/ckpt", None, quantization_config(v1, t4))
+
+    (source, kwargs), (after, _model) = calls
+    assert source == "/ckpt" and after == "for_inference"
+    assert kwargs["attn_implementation"] == "sdpa"
+    assert kwargs["load_in_4bit"] and not kwargs["load_in_16bit"]
+    assert kwargs["quantization_config"].llm_int8_skip_modules == OCR1_NOT_QUANTIZED
+    assert kwargs["auto_model"] is transformers.AutoModel and kwargs["trust_remote_code"]
+    assert kwargs["dtype"] == torch.float16
+    assert os.environ["UNSLOTH_BLOCK_COMPILE"] == "0"  # v1's MoE recompiles under block compilation

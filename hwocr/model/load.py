@@ -125,12 +125,13 @@ def load_model(
                 use_safetensors=True,  # never unpickle downloaded weights (hwocr/checkpoints.py)
             )
     log.info(
-        "loaded %s (%s, %s%s, backend %s)",
+        "loaded %s (%s, %s%s, backend %s, attention %s)",
         source,
         revision or "local",
         hardware.dtype,
         ", 4-bit" if hardware.load_in_4bit else "",
         backend,
+        getattr(model.config, "_attn_implementation", None),
     )
     if cfg.family == "ocr1":
         _restore_integer_position_ids(model)

@@ -54,6 +54,11 @@ def load_with_unsloth(
     """
     from transformers import AutoModel
 
+    if cfg.family == "ocr1":
+        # Unsloth compiles each decoder layer for training; v1's MoE loops over experts in Python and
+        # recompiles as the token counts change: 3 steps took 213 s with it, 10 steps 87 s without
+        # (H100, experiments/gpu-v1-h100-smoke.md). Read on every forward; a user's setting wins.
+        os.environ.setdefault("UNSLOTH_BLOCK_COMPILE", "0")
     FastVisionModel = fast_vision_model()
     kwargs = {"quantization_config": quantization} if quantization else {}
     model, _tokenizer = FastVisionModel.from_pretrained(
@@ -66,6 +71,9 @@ def load_with_unsloth(
         # generation class itself (AutoModel would give the headless DeepseekOcr2Model).
         auto_model=AutoModel if cfg.family == "ocr1" else None,
         trust_remote_code=cfg.trust_remote_code,
+        # Without flash-attn, Unsloth picks flex_attention for remote-code models such as v1, which
+        # compiles again for every new batch shape; sdpa is what the hf backend uses.
+        attn_implementation="sdpa",
         use_gradient_checkpointing=False,  # hwocr's hardware profile decides, in add_lora
         device_map={"": torch.cuda.current_device()},
         **kwargs,
