@@ -27,8 +27,11 @@ def rows(folder: Path = RESULTS) -> list[str]:
             note = f"batch-1 token ids identical {gen['unbatched_identical']}"
         if s.get("no_grad_ckpt"):
             note = (note + "; " if note else "") + "no grad. checkpointing"
+        recipe = s["recipe"]
+        if s.get("model") == "v1":  # v1 has one recipe: its remote forward (hardware.optimize is ocr2's)
+            recipe = f"v1, backend={s.get('backend', 'hf')}"
         out.append(
-            f"| {r['name']} | {r['device'].replace('NVIDIA ', '')} | {s['recipe']} | {s['dtype']} | "
+            f"| {r['name']} | {r['device'].replace('NVIDIA ', '')} | {recipe} | {s['dtype']} | "
             f"{'yes' if s['load_in_4bit'] else 'no'} | {gen.get('batch_size', s['batch'])} | "
             f"{r.get('weights_gib_total', '')} | {train.get('peak_gib', gen.get('peak_gib', ''))} | "
             f"{train.get('samples_per_s', '')} | {gen.get('images_per_s', '')} | {note} |"
