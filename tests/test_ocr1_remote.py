@@ -188,3 +188,22 @@ def test_left_padded_batch_generates_what_single_images_do(model, tokenizer):
     batched, attention_mask = generate(images)
     assert attention_mask.eq(0).any(dim=1).tolist() == [True, True, False]  # left padding happened
     assert batched == [generate([image])[0][0] for image in images]
+
+
+def test_benchmark_measures_v1(tmp_path):
+    """benchmarks/bench.py --model v1: LoRA steps and batched generation through hwocr's code."""
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench
+
+    result = bench.main(
+        ["--model", "v1", "--v1-checkpoint", CHECKPOINT, "--dtype", "fp32", "--image-mode", "tiny"]
+        + ["--batch", "1", "--steps", "2", "--warmup", "1", "--task", "both", "--gen-images", "2"]
+        + ["--new-tokens", "4", "--device", "cpu", "--checkpoint-dir", str(tmp_path)]
+        + ["--json", str(tmp_path / "v1.json")]
+    )
+    assert result["settings"]["model"] == "v1" and result["settings"]["backend"] == "hf"
+    assert result["train"]["nonfinite_losses"] == 0 and result["train"]["samples_per_s"] > 0
+    assert result["weights_gib_by_component"]["vision: SAM"] > 0  # v1's names are grouped
+    assert result["generate"]["images"] == 2 and result["generate"]["failed"] == 0
