@@ -14,10 +14,11 @@ modes), prepare_for_training (LoRA, frozen tower, checkpointing), OcrCollator, t
     HWOCR_V1_CHECKPOINT=/path/to/v1 python benchmarks/bench.py --model v1 --dtype fp16 --load-in-4bit \
         --batch 8 --task both --backend unsloth
 
-v1 is measured from a checkpoint directory you provide (the hub's, or one built from its remote code);
-this repo does not build v1. The full-size DeepSeek-OCR-2 model is built once with random weights and saved (model + a Vietnamese byte-level
-BPE tokenizer + the DeepSeek-OCR-2 image processor) to --checkpoint-dir, so that 4-bit loading
-goes through the product's from_pretrained path and yields the product's quantized layout.
+The full-size DeepSeek-OCR-2 model is built once with random weights and saved (model + a
+Vietnamese byte-level BPE tokenizer + the DeepSeek-OCR-2 image processor) to --checkpoint-dir, so
+that 4-bit loading goes through the product's from_pretrained path and yields the product's
+quantized layout. v1 is measured from a checkpoint directory you provide (the hub's, or one built
+from its remote code); this repo does not build v1.
 """
 
 import argparse
@@ -594,8 +595,9 @@ def main(argv=None) -> dict:
         args.batch * max(1, min(args.steps, 4)), args.gen_images if args.task in ("generate", "both") else 0
     )
     samples = line_samples(n, folder, args.width, args.height)
+    backend = "_unsloth" if args.backend == "unsloth" else ""
     name = args.name or (
-        f"{args.model}_{args.task}_{args.recipe}{'_unsloth' if args.backend == 'unsloth' else ''}_{args.dtype}{'_4bit' if args.load_in_4bit else ''}"
+        f"{args.model}_{args.task}_{args.recipe}{backend}_{args.dtype}{'_4bit' if args.load_in_4bit else ''}"
         f"_{args.image_mode}_b{args.batch}"
     )
     result = {
