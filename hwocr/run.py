@@ -14,18 +14,17 @@ from omegaconf import DictConfig, OmegaConf
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from transformers import set_seed
 
-from hwocr import distributed, sweep
-from hwocr.checkpoints import CheckpointError, TrainingInterrupted
+from hwocr import distributed
 from hwocr.config import Config, ConfigError, register_schema, to_config
 from hwocr.data import DatasetError, load_splits, prepare_dataset
-from hwocr.evaluate import delta_metrics, evaluate_checkpoint, generation_settings
+from hwocr.evaluate.stage import delta_metrics, evaluate_checkpoint, generation_settings
 from hwocr.model import ModelLoadError, attach_adapter, load_model, load_processor, prepare_for_training
 from hwocr.model.unsloth import for_inference
 from hwocr.preflight import PreflightError, preflight, torch_dtype
-from hwocr.redact import redact_yaml
 from hwocr.report import write_comparison, write_json, write_text
 from hwocr.report.record import environment_info
-from hwocr.tracking import (
+from hwocr.sweeps import callback as sweep
+from hwocr.tracking.client import (
     NullTracker,
     Tracker,
     TrackingError,
@@ -34,7 +33,9 @@ from hwocr.tracking import (
     run_tags,
     ui_command,
 )
+from hwocr.tracking.redact import redact_yaml
 from hwocr.train import train
+from hwocr.train.checkpoints import CheckpointError, TrainingInterrupted
 
 log = logging.getLogger("hwocr")
 register_schema()
@@ -78,7 +79,7 @@ def main(composed: DictConfig) -> float:
         sys.exit(EXIT_INTERRUPTED)
     except USER_ERRORS as error:
         log.error("%s", error)
-        if sweep.in_multirun():  # a failed job must not stop the sweep (hwocr/sweep.py)
+        if sweep.in_multirun():  # a failed job must not stop the sweep (hwocr/sweeps/callback.py)
             return sweep.job_failed(error, user_error=True)
         sys.exit(2)
     except ChildFailedError as error:

@@ -11,8 +11,12 @@ import torch
 from safetensors.torch import save_file
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
-import hwocr.evaluate as evaluate_module
-from hwocr.checkpoints import (
+import hwocr.evaluate.stage as evaluate_module
+from hwocr.data import Sample
+from hwocr.evaluate.stage import EvalStats, GenerationSettings, evaluate_checkpoint
+from hwocr.metrics import Prediction
+from hwocr.report import read_predictions
+from hwocr.train.checkpoints import (
     MARKER,
     CheckpointError,
     CompletionMarker,
@@ -24,10 +28,6 @@ from hwocr.checkpoints import (
     require_safetensors,
     safetensors_problem,
 )
-from hwocr.data import Sample
-from hwocr.evaluate import EvalStats, GenerationSettings, evaluate_checkpoint
-from hwocr.metrics import Prediction
-from hwocr.report import read_predictions
 
 
 def fake_checkpoint(folder: Path, step: int, marked: bool = True) -> Path:
@@ -69,7 +69,7 @@ def test_a_corrupt_last_checkpoint_falls_back_to_the_previous_one(tmp_path, capl
     fake_checkpoint(tmp_path, 2)
     last = fake_checkpoint(tmp_path, 4)
     damage(last)
-    with caplog.at_level(logging.WARNING, logger="hwocr.checkpoints"):
+    with caplog.at_level(logging.WARNING, logger="hwocr.train.checkpoints"):
         assert find_resume_checkpoint("auto", tmp_path) == tmp_path / "checkpoint-2"
     assert "checkpoint-4 is incomplete or corrupt" in caplog.text and message in caplog.text
     # set aside, so a later save of step 4 cannot mix with its files and no later resume trusts it

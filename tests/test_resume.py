@@ -17,7 +17,7 @@ import torch
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
-from hwocr.checkpoints import checkpoint_problem
+from hwocr.train.checkpoints import checkpoint_problem
 
 pytestmark = pytest.mark.slow
 

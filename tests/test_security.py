@@ -8,8 +8,8 @@ from transformers import Trainer
 import hwocr.model.load as load_module
 import hwocr.run as run_module
 from hwocr.config import HardwareConfig, ModelConfig, TrackingConfig
-from hwocr.redact import REDACTED, redact_yaml
-from hwocr.tracking import Tracker, flatten, ui_command
+from hwocr.tracking.client import Tracker, flatten, ui_command
+from hwocr.tracking.redact import REDACTED, redact_yaml
 
 SECRET = "secret-value-1234"
 

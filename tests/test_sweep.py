@@ -251,7 +251,7 @@ def test_grid_comparison_table_figures_and_best_job(grid):
 
 
 def test_compare_on_demand_from_the_parent_run_id(grid, tmp_path, capsys):
-    from hwocr.compare import main
+    from hwocr.sweeps.compare import main
 
     sweep_dir, client, _ = grid
     parent, _ = sweep_runs(client, sweep_dir)
@@ -369,7 +369,7 @@ def test_presets_compose(overrides, key, expected):
         assert str(value).endswith(expected)
     else:
         assert str(value) == str(expected)
-    assert cfg.hydra.callbacks.mlflow_sweep._target_ == "hwocr.sweep.MlflowSweepCallback"
+    assert cfg.hydra.callbacks.mlflow_sweep._target_ == "hwocr.sweeps.callback.MlflowSweepCallback"
 
 
 # --- the MLflow UI in headless Chromium ------------------------------------------------------------

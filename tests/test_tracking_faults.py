@@ -10,9 +10,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 import hwocr.run as run_module
-from hwocr import sync
 from hwocr.config import TrackingConfig
-from hwocr.tracking import Tracker, TrackingError
+from hwocr.tracking import sync
+from hwocr.tracking.client import Tracker, TrackingError
 
 
 def closed_port_uri() -> str:

@@ -122,7 +122,7 @@ def load_model(
                 quantization_config=quantization_config(cfg, hardware),
                 device_map=device_map,
                 trust_remote_code=cfg.trust_remote_code,
-                use_safetensors=True,  # never unpickle downloaded weights (hwocr/checkpoints.py)
+                use_safetensors=True,  # never unpickle downloaded weights (hwocr/train/checkpoints.py)
             )
     log.info(
         "loaded %s (%s, %s%s, backend %s, attention %s)",

@@ -9,10 +9,10 @@ import torch
 from torch.utils.data import Dataset
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from hwocr import checkpoints
-from hwocr.checkpoints import CompletionMarker, GracefulStop, TrainingInterrupted, atomic_directory
 from hwocr.config import Config
 from hwocr.data import Sample
+from hwocr.train import checkpoints
+from hwocr.train.checkpoints import CompletionMarker, GracefulStop, TrainingInterrupted, atomic_directory
 from hwocr.train.collator import OcrCollator
 from hwocr.train.loss import causal_lm_loss_on_targets
 
@@ -111,7 +111,7 @@ def _warmup(ratio: float) -> dict:
 
 
 def find_resume_checkpoint(cfg: Config, checkpoint_dir: Path) -> str | None:
-    """The newest COMPLETE checkpoint (hwocr/checkpoints.py): broken newer ones are set aside."""
+    """The newest COMPLETE checkpoint (hwocr/train/checkpoints.py): broken newer ones are set aside."""
     found = checkpoints.find_resume_checkpoint(cfg.train.resume, checkpoint_dir)
     return str(found) if found else None
 

@@ -17,7 +17,7 @@ from hwocr.metrics import Prediction
 from hwocr.report import plot_single_eval, write_eval
 
 if TYPE_CHECKING:  # mlflow stays out of benchmark and predict imports
-    from hwocr.tracking import Tracker
+    from hwocr.tracking.client import Tracker
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
     python -m hwocr.compare SWEEP_DIR            # e.g. outputs/sweeps/lines/2026-11-24_09-00-00
     python -m hwocr.compare PARENT_RUN_ID --tracking-uri http://mlflow.example:5000
 
-Runs by itself at the end of every sweep (hwocr/sweep.py). One row per job, failed jobs included
+Runs by itself at the end of every sweep (hwocr/sweeps/callback.py). One row per job, failed jobs included
 (status FAILED, with their error). Numbers come from the job dir (eval/*/metrics.json,
 eval/comparison.json) and, for training speed and memory, from the job's MLflow run; with only a
 parent run id and no local sweep dir, everything comes from MLflow. Writes to
@@ -26,7 +26,7 @@ from matplotlib.ticker import PercentFormatter
 
 from hwocr.report import write_json
 from hwocr.report.files import write_atomic
-from hwocr.sweep import (
+from hwocr.sweeps.callback import (
     describe,
     job_overrides,
     read_job_status,

@@ -178,7 +178,7 @@ def _write_status(job_dir: Path, status: dict) -> None:
 
 def _tracking(config: DictConfig) -> tuple[str, str]:
     from hwocr.config import TrackingConfig
-    from hwocr.tracking import tracking_uri
+    from hwocr.tracking.client import tracking_uri
 
     uri = OmegaConf.select(config, "tracking.uri")
     experiment = OmegaConf.select(config, "tracking.experiment", default="hwocr")
@@ -207,7 +207,7 @@ class MlflowSweepCallback(Callback):
     def _start(self, config: DictConfig) -> None:
         from mlflow.tracking import MlflowClient
 
-        from hwocr.tracking import _param_value, git_commit
+        from hwocr.tracking.client import _param_value, git_commit
 
         sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -219,7 +219,7 @@ class MlflowSweepCallback(Callback):
         try:
             # the experiment is found or created exactly as the jobs' Tracker does it
             from hwocr.config import TrackingConfig
-            from hwocr.tracking import Tracker
+            from hwocr.tracking.client import Tracker
 
             tracker = Tracker(TrackingConfig(uri=uri, experiment=experiment_name), Path("outputs"))
             tracker.check_reachable()
@@ -291,7 +291,7 @@ class MlflowSweepCallback(Callback):
         )
         if self.compare:
             try:
-                from hwocr.compare import compare_sweep
+                from hwocr.sweeps.compare import compare_sweep
 
                 result = compare_sweep(
                     Path(self.sweep_dir), tracking_uri=self.tracking_uri, log_to_parent=True, final=True
@@ -372,7 +372,7 @@ class MlflowSweepCallback(Callback):
             )
             from mlflow.entities import Param
 
-            from hwocr.tracking import _param_value
+            from hwocr.tracking.client import _param_value
 
             params = [Param(k, _param_value(v)) for k, v in swept.items()]
             if params:

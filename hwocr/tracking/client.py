@@ -17,10 +17,10 @@ from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 from transformers import TrainerCallback
 
-from hwocr.checkpoints import TrainingInterrupted
 from hwocr.config import Config, TrackingConfig
-from hwocr.redact import redact_mapping
-from hwocr.sync import Journal, read_run_file, replay, sync_command, write_run_file
+from hwocr.tracking.redact import redact_mapping
+from hwocr.tracking.sync import Journal, read_run_file, replay, sync_command, write_run_file
+from hwocr.train.checkpoints import TrainingInterrupted
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +228,7 @@ class Tracker:
         if self.experiment_id is None and not self.offline:
             self.check_reachable()
         all_tags = dict(tags)
-        # A sweep's parent run (hwocr/sweep.py); the variable reaches jobs in other processes too.
+        # A sweep's parent run (hwocr/sweeps/callback.py); the variable reaches jobs in other processes too.
         parent_run_id = parent_run_id or os.environ.get(PARENT_RUN_ENV) or None
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
@@ -253,7 +253,7 @@ class Tracker:
         return self.run_id
 
     def log_params(self, params: Mapping[str, object]) -> None:
-        """Log params, secrets redacted (hwocr/redact.py). A continued run keeps its first values."""
+        """Log params, secrets redacted (hwocr/tracking/redact.py). A continued run keeps its first values."""
         values = redact_mapping({k: _param_value(v) for k, v in params.items()})
         if self.resumed and not self.offline:
             try:
