@@ -8,6 +8,8 @@ DictConfig.
 
 from dataclasses import dataclass, field, fields, is_dataclass
 
+from hwocr.errors import ConfigError
+
 STAGES = ("base_eval", "train", "tuned_eval")
 # DeepSeek-OCR-2 has base/small/gundam; v1 adds tiny (512) and large (1280).
 IMAGE_MODES = {"ocr2": ("base", "small", "gundam"), "ocr1": ("tiny", "small", "base", "large", "gundam")}
@@ -140,10 +142,6 @@ def register_schema() -> None:
     from hydra.core.config_store import ConfigStore  # lazy: benchmarks and predict need no Hydra
 
     ConfigStore.instance().store(name="hwocr_schema", node=Config)
-
-
-class ConfigError(ValueError):
-    """A config value that types alone cannot catch."""
 
 
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import hydra
 
-from hwocr.config import ConfigError, HardwareConfig, ModelConfig
+from hwocr.config import HardwareConfig, ModelConfig
 from hwocr.data import Sample
 from hwocr.data.uit_hwdb import IMAGE_SUFFIXES, natural_key
+from hwocr.errors import ConfigError, ModelLoadError, PreflightError
 from hwocr.evaluate.generate import GenerationSettings, transcribe
-from hwocr.model import ModelLoadError, attach_adapter, load_model, load_processor
-from hwocr.preflight import PreflightError, check_hardware
+from hwocr.model import attach_adapter, load_model, load_processor
+from hwocr.preflight import check_hardware
 
 log = logging.getLogger("hwocr.predict")
 

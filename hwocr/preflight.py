@@ -5,17 +5,12 @@ from pathlib import Path
 import torch
 
 from hwocr.config import Config, HardwareConfig
+from hwocr.errors import ModelLoadError, PreflightError
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# The transformers releases under which v1's remote code (unsloth/DeepSeek-OCR) imports and trains;
+# measured: 4.56.2 and 4.57.6 work, 4.46 needs deepseek-ai's original code, 5.x fails to import it.
+OCR1_TRANSFORMERS = ("4.56", "4.58")
 DEMO_HINT = "To try hwocr without a GPU or data: `python -m hwocr.run +experiment=demo`."
-
-
-class PreflightError(RuntimeError):
-    pass
-
-
-def torch_dtype(hardware: HardwareConfig) -> torch.dtype:
-    return DTYPES[hardware.dtype]
 
 
 def hardware_problems(hardware: HardwareConfig) -> list[str]:
@@ -60,11 +55,24 @@ def check_hardware(hardware: HardwareConfig) -> None:
         raise PreflightError("\n".join(problems))
 
 
+def require_ocr1_transformers() -> None:
+    """v1's remote code breaks across transformers releases; say so before it fails deep inside."""
+    import transformers
+    from packaging.version import Version
+
+    low, high = OCR1_TRANSFORMERS
+    if not Version(low) <= Version(transformers.__version__) < Version(high):
+        raise ModelLoadError(
+            f"model.family=ocr1 (DeepSeek-OCR v1) runs the hub's remote code, which loads only under "
+            f"transformers >={low},<{high}; this environment has transformers {transformers.__version__}. "
+            "Install the ocr1 profile in its own environment: pip install -e '.[ocr1]' "
+            "(README: DeepSeek-OCR v1)"
+        )
+
+
 def model_problems(cfg: Config) -> list[str]:
     if cfg.model.family != "ocr1":
         return []
-    from hwocr.model.load import ModelLoadError, require_ocr1_transformers
-
     try:
         require_ocr1_transformers()
     except ModelLoadError as error:

@@ -15,19 +15,20 @@ from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from transformers import set_seed
 
 from hwocr import distributed
-from hwocr.config import Config, ConfigError, register_schema, to_config
-from hwocr.data import DatasetError, load_splits, prepare_dataset
+from hwocr.config import Config, register_schema, to_config
+from hwocr.data import load_splits, prepare_dataset
+from hwocr.errors import USER_ERRORS, TrainingInterrupted
 from hwocr.evaluate.stage import delta_metrics, evaluate_checkpoint, generation_settings
-from hwocr.model import ModelLoadError, attach_adapter, load_model, load_processor, prepare_for_training
+from hwocr.model import attach_adapter, load_model, load_processor, prepare_for_training
+from hwocr.model.load import torch_dtype
 from hwocr.model.unsloth import for_inference
-from hwocr.preflight import PreflightError, preflight, torch_dtype
+from hwocr.preflight import preflight
 from hwocr.report import write_comparison, write_json, write_text
 from hwocr.report.record import environment_info
-from hwocr.sweeps import callback as sweep
+from hwocr.sweeps import jobs as sweep
 from hwocr.tracking.client import (
     NullTracker,
     Tracker,
-    TrackingError,
     TrainerLogsToMlflow,
     flatten,
     run_tags,
@@ -35,12 +36,10 @@ from hwocr.tracking.client import (
 )
 from hwocr.tracking.redact import redact_yaml
 from hwocr.train import train
-from hwocr.train.checkpoints import CheckpointError, TrainingInterrupted
 
 log = logging.getLogger("hwocr")
 register_schema()
 
-USER_ERRORS = (CheckpointError, ConfigError, DatasetError, ModelLoadError, PreflightError, TrackingError)
 EXIT_INTERRUPTED = 143  # 128 + SIGTERM, what a shell reports for a job ended by SIGTERM
 
 

@@ -12,11 +12,11 @@ import transformers
 from hydra import compose, initialize_config_dir
 from packaging.version import Version
 
-from hwocr.config import ConfigError, HardwareConfig, LoraConfig, register_schema, to_config
-from hwocr.model import ModelLoadError, load_model, prepare_for_training
+from hwocr.config import HardwareConfig, LoraConfig, register_schema, to_config
+from hwocr.errors import ConfigError, ModelLoadError, PreflightError
+from hwocr.model import load_model, prepare_for_training
 from hwocr.model.adapt import LANGUAGE_MODEL_TARGETS
-from hwocr.model.load import OCR1_TRANSFORMERS
-from hwocr.preflight import PreflightError, preflight
+from hwocr.preflight import OCR1_TRANSFORMERS, preflight
 from tests.conftest import CONF
 
 register_schema()
@@ -119,7 +119,7 @@ def test_unsloth_loads_with_hwocrs_quantization_and_sdpa(monkeypatch):
     quantize v1's SAM/CLIP) and sdpa (Unsloth would pick flex_attention for v1's remote code)."""
     import hwocr.model.unsloth as backend
     from hwocr.config import ModelConfig
-    from hwocr.model.load import OCR1_NOT_QUANTIZED, quantization_config
+    from hwocr.model.load import OCR1_NOT_QUANTIZED, quantization_config, torch_dtype
 
     calls = []
 
@@ -139,7 +139,7 @@ def test_unsloth_loads_with_hwocrs_quantization_and_sdpa(monkeypatch):
     monkeypatch.delenv("UNSLOTH_BLOCK_COMPILE")
     v1 = ModelConfig(name="deepseek_ocr", family="ocr1", source="/ckpt", trust_remote_code=True)
     t4 = HardwareConfig(device="cuda", dtype="fp16", load_in_4bit=True)
-    backend.load_with_unsloth(v1, t4, "/ckpt", None, quantization_config(v1, t4))
+    backend.load_with_unsloth(v1, torch_dtype(t4), "/ckpt", None, quantization_config(v1, t4))
 
     (source, kwargs), (after, _model) = calls
     assert source == "/ckpt" and after == "for_inference"

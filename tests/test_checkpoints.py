@@ -102,7 +102,8 @@ def test_pickled_weights_are_refused(tmp_path):
     (tmp_path / "adapter_model.bin").write_bytes(b"\x80\x04pickle")
     with pytest.raises(CheckpointError, match="only pickled weights.*adapter_model.bin.*safetensors"):
         require_safetensors(tmp_path)
-    from hwocr.model import ModelLoadError, attach_adapter
+    from hwocr.errors import ModelLoadError
+    from hwocr.model import attach_adapter
 
     with pytest.raises(ModelLoadError, match="pickled"):
         attach_adapter(None, tmp_path)  # refused before anything is loaded

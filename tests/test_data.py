@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from hwocr.config import DatasetConfig
-from hwocr.data import DatasetError, load_image, load_splits, uit_hwdb
+from hwocr.data import load_image, load_splits, uit_hwdb
+from hwocr.errors import DatasetError
 
 REAL_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "vnondb_line"
 

@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 from hwocr.config import DatasetConfig
-from hwocr.data import SKIP_REASONS, DatasetError, load_splits, uit_hwdb
+from hwocr.data import SKIP_REASONS, load_splits, uit_hwdb
+from hwocr.errors import DatasetError
 from hwocr.text import normalize_text
 
 

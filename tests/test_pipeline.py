@@ -233,7 +233,7 @@ def test_qlora_path_on_cpu(tiny_model_config, line_samples):
 
 
 def test_unknown_hub_model_fails_with_a_way_out(tmp_path):
-    from hwocr.model import ModelLoadError
+    from hwocr.errors import ModelLoadError
 
     cfg = ModelConfig(name="x", source=str(tmp_path / "no-such-model"), revision="abc")
     with pytest.raises(ModelLoadError, match="model.source") as info:

@@ -11,8 +11,9 @@ from mlflow.tracking import MlflowClient
 
 import hwocr.run as run_module
 from hwocr.config import TrackingConfig
+from hwocr.errors import TrackingError
 from hwocr.tracking import sync
-from hwocr.tracking.client import Tracker, TrackingError
+from hwocr.tracking.client import Tracker
 
 
 def closed_port_uri() -> str:

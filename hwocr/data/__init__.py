@@ -3,7 +3,6 @@
 from hwocr.data.synth import generate_synth_dataset
 from hwocr.data.uit_hwdb import (
     SKIP_REASONS,
-    DatasetError,
     DatasetSplits,
     Sample,
     Skipped,
@@ -23,7 +22,6 @@ def prepare_dataset(cfg) -> None:
 
 __all__ = [
     "SKIP_REASONS",
-    "DatasetError",
     "DatasetSplits",
     "Sample",
     "Skipped",

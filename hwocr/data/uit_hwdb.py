@@ -29,6 +29,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from hwocr.config import DatasetConfig
+from hwocr.errors import DatasetError
 from hwocr.text import normalize_text
 
 logger = logging.getLogger("hwocr.data")
@@ -67,10 +68,6 @@ LAYOUT_HELP = (
     "  <root>/train_data/<writer>/1.jpg, 2.jpg, ...\n"
     "  <root>/test_data/<writer>/...            (same)"
 )
-
-
-class DatasetError(Exception):
-    """The dataset cannot be loaded; the message names the path and the problem."""
 
 
 @dataclass(frozen=True)

@@ -145,8 +145,8 @@ def attach_adapter(model: PreTrainedModel, adapter_dir: Path) -> PeftModel:
             f"{adapter_dir} is not a PEFT adapter: it has no adapter_config.json "
             "(point eval.adapter at the run's adapter/ dir or a Trainer checkpoint-N dir)"
         )
-    from hwocr.model.load import ModelLoadError
-    from hwocr.train.checkpoints import CheckpointError, require_safetensors
+    from hwocr.errors import CheckpointError, ModelLoadError
+    from hwocr.train.checkpoints import require_safetensors
 
     try:
         require_safetensors(adapter_dir, "adapter")  # refuses a pickled adapter_model.bin

@@ -7,7 +7,8 @@ import torch
 from transformers import AutoProcessor, BitsAndBytesConfig, PreTrainedModel, ProcessorMixin
 
 from hwocr.config import HardwareConfig, ModelConfig, is_local_dir
-from hwocr.preflight import torch_dtype
+from hwocr.errors import ModelLoadError
+from hwocr.preflight import require_ocr1_transformers
 
 log = logging.getLogger(__name__)
 
@@ -16,13 +17,11 @@ log = logging.getLogger(__name__)
 NOT_QUANTIZED = ["model.vision_tower", "model.multi_modal_projector", "lm_head"]
 # v1's remote code: SAM, CLIP-L, the projector and the output head.
 OCR1_NOT_QUANTIZED = ["model.sam_model", "model.vision_model", "model.projector", "lm_head"]
-# The transformers releases under which v1's remote code (unsloth/DeepSeek-OCR) imports and trains;
-# measured: 4.56.2 and 4.57.6 work, 4.46 needs deepseek-ai's original code, 5.x fails to import it.
-OCR1_TRANSFORMERS = ("4.56", "4.58")
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}  # hardware.dtype
 
 
-class ModelLoadError(RuntimeError):
-    """The checkpoint could not be loaded; the message says what to do instead."""
+def torch_dtype(hardware: HardwareConfig) -> torch.dtype:
+    return DTYPES[hardware.dtype]
 
 
 def image_mode_settings(cfg: ModelConfig) -> dict:
@@ -112,7 +111,9 @@ def load_model(
     if backend == "unsloth":
         from hwocr.model.unsloth import load_with_unsloth
 
-        model = load_with_unsloth(cfg, hardware, source, revision, quantization_config(cfg, hardware))
+        model = load_with_unsloth(
+            cfg, torch_dtype(hardware), source, revision, quantization_config(cfg, hardware)
+        )
     else:
         with _explained_load_errors(cfg):
             model = _model_class(cfg).from_pretrained(
@@ -157,21 +158,6 @@ def _model_class(cfg: ModelConfig):
     from transformers import DeepseekOcr2ForConditionalGeneration  # transformers >= 5.17
 
     return DeepseekOcr2ForConditionalGeneration
-
-
-def require_ocr1_transformers() -> None:
-    """v1's remote code breaks across transformers releases; say so before it fails deep inside."""
-    import transformers
-    from packaging.version import Version
-
-    low, high = OCR1_TRANSFORMERS
-    if not Version(low) <= Version(transformers.__version__) < Version(high):
-        raise ModelLoadError(
-            f"model.family=ocr1 (DeepSeek-OCR v1) runs the hub's remote code, which loads only under "
-            f"transformers >={low},<{high}; this environment has transformers {transformers.__version__}. "
-            "Install the ocr1 profile in its own environment: pip install -e '.[ocr1]' "
-            "(README: DeepSeek-OCR v1)"
-        )
 
 
 def optimize_loaded_model(model: PreTrainedModel, hardware: HardwareConfig) -> None:

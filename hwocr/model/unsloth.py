@@ -11,8 +11,7 @@ import torch
 from transformers import BitsAndBytesConfig, PreTrainedModel
 
 from hwocr.config import HardwareConfig, LoraConfig, ModelConfig
-from hwocr.model.load import ModelLoadError
-from hwocr.preflight import torch_dtype
+from hwocr.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +41,7 @@ def fast_vision_model():
 
 def load_with_unsloth(
     cfg: ModelConfig,
-    hardware: HardwareConfig,
+    dtype: torch.dtype,
     source: str,
     revision: str | None,
     quantization: BitsAndBytesConfig | None,
@@ -64,7 +63,7 @@ def load_with_unsloth(
     model, _tokenizer = FastVisionModel.from_pretrained(
         source,
         revision=revision,
-        dtype=torch_dtype(hardware),
+        dtype=dtype,
         load_in_4bit=quantization is not None,
         load_in_16bit=quantization is None,
         # v1's remote class is registered under AutoModel; for DeepSeek-OCR-2 Unsloth picks the

@@ -4,7 +4,7 @@
 
 - on_multirun_start (the submitting process) creates the parent run (params: the sweep overrides;
   tags: sweep dir, command line, sweeper, launcher), writes `<sweep dir>/mlflow_parent.json` and
-  exports HWOCR_PARENT_RUN_ID. Jobs read the file (`job_context()` in run.py); the variable is the
+  exports HWOCR_PARENT_RUN_ID. Jobs read the file (`job_context()`, hwocr/sweeps/jobs.py); the variable is the
   fallback for processes that only inherit the environment. The file wins because loky (joblib)
   reuses worker processes whose environment may be older than this sweep.
 - A job that fails does not stop the sweep: run.py's `main` calls `job_failed()`, which records the
@@ -19,62 +19,32 @@
 """
 
 import atexit
-import json
 import logging
 import math
 import os
 import shlex
 import sys
-import traceback
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from hwocr.sweeps.jobs import (
+    JOB_STATUS_FILE,
+    PARENT_FILE,
+    describe,
+    job_overrides,
+    read_job_status,
+    read_parent_file,
+    split_override,
+    swept_keys,
+    write_job_status,
+)
+from hwocr.tracking.client import PARENT_RUN_ENV
+
 log = logging.getLogger(__name__)
-
-PARENT_FILE = "mlflow_parent.json"
-JOB_STATUS_FILE = "job_status.json"
-PARENT_RUN_ENV = "HWOCR_PARENT_RUN_ID"  # the same name as hwocr.tracking.PARENT_RUN_ENV
-
-
-# --- overrides ------------------------------------------------------------------------------------
-
-
-def split_override(line: str) -> tuple[str, str]:
-    """`+train.lr=1e-4,2e-4` -> ("train.lr", "1e-4,2e-4"); the +/++/~ prefix is dropped."""
-    key, _, value = line.partition("=")
-    return key.lstrip("+~"), value
-
-
-def swept_keys(task_overrides: list[str], sweeper_params: dict | None = None) -> list[str]:
-    """Keys the sweep varies: overrides with a sweep value (a,b / range / choice / interval) plus
-    the sweeper's own `params` (Optuna's search space, the basic sweeper's params)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    keys = [
-        split_override(o.input_line)[0]
-        for o in OverridesParser.create().parse_overrides(list(task_overrides))
-        if o.is_sweep_override() and not o.is_hydra_override()
-    ]
-    for key in sweeper_params or {}:
-        if split_override(key)[0] not in keys:
-            keys.append(split_override(key)[0])
-    return keys
-
-
-def job_overrides(task_overrides: list[str], keys: list[str]) -> dict[str, str]:
-    """The values one job got for the swept keys, in sweep order."""
-    values = dict(split_override(line) for line in task_overrides)
-    return {key: values[key] for key in keys if key in values}
-
-
-def describe(overrides: dict[str, str]) -> str:
-    return " ".join(f"{key}={value}" for key, value in overrides.items())
 
 
 def command_line(argv: list[str] | None = None) -> str:
@@ -82,98 +52,6 @@ def command_line(argv: list[str] | None = None) -> str:
     if argv and argv[0].endswith(os.path.join("hwocr", "run.py")):
         return shlex.join(["python", "-m", "hwocr.run", *argv[1:]])
     return shlex.join(argv)
-
-
-# --- the job side (run.py) ------------------------------------------------------------------------
-
-
-@dataclass
-class JobContext:
-    parent_run_id: str | None = None
-    run_name: str | None = None
-    tags: dict[str, str] = field(default_factory=dict)
-
-
-def in_multirun() -> bool:
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
-def read_parent_file(sweep_dir: Path) -> dict:
-    try:
-        return json.loads((Path(sweep_dir) / PARENT_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def job_context() -> JobContext:
-    """Parent run id, run name and tags for this job; empty outside a multirun (then only the
-    HWOCR_PARENT_RUN_ID variable, if set, nests a single run)."""
-    if not in_multirun():
-        return JobContext(parent_run_id=os.environ.get(PARENT_RUN_ENV) or None)
-    hydra_cfg = HydraConfig.get()
-    sweep_dir = Path(hydra_cfg.sweep.dir).resolve()
-    parent = read_parent_file(sweep_dir)
-    task = list(hydra_cfg.overrides.task)
-    keys = parent.get("swept_keys") or [split_override(line)[0] for line in task]
-    swept = job_overrides(task, keys)
-    num = hydra_cfg.job.num
-    return JobContext(
-        parent_run_id=parent.get("parent_run_id") or os.environ.get(PARENT_RUN_ENV) or None,
-        run_name=f"{num}: {describe(swept)}" if swept else f"job {num}",
-        tags={
-            "sweep.dir": str(sweep_dir),
-            "sweep.job_num": str(num),
-            "sweep.overrides": describe(swept),
-            "sweep.task_overrides": " ".join(task),
-        },
-    )
-
-
-BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
-
-
-def job_failed(error: BaseException, user_error: bool = False) -> float:
-    """Record a failed job in its dir, then let the sweep go on (see the module doc).
-
-    Hydra's basic sweeper re-raises a job's exception once the batch is done, which would skip
-    on_multirun_end (no comparison, parent left RUNNING): there the job returns NaN. Other sweepers
-    (Optuna) record a raised job as a failed trial and go on (up to `max_failure_rate`), whereas a
-    NaN return makes optuna 2.x fail inside `tell`: there the error is re-raised. Outside a
-    multirun it is re-raised too: a single run keeps its usual exit status."""
-    if not in_multirun():
-        raise error
-    log.error(
-        "job failed (%s); the sweep goes on", type(error).__name__, exc_info=None if user_error else error
-    )
-    out_dir = Path(HydraConfig.get().runtime.output_dir)
-    _write_status(
-        out_dir,
-        {
-            "status": "FAILED",
-            "error_type": type(error).__name__,
-            "error": str(error),
-            "traceback": "".join(traceback.format_exception(error)),
-        },
-    )
-    if str(OmegaConf.select(HydraConfig.get(), "sweeper._target_")) != BASIC_SWEEPER:
-        raise error
-    return float("nan")
-
-
-def read_job_status(job_dir: Path) -> dict:
-    try:
-        return json.loads((Path(job_dir) / JOB_STATUS_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def _write_status(job_dir: Path, status: dict) -> None:
-    from hwocr.report import write_json
-
-    write_json(Path(job_dir) / JOB_STATUS_FILE, status)
-
-
-# --- the callback ---------------------------------------------------------------------------------
 
 
 def _tracking(config: DictConfig) -> tuple[str, str]:
@@ -207,7 +85,7 @@ class MlflowSweepCallback(Callback):
     def _start(self, config: DictConfig) -> None:
         from mlflow.tracking import MlflowClient
 
-        from hwocr.tracking.client import _param_value, git_commit
+        from hwocr.tracking.client import git_commit, param_value
 
         sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -248,9 +126,7 @@ class MlflowSweepCallback(Callback):
         if params:
             from mlflow.entities import Param
 
-            client.log_batch(
-                self.parent_run_id, params=[Param(k, _param_value(v)) for k, v in params.items()]
-            )
+            client.log_batch(self.parent_run_id, params=[Param(k, param_value(v)) for k, v in params.items()])
         info = {
             "parent_run_id": self.parent_run_id,
             "tracking_uri": uri,
@@ -329,13 +205,13 @@ class MlflowSweepCallback(Callback):
         if job_return.status == JobStatus.FAILED and status.get("status") != "FAILED":
             error = job_return._return_value
             status = {"status": "FAILED", "error_type": type(error).__name__, "error": str(error)}
-            _write_status(job_dir, status)
+            write_job_status(job_dir, status)
         if status.get("status") == "FAILED":
             self._ensure_failed_child(config, job_dir, status)
         else:
             value = job_return._return_value
             number = value if isinstance(value, (int, float)) and not math.isnan(value) else None
-            _write_status(job_dir, {"status": "COMPLETED", "return_value": number})
+            write_job_status(job_dir, {"status": "COMPLETED", "return_value": number})
 
     def _ensure_failed_child(self, config: DictConfig, job_dir: Path, status: dict) -> None:
         """A job that failed before it created its MLflow run still gets a FAILED child."""
@@ -372,9 +248,9 @@ class MlflowSweepCallback(Callback):
             )
             from mlflow.entities import Param
 
-            from hwocr.tracking.client import _param_value
+            from hwocr.tracking.client import param_value
 
-            params = [Param(k, _param_value(v)) for k, v in swept.items()]
+            params = [Param(k, param_value(v)) for k, v in swept.items()]
             if params:
                 client.log_batch(run.info.run_id, params=params)
             if (job_dir / JOB_STATUS_FILE).is_file():

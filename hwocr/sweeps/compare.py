@@ -26,7 +26,7 @@ from matplotlib.ticker import PercentFormatter
 
 from hwocr.report import write_json
 from hwocr.report.files import write_atomic
-from hwocr.sweeps.callback import (
+from hwocr.sweeps.jobs import (
     describe,
     job_overrides,
     read_job_status,

@@ -18,9 +18,9 @@ from mlflow.tracking import MlflowClient
 from transformers import TrainerCallback
 
 from hwocr.config import Config, TrackingConfig
+from hwocr.errors import TrackingError, TrainingInterrupted
 from hwocr.tracking.redact import redact_mapping
 from hwocr.tracking.sync import Journal, read_run_file, replay, sync_command, write_run_file
-from hwocr.train.checkpoints import TrainingInterrupted
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +35,6 @@ PARENT_RUN_ENV = "HWOCR_PARENT_RUN_ID"  # set by the sweep callback: jobs log as
 CHECK_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
 RUN_ENV_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 _ENV_SET_BY_US: set[str] = set()
-
-
-class TrackingError(RuntimeError):
-    pass
 
 
 def _is_http(uri: str) -> bool:
@@ -254,7 +250,7 @@ class Tracker:
 
     def log_params(self, params: Mapping[str, object]) -> None:
         """Log params, secrets redacted (hwocr/tracking/redact.py). A continued run keeps its first values."""
-        values = redact_mapping({k: _param_value(v) for k, v in params.items()})
+        values = redact_mapping({k: param_value(v) for k, v in params.items()})
         if self.resumed and not self.offline:
             try:
                 existing = self.client.get_run(self.run_id).data.params
@@ -378,7 +374,7 @@ class TrainerLogsToMlflow(TrainerCallback):
             self.tracker.log_metrics(metrics, step=state.global_step)
 
 
-def _param_value(value: object) -> str:
+def param_value(value: object) -> str:
     text = "null" if value is None else str(value)
     return text if len(text) <= MAX_PARAM_VALUE else text[: MAX_PARAM_VALUE - 3] + "..."
 

@@ -21,7 +21,7 @@ JOURNAL = "journal.jsonl"
 CURSOR = "synced.json"
 RUN_FILE = "mlflow_run.json"  # the job's MLflow run id, so a rerun of the job continues that run
 
-log = logging.getLogger("hwocr.sync")
+log = logging.getLogger(__name__)
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:

@@ -27,6 +27,8 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
+from hwocr.errors import CheckpointError
+
 log = logging.getLogger(__name__)
 
 MARKER = "hwocr_complete.json"
@@ -35,19 +37,6 @@ CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 SAFE_WEIGHTS = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json")
 PICKLE_WEIGHTS = ("adapter_model.bin", "pytorch_model.bin", "pytorch_model.bin.index.json")
 MAX_SAFETENSORS_HEADER = 100_000_000
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint or adapter cannot be used; the message says which and why."""
-
-
-class TrainingInterrupted(RuntimeError):
-    """Training stopped on a signal after saving a checkpoint; rerunning the job resumes it."""
-
-    def __init__(self, message: str, step: int, checkpoint: Path | None):
-        super().__init__(message)
-        self.step = step
-        self.checkpoint = checkpoint
 
 
 def checkpoint_step(path: Path) -> int:
