@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hwocr.config import HardwareConfig, LoraConfig, ModelConfig  # noqa: E402
 from hwocr.data import Sample  # noqa: E402
+from hwocr.io import write_atomic  # noqa: E402
 
 PROMPT = "<image>\nFree OCR."
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -612,8 +613,7 @@ def main(argv=None) -> dict:
     if args.task in ("generate", "both"):
         run_generate(args, mcfg, hw, processor, samples[: args.gen_images], result)
     out = Path(args.json) if args.json else Path(__file__).parent / "results" / f"{name}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, default=str))
+    write_atomic(out, json.dumps(result, indent=2, default=str))
     print(summary(result))
     print(f"wrote {out}")
     return result

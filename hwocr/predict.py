@@ -4,6 +4,7 @@ python -m hwocr.predict model=deepseek_ocr2 adapter=outputs/runs/lines/<ts>/adap
 """
 
 import csv
+import io
 import logging
 import sys
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from hwocr.data import Sample
 from hwocr.data.uit_hwdb import IMAGE_SUFFIXES, natural_key
 from hwocr.errors import ConfigError, ModelLoadError, PreflightError
 from hwocr.evaluate.generate import GenerationSettings, transcribe
+from hwocr.io import write_atomic
 from hwocr.model import attach_adapter, load_model, load_processor
 from hwocr.preflight import check_hardware
 
@@ -75,12 +77,11 @@ def write_output(predictions: list, output: str | None) -> None:
         for p in predictions:
             print(f"{p.id}\t{p.prediction}" + (f"\t[error: {p.error}]" if p.error else ""))
         return
-    path = Path(output)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["image", "prediction", "error"])
-        writer.writerows([p.id, p.prediction, p.error] for p in predictions)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["image", "prediction", "error"])
+    writer.writerows([p.id, p.prediction, p.error] for p in predictions)
+    path = write_atomic(Path(output), buffer.getvalue())
     print(f"wrote {len(predictions)} transcriptions to {path.resolve()}")
 
 

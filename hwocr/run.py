@@ -19,11 +19,12 @@ from hwocr.config import Config, register_schema, to_config
 from hwocr.data import load_splits, prepare_dataset
 from hwocr.errors import USER_ERRORS, TrainingInterrupted
 from hwocr.evaluate.stage import delta_metrics, evaluate_checkpoint, generation_settings
+from hwocr.io import write_atomic, write_json
 from hwocr.model import attach_adapter, load_model, load_processor, prepare_for_training
 from hwocr.model.load import torch_dtype
 from hwocr.model.unsloth import for_inference
 from hwocr.preflight import preflight
-from hwocr.report import write_comparison, write_json, write_text
+from hwocr.report import write_comparison
 from hwocr.report.record import environment_info
 from hwocr.sweeps import jobs as sweep
 from hwocr.tracking.client import (
@@ -119,7 +120,7 @@ def run(cfg: Config, resolved_yaml: str, job: sweep.JobContext) -> float:
         )
         if rank.is_main:
             tracker.log_params(flatten(OmegaConf.to_container(OmegaConf.structured(cfg))))
-            tracker.log_artifact(write_text(run_dir / "resolved_config.yaml", redact_yaml(resolved_yaml)))
+            tracker.log_artifact(write_atomic(run_dir / "resolved_config.yaml", redact_yaml(resolved_yaml)))
             environment = environment_info()
             tracker.set_tags({f"env.{k}": v for k, v in environment.items()})
             tracker.log_artifact(write_json(run_dir / "environment.json", environment))

@@ -14,6 +14,7 @@ from transformers import TrainerControl, TrainerState, TrainingArguments
 import hwocr.evaluate.stage as evaluate_module
 from hwocr.data import Sample
 from hwocr.evaluate.stage import EvalStats, GenerationSettings, evaluate_checkpoint
+from hwocr.io import atomic_directory
 from hwocr.metrics import Prediction
 from hwocr.report import read_predictions
 from hwocr.train.checkpoints import (
@@ -21,7 +22,6 @@ from hwocr.train.checkpoints import (
     CheckpointError,
     CompletionMarker,
     GracefulStop,
-    atomic_directory,
     checkpoint_problem,
     find_resume_checkpoint,
     mark_complete,

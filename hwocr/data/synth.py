@@ -9,9 +9,7 @@ import hashlib
 import json
 import logging
 import math
-import os
 import random
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from hwocr.config import SynthConfig
 from hwocr.data.vietnamese import generate_lines
+from hwocr.io import atomic_directory
 from hwocr.text import normalize_text
 
 logger = logging.getLogger("hwocr.data")
@@ -241,23 +240,13 @@ def generate_synth_dataset(
             f"{root} exists and is not a synthetic dataset ({META_FILE} missing); not overwriting it"
         )
 
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent / f".{root.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     n_train, n_test = cfg.n_train_writers, cfg.n_test_writers
     texts = load_texts(cfg, (n_train + n_test) * cfg.lines_per_writer)
     args = (texts, fonts, cfg, level, height, max_width)
-    _write_split(tmp, "train_data", range(n_train), *args)
-    _write_split(tmp, "test_data", range(n_train, n_train + n_test), *args)
-    (tmp / META_FILE).write_text(
-        json.dumps(settings, indent=1), encoding="utf-8"
-    )  # written last: marks completion
-    # Swap in the finished tree with renames so a crash never leaves a half-written dataset at root.
-    old = root.parent / f".{root.name}.old-{os.getpid()}"
-    if root.exists():
-        root.rename(old)
-    tmp.rename(root)
-    shutil.rmtree(old, ignore_errors=True)
+    with atomic_directory(root) as tmp:  # a crash never leaves a half-written dataset at root
+        _write_split(tmp, "train_data", range(n_train), *args)
+        _write_split(tmp, "test_data", range(n_train, n_train + n_test), *args)
+        (tmp / META_FILE).write_text(json.dumps(settings, indent=1), encoding="utf-8")
     logger.info(
         "rendered %d synthetic %s images into %s", (n_train + n_test) * cfg.lines_per_writer, level, root
     )

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from hwocr.io import write_atomic
 from hwocr.metrics import Prediction
 
 log = logging.getLogger(__name__)
@@ -96,10 +97,7 @@ class PartialPredictions:
     def _prepare(self) -> None:
         """Keep our file if it has our key (append to it); otherwise start it with a header."""
         if _read(self.path, self.key) is None:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-            tmp.write_text(json.dumps({"key": self.key}) + "\n", encoding="utf-8")
-            os.replace(tmp, self.path)
+            write_atomic(self.path, json.dumps({"key": self.key}) + "\n")
         else:
             with open(self.path, "rb+") as file:  # drop a last line cut short by a crash
                 data = file.read()

@@ -1,7 +1,5 @@
 """Evaluate one checkpoint on the test set and write its report files."""
 
-import contextlib
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +11,7 @@ from hwocr.data import Sample
 from hwocr.distributed import Rank
 from hwocr.evaluate.generate import EvalStats, GenerationSettings, max_new_tokens_for, transcribe
 from hwocr.evaluate.partial import PartialPredictions, eval_key
+from hwocr.io import read_json
 from hwocr.metrics import Prediction
 from hwocr.report import plot_single_eval, write_eval
 
@@ -96,11 +95,10 @@ def evaluate_checkpoint(
         "eval_seconds": stats.seconds,
         "eval_batch_size": stats.batch_size,
     }
-    if stats.seconds == 0.0 and (out_dir / "metrics.json").is_file():
+    if stats.seconds == 0.0:
         # every prediction came from an earlier attempt: keep the throughput that attempt measured
-        with contextlib.suppress(OSError, ValueError, AttributeError):
-            previous = json.loads((out_dir / "metrics.json").read_text(encoding="utf-8"))
-            extra = {k: previous.get(k, v) for k, v in extra.items()}
+        previous = read_json(out_dir / "metrics.json")
+        extra = {k: previous.get(k, v) for k, v in extra.items()}
     metrics = write_eval(out_dir, predictions, extra=extra)
     log.info(
         "%s: CER %.2f%% on %d samples (%.1f images/s)",

@@ -5,9 +5,6 @@ same code path as the real model.
 """
 
 import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -20,6 +17,7 @@ from transformers import (
 )
 
 from hwocr.data.vietnamese import generate_lines
+from hwocr.io import atomic_directory
 from hwocr.model.architecture import tiny_config
 
 log = logging.getLogger(__name__)
@@ -75,13 +73,9 @@ def build_tiny_checkpoint(path: Path, seed: int = 0) -> Path:
         image_processor=image_processor, tokenizer=tokenizer, patch_size=2, downsample_ratio=4
     )
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=path.parent))
-    model.save_pretrained(staging)
-    processor.save_pretrained(staging)
-    if path.exists():
-        shutil.rmtree(path)
-    os.replace(staging, path)
+    with atomic_directory(path) as staging:
+        model.save_pretrained(staging)
+        processor.save_pretrained(staging)
     log.info("built tiny DeepSeek-OCR-2 (%d parameters) at %s", model.num_parameters(), path)
     return path
 

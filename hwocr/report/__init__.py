@@ -1,6 +1,6 @@
 """Evaluation reports: metrics.json, predictions.csv, comparison.json and seaborn figures."""
 
-from hwocr.report.files import read_predictions, write_comparison, write_eval, write_json, write_text
+from hwocr.report.files import read_predictions, write_comparison, write_eval
 from hwocr.report.plots import plot_comparison, plot_single_eval
 
 __all__ = [
@@ -9,6 +9,4 @@ __all__ = [
     "read_predictions",
     "write_comparison",
     "write_eval",
-    "write_json",
-    "write_text",
 ]

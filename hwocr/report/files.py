@@ -1,18 +1,12 @@
-"""metrics.json / predictions.csv / comparison.json writers.
-
-Every file is written to a temporary name in its own directory and then renamed with os.replace, so a
-crash mid-write never leaves a truncated file where a reader (MLflow, a resumed run) expects a good one.
-"""
+"""metrics.json / predictions.csv / comparison.json writers (atomic: hwocr/io.py)."""
 
 import csv
 import io
-import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from hwocr.io import write_atomic, write_json
 from hwocr.metrics import (
     Prediction,
     by_length_bucket,
@@ -39,30 +33,6 @@ PREDICTION_COLUMNS = (
     "error",
 )
 TOP_CONFUSIONS = 30
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write UTF-8 text to `path` via a temporary file in the same directory and os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as tmp:
-            tmp.write(text)
-        os.chmod(tmp_name, 0o644)  # mkstemp creates 0600; reports are meant to be shared.
-        os.replace(tmp_name, path)
-    except BaseException:
-        os.unlink(tmp_name)
-        raise
-
-
-def write_text(path: Path, text: str) -> Path:
-    write_atomic(path, text)
-    return path
-
-
-def write_json(path: Path, data: dict) -> Path:
-    write_atomic(path, json.dumps(data, ensure_ascii=False, indent=2) + "\n")
-    return path
 
 
 def predictions_csv(preds: list[Prediction]) -> str:

@@ -6,11 +6,12 @@ The record holds the exact command, the machine and library versions the run saw
 results table, all read from the run's own files: nothing is typed in by hand.
 """
 
-import json
 import sys
 from pathlib import Path
 
 import yaml
+
+from hwocr.io import read_json
 
 TABLE_KEYS = [
     ("cer", "corpus CER", "{:.2%}"),
@@ -51,17 +52,13 @@ def environment_info() -> dict[str, str]:
     }
 
 
-def _load_json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
 def render(run_dir: Path) -> str:
     overrides = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text()) or []
-    environment = _load_json(run_dir / "environment.json")
-    stages = {name: _load_json(run_dir / "eval" / name / "metrics.json") for name in ("base", "tuned")}
+    environment = read_json(run_dir / "environment.json")
+    stages = {name: read_json(run_dir / "eval" / name / "metrics.json") for name in ("base", "tuned")}
     stages = {name: metrics for name, metrics in stages.items() if metrics}
-    paired = _load_json(run_dir / "eval" / "comparison.json").get("paired", {})
-    training = _load_json(run_dir / "train_summary.json")
+    paired = read_json(run_dir / "eval" / "comparison.json").get("paired", {})
+    training = read_json(run_dir / "train_summary.json")
 
     lines = [
         f"# {run_dir.name}",

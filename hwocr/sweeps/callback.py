@@ -31,6 +31,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from hwocr.io import write_json
 from hwocr.sweeps.jobs import (
     JOB_STATUS_FILE,
     PARENT_FILE,
@@ -136,8 +137,6 @@ class MlflowSweepCallback(Callback):
             "task_overrides": task,
             "command": command_line(),
         }
-        from hwocr.report import write_json
-
         write_json(sweep_dir / PARENT_FILE, info)
         os.environ[PARENT_RUN_ENV] = self.parent_run_id
         atexit.register(self._end_if_interrupted)

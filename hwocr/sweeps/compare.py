@@ -11,7 +11,6 @@ parent run id and no local sweep dir, everything comes from MLflow. Writes to
 """
 
 import argparse
-import json
 import logging
 import math
 import os
@@ -24,8 +23,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
-from hwocr.report import write_json
-from hwocr.report.files import write_atomic
+from hwocr.io import read_json, write_atomic, write_json
 from hwocr.sweeps.jobs import (
     describe,
     job_overrides,
@@ -98,13 +96,6 @@ class SweepComparison:
 # --- gathering ------------------------------------------------------------------------------------
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def _job_dirs(sweep_dir: Path) -> dict[str, Path]:
     """Job number -> dir, for every dir of the sweep that Hydra started a job in."""
     jobs = {}
@@ -132,15 +123,15 @@ def _task_overrides(job_dir: Path | None, run) -> list[str]:
 def _from_job_dir(job_dir: Path) -> dict:
     row: dict = {}
     for side in ("base", "tuned"):
-        metrics = _read_json(job_dir / "eval" / side / "metrics.json")
+        metrics = read_json(job_dir / "eval" / side / "metrics.json")
         if metrics:
             row[f"{side}_cer"] = metrics.get("cer")
             row[f"{side}_perfect_match_rate"] = metrics.get("perfect_match_rate")
-    train = _read_json(job_dir / "train_summary.json")  # TrainResult.metrics(), where written
+    train = read_json(job_dir / "train_summary.json")  # TrainResult.metrics(), where written
     for column, name in MLFLOW_METRICS.items():
         if name.startswith("train/") and name in train:
             row[column] = train[name]
-    paired = _read_json(job_dir / "eval" / "comparison.json").get("paired", {})
+    paired = read_json(job_dir / "eval" / "comparison.json").get("paired", {})
     for key in ("cer_delta", "cer_delta_ci_low", "cer_delta_ci_high"):
         if key in paired:
             row[key] = paired[key]

@@ -3,7 +3,6 @@ that tie jobs to the parent run (mlflow_parent.json) and record how each job end
 The callback (hwocr/sweeps/callback.py) writes the first, run.py and the callback the second, and
 the comparison (hwocr/sweeps/compare.py) reads both."""
 
-import json
 import logging
 import os
 import traceback
@@ -14,6 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
+from hwocr.io import read_json, write_json
 from hwocr.tracking.client import PARENT_RUN_ENV
 
 log = logging.getLogger(__name__)
@@ -72,10 +72,7 @@ def in_multirun() -> bool:
 
 
 def read_parent_file(sweep_dir: Path) -> dict:
-    try:
-        return json.loads((Path(sweep_dir) / PARENT_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
+    return read_json(Path(sweep_dir) / PARENT_FILE)
 
 
 def job_context() -> JobContext:
@@ -134,13 +131,8 @@ def job_failed(error: BaseException, user_error: bool = False) -> float:
 
 
 def read_job_status(job_dir: Path) -> dict:
-    try:
-        return json.loads((Path(job_dir) / JOB_STATUS_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
+    return read_json(Path(job_dir) / JOB_STATUS_FILE)
 
 
 def write_job_status(job_dir: Path, status: dict) -> None:
-    from hwocr.report import write_json
-
     write_json(Path(job_dir) / JOB_STATUS_FILE, status)

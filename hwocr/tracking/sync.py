@@ -16,6 +16,8 @@ import os
 import sys
 from pathlib import Path
 
+from hwocr.io import read_json, write_json
+
 PENDING_DIR = "mlflow_pending"
 JOURNAL = "journal.jsonl"
 CURSOR = "synced.json"
@@ -24,25 +26,12 @@ RUN_FILE = "mlflow_run.json"  # the job's MLflow run id, so a rerun of the job c
 log = logging.getLogger(__name__)
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def read_run_file(run_dir: Path) -> dict:
-    try:
-        data = json.loads((Path(run_dir) / RUN_FILE).read_text(encoding="utf-8"))
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
+    return read_json(Path(run_dir) / RUN_FILE)
 
 
 def write_run_file(run_dir: Path, uri: str, run_id: str, experiment_id: str | None) -> None:
-    _write_json_atomic(
-        Path(run_dir) / RUN_FILE, {"uri": uri, "run_id": run_id, "experiment_id": experiment_id}
-    )
+    write_json(Path(run_dir) / RUN_FILE, {"uri": uri, "run_id": run_id, "experiment_id": experiment_id})
 
 
 class Journal:
@@ -76,13 +65,10 @@ class Journal:
         return out
 
     def cursor(self) -> dict:
-        try:
-            return json.loads(self.cursor_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return {"done": 0, "run_id": None}
+        return read_json(self.cursor_path) or {"done": 0, "run_id": None}
 
     def set_cursor(self, done: int, run_id: str | None) -> None:
-        _write_json_atomic(self.cursor_path, {"done": done, "run_id": run_id})
+        write_json(self.cursor_path, {"done": done, "run_id": run_id})
 
     def pending(self) -> int:
         return max(0, len(self.entries()) - int(self.cursor().get("done", 0)))

@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import signal
 import time
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ import torch
 from transformers import TrainerCallback
 
 from hwocr.errors import CheckpointError
+from hwocr.io import fsync_tree, write_json
 
 log = logging.getLogger(__name__)
 
@@ -166,33 +166,10 @@ def find_resume_checkpoint(resume: str, checkpoint_dir: Path) -> Path | None:
     return None
 
 
-def _fsync_tree(directory: Path) -> dict[str, int]:
-    sizes = {}
-    for file in sorted(p for p in directory.rglob("*") if p.is_file()):
-        with open(file, "rb") as handle:
-            os.fsync(handle.fileno())
-        sizes[file.relative_to(directory).as_posix()] = file.stat().st_size
-    return sizes
-
-
-def _fsync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def mark_complete(checkpoint: Path, step: int) -> None:
     """Write the completion marker (after fsync-ing every file) via a temp name and a rename."""
-    sizes = {k: v for k, v in _fsync_tree(checkpoint).items() if k != MARKER}
-    tmp = checkpoint / f".{MARKER}.tmp"
-    tmp.write_text(json.dumps({"step": step, "files": sizes}, indent=1), encoding="utf-8")
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, checkpoint / MARKER)
-    _fsync_dir(checkpoint)
+    sizes = {k: v for k, v in fsync_tree(checkpoint).items() if k != MARKER}
+    write_json(checkpoint / MARKER, {"step": step, "files": sizes}, durable=True)
 
 
 class CompletionMarker(TrainerCallback):
@@ -248,27 +225,6 @@ class GracefulStop(TrainerCallback):
             control.should_save = True
             control.should_training_stop = True
         return control
-
-
-@contextlib.contextmanager
-def atomic_directory(target: Path) -> Iterator[Path]:
-    """Yield a temporary sibling directory; on success it replaces `target` (never half-written)."""
-    target = Path(target)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    for stale in target.parent.glob(f".{target.name}.tmp-*"):  # left by a killed earlier attempt
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        yield tmp
-        _fsync_tree(tmp)
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        if target.exists():
-            os.replace(target, old)
-        os.replace(tmp, target)
-        _fsync_dir(target.parent)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def checkpoint_global_step(path: Path) -> int:
