@@ -222,7 +222,6 @@ def run_train(args, mcfg, hw, lora, processor, samples, result) -> None:
     from hwocr.model import load_model, prepare_for_training
     from hwocr.model.adapt import vision_tower
     from hwocr.model.ocr1 import move_images
-    from hwocr.train.collator import OcrCollator
     from hwocr.train.loss import causal_lm_loss_on_targets
 
     cuda = torch.cuda.is_available() and args.device == "cuda"
@@ -240,7 +239,7 @@ def run_train(args, mcfg, hw, lora, processor, samples, result) -> None:
     if cuda:
         result["allocated_after_load_gib"] = gib(torch.cuda.memory_allocated())
 
-    collator = OcrCollator(processor, PROMPT, pixel_dtype=dtype)
+    collator = make_collator(args, processor, dtype)
     device = torch.device("cuda" if cuda else "cpu")
     n_batches = max(1, min(args.steps, len(samples) // args.batch))
     batches = []
@@ -285,22 +284,30 @@ def run_train(args, mcfg, hw, lora, processor, samples, result) -> None:
         return float(loss), float(norm)
 
     losses, norms = [], []
-    warmup = min(args.warmup, args.steps - 1)
-    started = None
+    # A first pass meets every batch's shape once (kernel planning and tuning per new sequence
+    # length); the timed steps after it are the steady state.
+    first_pass_started = time.perf_counter()
+    for batch in batches:
+        loss, norm = step(batch)
+        losses.append(loss)
+        norms.append(norm)
+    if cuda:
+        torch.cuda.synchronize()
+    first_pass_step_s = (time.perf_counter() - first_pass_started) / len(batches)
+    warmup = len(batches)
+    started = time.perf_counter()
     for i in range(args.steps):
-        if i == warmup:
-            if cuda:
-                torch.cuda.synchronize()
-            started = time.perf_counter()
         loss, norm = step(batches[i % len(batches)])
         losses.append(loss)
         norms.append(norm)
     if cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started
-    timed = args.steps - warmup
+    timed = args.steps
     result["train"] = {
-        "steps": args.steps,
+        "steps": warmup + args.steps,
+        "distinct_batches": len(batches),
+        "first_pass_step_s": round(first_pass_step_s, 4),
         "timed_steps": timed,
         "step_s": round(seconds / timed, 4),
         "samples_per_s": round(timed * args.batch / seconds, 2),
@@ -329,6 +336,132 @@ def run_train(args, mcfg, hw, lora, processor, samples, result) -> None:
     model = optimizer = None  # free GPU memory before the next phase
     if cuda:
         torch.cuda.empty_cache()
+
+
+def make_collator(args, processor, dtype):
+    from hwocr.train.collator import OcrCollator
+
+    if args.pad_multiple is None:
+        return OcrCollator(processor, PROMPT, pixel_dtype=dtype)
+    return OcrCollator(processor, PROMPT, pixel_dtype=dtype, pad_to_multiple_of=args.pad_multiple)
+
+
+class StepTimer:
+    """Trainer callback: time inside each optimizer step, and the gap before it (data, Trainer)."""
+
+    def __init__(self):
+        from transformers import TrainerCallback
+
+        timer = self
+
+        class _Callback(TrainerCallback):
+            def on_step_begin(self, args, state, control, **kwargs):
+                timer.mark("begin")
+
+            def on_step_end(self, args, state, control, **kwargs):
+                timer.mark("end")
+
+        self.callback = _Callback()
+        self.events: list[tuple[str, float]] = []
+
+    def mark(self, kind: str) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.events.append((kind, time.perf_counter()))
+
+    def summary(self, warmup: int, batch: int) -> dict:
+        begins = [t for k, t in self.events if k == "begin"]
+        ends = [t for k, t in self.events if k == "end"]
+        steps = [e - b for b, e in zip(begins, ends, strict=False)][warmup:]
+        gaps = [b - e for e, b in zip(ends, begins[1:], strict=False)][warmup:]
+        wall = (ends[-1] - ends[warmup - 1]) if warmup and len(ends) > warmup else ends[-1] - begins[0]
+        timed = len(ends) - warmup
+        all_steps = [e - b for b, e in zip(begins, ends, strict=False)]
+        return {
+            "timed_steps": timed,
+            "all_steps_mean_s": round(sum(all_steps) / len(all_steps), 4),
+            "step_s": round(sum(steps) / len(steps), 4),
+            "gap_s": round(sum(gaps) / max(1, len(gaps)), 4),
+            "samples_per_s": round(timed * batch / wall, 2),
+        }
+
+
+def run_product_trainer(args, mcfg, hw, lora, processor, samples, result) -> None:
+    """The product's training path: hwocr.train.train (HF Trainer, OcrCollator in dataloader workers),
+    eval and saving pushed past the run, timed per optimizer step after the same warm-up as the bare
+    step. Its samples/s over the bare step's is the ratio issue 14 asks for."""
+    import tempfile
+    from dataclasses import replace
+
+    from hwocr.config import Config, TrainConfig
+    from hwocr.model import load_model, prepare_for_training
+    from hwocr.train import train
+
+    cuda = torch.cuda.is_available() and args.device == "cuda"
+    product_hw = replace(hw, dataloader_workers=args.workers)
+    cfg = Config(
+        model=mcfg,
+        lora=lora,
+        hardware=product_hw,
+        train=TrainConfig(
+            max_steps=args.steps,
+            lr=args.lr,
+            save_steps=10**6,
+            eval_steps=10**6,
+            logging_steps=10**6,
+            warmup_ratio=0.0,
+            resume="never",
+        ),
+    )
+    model = load_model(mcfg, product_hw, device_map={"": 0} if cuda else None, backend=args.backend)
+    model = prepare_for_training(model, lora, product_hw, args.backend)
+    if args.pad_multiple is not None:
+        import functools
+
+        import hwocr.train.trainer as trainer_module
+
+        trainer_module.OcrCollator = functools.partial(
+            trainer_module.OcrCollator, pad_to_multiple_of=args.pad_multiple
+        )
+    timer = StepTimer()
+    with tempfile.TemporaryDirectory() as run_dir:
+        trained = train(
+            model,
+            processor,
+            samples,
+            [],
+            cfg,
+            Path(run_dir),
+            callbacks=[timer.callback],
+            pixel_dtype=DTYPES[args.dtype],
+        )
+    warmup = min(args.warmup, args.steps - 1)
+    result["run"] = {
+        "workers": args.workers,
+        **timer.summary(warmup, args.batch),
+        "trainer_samples_per_s": round(trained.samples_per_s, 2),
+        "peak_gib": round(trained.peak_memory_gib, 3),
+        "final_loss": trained.train_loss,
+    }
+    if "train" in result:
+        result["run"]["ratio_to_bare_step"] = round(
+            result["run"]["samples_per_s"] / result["train"]["samples_per_s"], 3
+        )
+    result["collate_s_per_batch"] = time_collator(processor, samples[: args.batch], DTYPES[args.dtype])
+    model = None
+    if cuda:
+        torch.cuda.empty_cache()
+
+
+def time_collator(processor, samples, dtype) -> float:
+    """One batch through OcrCollator in this process (one core's share of the workers' work)."""
+    from hwocr.train.collator import OcrCollator
+
+    collator = OcrCollator(processor, PROMPT, pixel_dtype=dtype)
+    collator(samples[:1])
+    started = time.perf_counter()
+    collator(samples)
+    return round(time.perf_counter() - started, 3)
 
 
 def loss_match(args, mcfg, hw, lora, processor, samples, result) -> None:
@@ -549,7 +682,14 @@ def parse_args(argv=None):
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--task", choices=["train", "generate", "both", "loss-match"], default="train")
+    p.add_argument(
+        "--task",
+        choices=["train", "run", "generate", "both", "loss-match"],
+        default="train",
+        help="run = the product's Trainer path (hwocr.train.train) beside the bare train step",
+    )
+    p.add_argument("--workers", type=int, default=8, help="--task run: dataloader workers")
+    p.add_argument("--pad-multiple", type=int, default=None, help="collator padding (default: the product's)")
     p.add_argument("--recipe", choices=["baseline", "optimized"], default="optimized")
     p.add_argument("--no-grad-ckpt", action="store_true", help="train without gradient checkpointing")
     p.add_argument("--lr", type=float, default=2e-4)
@@ -593,7 +733,8 @@ def main(argv=None) -> dict:
     processor = load_processor(mcfg)
     folder = Path(args.checkpoint_dir) / "lines"
     n = max(
-        args.batch * max(1, min(args.steps, 4)), args.gen_images if args.task in ("generate", "both") else 0
+        args.batch * (args.steps if args.task == "run" else max(1, min(args.steps, 4))),
+        args.gen_images if args.task in ("generate", "both") else 0,
     )
     samples = line_samples(n, folder, args.width, args.height)
     backend = "_unsloth" if args.backend == "unsloth" else ""
@@ -606,8 +747,10 @@ def main(argv=None) -> dict:
         **environment(args),
         "settings": {k: v for k, v in vars(args).items() if k != "json"},
     }
-    if args.task in ("train", "both"):
+    if args.task in ("train", "both", "run"):
         run_train(args, mcfg, hw, lora, processor, samples, result)
+    if args.task == "run":
+        run_product_trainer(args, mcfg, hw, lora, processor, samples, result)
     if args.task == "loss-match":
         loss_match(args, mcfg, hw, lora, processor, samples, result)
     if args.task in ("generate", "both"):
@@ -636,6 +779,13 @@ def summary(result: dict) -> str:
             rows.append(
                 f"  {stage:18s} start {m['start_gib']:7.3f}  peak {m['peak_gib']:7.3f}  +{m['transient_gib']:.3f}"
             )
+    run = result.get("run")
+    if run:
+        rows.append(
+            f"run (hwocr.train.train, {run['workers']} workers): {run['samples_per_s']} samples/s "
+            f"(step {run['step_s']} s + gap {run['gap_s']} s), ratio to bare step "
+            f"{run.get('ratio_to_bare_step')}, collator {result.get('collate_s_per_batch')} s/batch"
+        )
     if "loss_match" in result:
         rows.append("loss match: " + json.dumps(result["loss_match"]))
     gen = result.get("generate")

@@ -40,5 +40,11 @@ for phase in "$@"; do case $phase in
   lossmatch)
     b full_lossmatch_fp16_4bit_b4 --task loss-match --dtype fp16 --load-in-4bit --batch 4
     b full_lossmatch_bf16_b4 --task loss-match --dtype bf16 --batch 4 ;;
+  runpath)  # the product's Trainer path beside the bare step (issue 14), base and gundam
+    b h200_run_bf16_base_b32 --task run --dtype bf16 --batch 32 --steps 12 --warmup 3 --workers 8
+    b h200_run_bf16_gundam_b32 --task run --dtype bf16 --image-mode gundam --batch 32 --steps 8 --warmup 3 --workers 8 ;;
+  genmodes)  # where a generation batch's time goes, base and gundam, automatic batch
+    b h200_generate_profile_base_b256 --task generate --dtype bf16 --gen-images 256 --gen-batch 256 --new-tokens 48 --profile
+    b h200_generate_profile_gundam_b256 --task generate --dtype bf16 --image-mode gundam --gen-images 256 --gen-batch 256 --new-tokens 48 --profile ;;
   *) echo "unknown phase $phase" ;;
 esac; done

@@ -17,6 +17,7 @@ import torch.distributed as dist
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+SHARE_ONE_GPU = "HWOCR_SHARE_ONE_GPU"  # =1: all ranks on GPU 0 over gloo (benchmarks/ddp_check.py)
 
 
 @dataclass(frozen=True)
@@ -71,10 +72,16 @@ def init(device: str) -> Rank:
     rank = current()
     if rank.world_size == 1 or dist.is_initialized():
         return rank
+    backend = "nccl" if device == "cuda" else "gloo"
+    if device == "cuda" and os.environ.get(SHARE_ONE_GPU) == "1":
+        # A check of the multi-GPU code path on a one-GPU machine (NCCL refuses two ranks on one
+        # device): every rank uses GPU 0, and the gradients travel over gloo.
+        os.environ["LOCAL_RANK"] = "0"  # what accelerate and the Trainer read to pick the device
+        rank, backend = current(), "gloo"
     if device == "cuda":
         torch.cuda.set_device(rank.local_rank)
     timeout = timedelta(seconds=int(os.environ.get("HWOCR_COLLECTIVE_TIMEOUT_S", 1800)))
-    dist.init_process_group(backend="nccl" if device == "cuda" else "gloo", timeout=timeout)
+    dist.init_process_group(backend=backend, timeout=timeout)
     return rank
 
 

@@ -204,3 +204,25 @@ def test_full_size_batched_generation_equals_unbatched():
     )["generate"]
     assert result["failed"] == 0
     assert result["unbatched_identical"] == "4/4"
+
+
+def test_padding_to_a_multiple_changes_shapes_not_the_loss(tiny_model_config, lines):
+    """Batches padded to a multiple of 32 tokens (fewer distinct shapes) give the same loss and
+    gradients as batches padded to their longest sample."""
+    processor = load_processor(tiny_model_config)
+    tight = OcrCollator(processor, PROMPT, pad_to_multiple_of=1)(lines)
+    padded = OcrCollator(processor, PROMPT, pad_to_multiple_of=32)(lines)
+    assert padded["input_ids"].shape[1] % 32 == 0
+    assert padded["input_ids"].shape[1] > tight["input_ids"].shape[1]  # the check pads something
+    model = prepare_for_training(load_model(tiny_model_config, PLAIN), LoraConfig(), PLAIN)
+    model.eval()  # no dropout: the same function on both batches
+    results = []
+    for batch in (tight, padded):
+        model.zero_grad()
+        loss, _ = causal_lm_loss_on_targets(model, batch)
+        loss.backward()
+        results.append((loss.item(), [p.grad.clone() for p in model.parameters() if p.requires_grad]))
+    (tight_loss, tight_grads), (padded_loss, padded_grads) = results
+    assert padded_loss == pytest.approx(tight_loss, rel=1e-5)
+    for a, b in zip(tight_grads, padded_grads, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)

@@ -10,6 +10,11 @@ from hwocr.model.load import encode
 from hwocr.model.ocr1 import Ocr1Processor
 
 IGNORE_INDEX = -100
+# Batches are padded to a multiple of this many tokens. Every new sequence length makes the GPU's
+# attention kernels plan and tune again, which dominated short runs
+# (benchmarks/results/h200_run_bf16_*_pad*.json); a few shapes instead of one per batch costs a few
+# padded columns, which the attention mask and the -100 labels keep out of the loss.
+PAD_TO_MULTIPLE_OF = 32
 
 
 class OcrCollator:
@@ -20,8 +25,15 @@ class OcrCollator:
     the transcription and the EOS that ends it.
     """
 
-    def __init__(self, processor: ProcessorMixin, prompt: str, pixel_dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        processor: ProcessorMixin,
+        prompt: str,
+        pixel_dtype: torch.dtype = torch.float32,
+        pad_to_multiple_of: int = PAD_TO_MULTIPLE_OF,
+    ):
         self.processor = processor
+        self.pad_to_multiple_of = pad_to_multiple_of
         self.pixel_dtype = pixel_dtype  # the processor emits float32; fp16/bf16 layers need their own
         self.prompt = prompt
         self.tokenizer = processor.tokenizer
@@ -40,7 +52,7 @@ class OcrCollator:
             if "pixel_values_local" in encoded:
                 local_values.append(encoded["pixel_values_local"])
 
-        batch = _right_pad(sequences, labels, self.tokenizer.pad_token_id)
+        batch = _right_pad(sequences, labels, self.tokenizer.pad_token_id, self.pad_to_multiple_of)
         batch["pixel_values"] = torch.cat(pixel_values).to(self.pixel_dtype)
         batch["num_local_patches"] = torch.cat(n_local)
         if local_values:
@@ -58,7 +70,7 @@ class OcrCollator:
             image_masks.append(encoded["images_seq_mask"][0])
             views.extend(encoded["images"])
             grids.append(encoded["images_spatial_crop"])
-        batch = _right_pad(sequences, labels, self.tokenizer.pad_token_id)
+        batch = _right_pad(sequences, labels, self.tokenizer.pad_token_id, self.pad_to_multiple_of)
         batch["images_seq_mask"] = torch.zeros_like(batch["input_ids"], dtype=torch.bool)
         for row, mask in enumerate(image_masks):
             batch["images_seq_mask"][row, : len(mask)] = mask
@@ -73,9 +85,9 @@ class OcrCollator:
 
 
 def _right_pad(
-    sequences: list[torch.Tensor], labels: list[torch.Tensor], pad_id: int
+    sequences: list[torch.Tensor], labels: list[torch.Tensor], pad_id: int, multiple: int = 1
 ) -> dict[str, torch.Tensor]:
-    length = max(len(s) for s in sequences)
+    length = -(-max(len(s) for s in sequences) // multiple) * multiple
     input_ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
     label_ids = torch.full((len(sequences), length), IGNORE_INDEX, dtype=torch.long)
     attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)
