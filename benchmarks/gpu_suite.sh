@@ -41,8 +41,11 @@ for phase in "$@"; do case $phase in
     b full_lossmatch_fp16_4bit_b4 --task loss-match --dtype fp16 --load-in-4bit --batch 4
     b full_lossmatch_bf16_b4 --task loss-match --dtype bf16 --batch 4 ;;
   runpath)  # the product's Trainer path beside the bare step (issue 14), base and gundam
-    b h200_run_bf16_base_b32 --task run --dtype bf16 --batch 32 --steps 12 --warmup 3 --workers 8
-    b h200_run_bf16_gundam_b32 --task run --dtype bf16 --image-mode gundam --batch 32 --steps 8 --warmup 3 --workers 8 ;;
+    b h200_run_bf16_base_b32_pad1 --task run --dtype bf16 --batch 32 --steps 12 --warmup 3 --workers 8 --pad-multiple 1
+    b h200_run_bf16_base_b32_pad32 --task run --dtype bf16 --batch 32 --steps 12 --warmup 3 --workers 8
+    b h200_run_bf16_gundam_b32_pad32 --task run --dtype bf16 --image-mode gundam --batch 32 --steps 8 --warmup 3 --workers 8 ;;
+  ddp)  # 2 worker processes sharing one GPU over gloo against 1 process, T4 settings
+    timeout ${LIMIT:-300} python3 benchmarks/ddp_check.py --json "$RES/h200_ddp_one_gpu_t4settings.json" 2>&1 | grep -v "Warning\|warn(" ;;
   genmodes)  # where a generation batch's time goes, base and gundam, automatic batch
     b h200_generate_profile_base_b256 --task generate --dtype bf16 --gen-images 256 --gen-batch 256 --new-tokens 48 --profile
     b h200_generate_profile_gundam_b256 --task generate --dtype bf16 --image-mode gundam --gen-images 256 --gen-batch 256 --new-tokens 48 --profile ;;
