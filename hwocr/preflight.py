@@ -1,10 +1,12 @@
 """Checks that fail at once, with a way forward, before any data or model work starts."""
 
+import os
 from pathlib import Path
 
 import torch
 
 from hwocr.config import Config, HardwareConfig
+from hwocr.distributed import SHARE_ONE_GPU
 from hwocr.errors import ModelLoadError, PreflightError
 
 # The transformers releases under which v1's remote code (unsloth/DeepSeek-OCR) imports and trains;
@@ -23,7 +25,7 @@ def hardware_problems(hardware: HardwareConfig) -> list[str]:
             f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}); "
             "on a CPU add `hardware=cpu model=tiny`"
         ]
-    if found < hardware.num_devices:
+    if found < hardware.num_devices and os.environ.get(SHARE_ONE_GPU) != "1":
         return [
             f"hardware={hardware.name} asks for {hardware.num_devices} GPUs but {found} are visible; "
             f"use hardware.num_devices={found} or a single-GPU profile (hardware=t4)"
