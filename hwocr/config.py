@@ -14,7 +14,9 @@ STAGES = ("base_eval", "train", "tuned_eval")
 # DeepSeek-OCR-2 has base/small/gundam; v1 adds tiny (512) and large (1280).
 IMAGE_MODES = {"ocr2": ("base", "small", "gundam"), "ocr1": ("tiny", "small", "base", "large", "gundam")}
 BACKENDS = ("hf", "unsloth")
-DTYPES = ("fp32", "fp16", "bf16")
+# hardware.dtype -> the torch dtype's name (hwocr.model.load.torch_dtype); no torch import here
+DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+DEFAULT_PROMPT = "<image>\nFree OCR."  # DeepSeek-OCR's plain transcription prompt
 
 
 @dataclass
@@ -32,7 +34,7 @@ class ModelConfig:
     # ocr2: base = one global view at image_size; small = one view at tile_size; gundam = global +
     # tiles. ocr1: tiny 512, small 640, base 1024, large 1280 (one view each), gundam.
     image_mode: str = "base"
-    prompt: str = "<image>\nFree OCR."
+    prompt: str = DEFAULT_PROMPT
 
 
 @dataclass
@@ -154,7 +156,7 @@ def validate(cfg: Config) -> Config:
     _check_choice("model.family", cfg.model.family, tuple(IMAGE_MODES))
     _check_choice("model.image_mode", cfg.model.image_mode, IMAGE_MODES[cfg.model.family])
     _check_choice("backend", cfg.backend, BACKENDS)
-    _check_choice("hardware.dtype", cfg.hardware.dtype, DTYPES)
+    _check_choice("hardware.dtype", cfg.hardware.dtype, tuple(DTYPES))
     _check_choice("hardware.device", cfg.hardware.device, ("cpu", "cuda"))
     _check_choice("dataset.kind", cfg.dataset.kind, ("uit_hwdb", "synth"))
     _check_choice("dataset.level", cfg.dataset.level, ("line", "word", "paragraph"))

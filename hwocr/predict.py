@@ -14,12 +14,13 @@ import hydra
 
 from hwocr.config import HardwareConfig, ModelConfig
 from hwocr.data import Sample
-from hwocr.data.uit_hwdb import IMAGE_SUFFIXES, natural_key
+from hwocr.data.uit_hwdb import IMAGE_SUFFIXES
 from hwocr.errors import ConfigError, ModelLoadError, PreflightError
 from hwocr.evaluate.generate import GenerationSettings, transcribe
 from hwocr.io import write_atomic
 from hwocr.model import attach_adapter, load_model, load_processor
 from hwocr.preflight import check_hardware
+from hwocr.text import natural_key
 
 log = logging.getLogger("hwocr.predict")
 

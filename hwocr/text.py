@@ -22,6 +22,11 @@ def _visible(text: str) -> str:
     return "".join(ch for ch in text if unicodedata.category(ch) not in _INVISIBLE_CATEGORIES)
 
 
+def natural_key(name: str) -> list:
+    """Sort "2.jpg" before "10.jpg", writer "9" before "10" and bucket "20-40" before "100+"."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
 def normalize_text(text: str) -> str:
     """NFC-normalise, drop invisible characters, collapse runs of whitespace to one space, strip."""
     text = _WHITESPACE.sub(" ", unicodedata.normalize("NFC", text))

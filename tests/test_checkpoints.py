@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
 import hwocr.evaluate.stage as evaluate_module
+from hwocr.config import DEFAULT_PROMPT
 from hwocr.data import Sample
 from hwocr.evaluate.stage import EvalStats, GenerationSettings, evaluate_checkpoint
 from hwocr.io import atomic_directory
@@ -175,7 +176,7 @@ def test_evaluation_resumes_where_it_stopped(tmp_path, monkeypatch):
         Sample(f"test/w{i % 3}/{i}.jpg", f"w{i % 3}", "test", Path(f"{i}.jpg"), f"chữ số {i}")
         for i in range(7)
     ]
-    settings = GenerationSettings(prompt="<image>\nFree OCR.", max_new_tokens=20)
+    settings = GenerationSettings(prompt=DEFAULT_PROMPT, max_new_tokens=20)
     model = torch.nn.Linear(2, 2)
     calls: list = []
     monkeypatch.setattr(evaluate_module, "transcribe", fake_transcribe(calls, crash_after_batches=2))

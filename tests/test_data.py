@@ -12,6 +12,7 @@ from PIL import Image
 from hwocr.config import DatasetConfig
 from hwocr.data import load_image, load_splits, uit_hwdb
 from hwocr.errors import DatasetError
+from hwocr.text import natural_key
 
 REAL_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "vnondb_line"
 
@@ -145,7 +146,7 @@ def test_writer_filter_and_caps(clean_root: Path) -> None:
     capped = DatasetConfig(root=str(clean_root), max_train_samples=5, max_eval_samples=2, val_fraction=0.2)
     a, b = load_splits(capped, seed=7), load_splits(capped, seed=7)
     assert (len(a.train), len(a.val), len(a.test)) == (5, 2, 2)
-    assert a == b and [s.id for s in a.train] == sorted((s.id for s in a.train), key=uit_hwdb.natural_key)
+    assert a == b and [s.id for s in a.train] == sorted((s.id for s in a.train), key=natural_key)
     with pytest.raises(DatasetError, match="9999"):
         load_splits(DatasetConfig(root=str(clean_root), writers=["9999"]))
 

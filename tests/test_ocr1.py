@@ -9,12 +9,13 @@ import pytest
 import torch
 from PIL import Image
 
+from hwocr.config import DEFAULT_PROMPT
 from hwocr.data import Sample, load_image
 from hwocr.model import load_processor
 from hwocr.model.ocr1 import Ocr1Processor, closest_grid
 from hwocr.train.collator import IGNORE_INDEX, OcrCollator
 
-PROMPT = "<image>\nFree OCR."
+PROMPT = DEFAULT_PROMPT
 
 
 def view(side: int) -> int:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hwocr.config import HardwareConfig, LoraConfig
+from hwocr.config import DEFAULT_PROMPT, HardwareConfig, LoraConfig
 from hwocr.data import Sample
 from hwocr.evaluate.generate import GenerationSettings, transcribe
 from hwocr.model import load_model, load_processor, prepare_for_training
@@ -19,7 +19,7 @@ from hwocr.model.vision import chunk_vision_tower, fold_sam_rel_pos
 from hwocr.train.collator import OcrCollator
 from hwocr.train.loss import causal_lm_loss_on_targets, target_columns
 
-PROMPT = "<image>\nFree OCR."
+PROMPT = DEFAULT_PROMPT
 PLAIN = HardwareConfig(optimize=False)
 OPTIMIZED = HardwareConfig(optimize=True)
 

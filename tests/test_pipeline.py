@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hwocr.config import HardwareConfig, LoraConfig, ModelConfig
+from hwocr.config import DEFAULT_PROMPT, HardwareConfig, LoraConfig, ModelConfig
 from hwocr.data import Sample
 from hwocr.evaluate.generate import (
     GenerationSettings,
@@ -18,7 +18,7 @@ from hwocr.model import attach_adapter, load_model, load_processor, prepare_for_
 from hwocr.model.load import image_mode_settings
 from hwocr.train.collator import IGNORE_INDEX, OcrCollator
 
-PROMPT = "<image>\nFree OCR."
+PROMPT = DEFAULT_PROMPT
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,6 @@ Hostile inputs and their outcome (tests/test_hostile_data.py):
 import json
 import logging
 import random
-import re
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from PIL import Image, UnidentifiedImageError
 
 from hwocr.config import DatasetConfig
 from hwocr.errors import DatasetError
-from hwocr.text import normalize_text
+from hwocr.text import natural_key, normalize_text
 
 logger = logging.getLogger("hwocr.data")
 
@@ -105,11 +104,6 @@ class DatasetSplits:
         out["skipped_total"] = len(self.skipped)
         out.update({f"skipped/{reason}": n for reason, n in sorted(self.skip_counts().items())})
         return out
-
-
-def natural_key(name: str) -> list:
-    """Sort "2.jpg" before "10.jpg"."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
 def load_image(path: Path | str) -> Image.Image:

@@ -17,7 +17,7 @@ import numpy as np
 from rapidfuzz.distance import Levenshtein
 
 from hwocr.metrics.vietnamese import vietnamese_counts
-from hwocr.text import normalize_text
+from hwocr.text import natural_key, normalize_text
 
 LENGTH_EDGES = (20, 40, 60)
 
@@ -167,12 +167,6 @@ def by_length_bucket(pred: Prediction, edges: tuple[int, ...] = LENGTH_EDGES) ->
     return f"{lower}+"
 
 
-def _natural_key(label: str) -> tuple:
-    """Sort "2-10" before "10-20" and writer "9" before "10"."""
-    head = label.split("-")[0].rstrip("+")
-    return (0, int(head), label) if head.isdigit() else (1, 0, label)
-
-
 def cer_by_group(preds: list[Prediction], key: Callable[[Prediction], str]) -> list[dict]:
     """Corpus CER per group (e.g. key=by_writer or by_length_bucket), in natural label order."""
     groups: dict[str, list[SampleScore]] = {}
@@ -186,5 +180,5 @@ def cer_by_group(preds: list[Prediction], key: Callable[[Prediction], str]) -> l
             "cer": error_rate(sum(s.errors for s in scores), sum(s.ref_len for s in scores)),
             "mean_cer": float(np.mean([s.cer for s in scores])),
         }
-        for label, scores in sorted(groups.items(), key=lambda item: _natural_key(item[0]))
+        for label, scores in sorted(groups.items(), key=lambda item: natural_key(item[0]))
     ]

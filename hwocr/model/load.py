@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 from transformers import AutoProcessor, BitsAndBytesConfig, PreTrainedModel, ProcessorMixin
 
-from hwocr.config import HardwareConfig, ModelConfig, is_local_dir
+from hwocr.config import DTYPES, HardwareConfig, ModelConfig, is_local_dir
 from hwocr.errors import ModelLoadError
 from hwocr.preflight import require_ocr1_transformers
 
@@ -17,11 +17,10 @@ log = logging.getLogger(__name__)
 NOT_QUANTIZED = ["model.vision_tower", "model.multi_modal_projector", "lm_head"]
 # v1's remote code: SAM, CLIP-L, the projector and the output head.
 OCR1_NOT_QUANTIZED = ["model.sam_model", "model.vision_model", "model.projector", "lm_head"]
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}  # hardware.dtype
 
 
 def torch_dtype(hardware: HardwareConfig) -> torch.dtype:
-    return DTYPES[hardware.dtype]
+    return getattr(torch, DTYPES[hardware.dtype])
 
 
 def image_mode_settings(cfg: ModelConfig) -> dict:

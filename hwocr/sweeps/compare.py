@@ -31,6 +31,7 @@ from hwocr.sweeps.jobs import (
     read_parent_file,
     split_override,
 )
+from hwocr.text import natural_key
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +169,7 @@ def gather(
     runs = _children(client, parent) if client is not None and parent is not None else {}
     keys = list(swept_keys or [])
     rows = []
-    for num in sorted(set(dirs) | set(runs), key=lambda n: (not n.isdigit(), int(n) if n.isdigit() else n)):
+    for num in sorted(set(dirs) | set(runs), key=natural_key):
         job_dir, run = dirs.get(num), runs.get(num)
         job_status = read_job_status(job_dir) if job_dir else {}
         task = _task_overrides(job_dir, run)
