@@ -29,12 +29,12 @@ log = logging.getLogger("hwocr.predict")
 class PredictConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
-    images: str = "???"
-    adapter: str | None = None
-    output: str | None = None
+    images: str = "???"  # a directory, one image, or comma-separated image paths
+    adapter: str | None = None  # a PEFT adapter dir (a run's adapter/ or a Trainer checkpoint-N)
+    output: str | None = None  # None = print "image<TAB>text"; a .csv path = write image,prediction,error
     max_new_tokens: int = 160
     no_repeat_ngram_size: int = 0
-    batch_size: int = 0
+    batch_size: int = 0  # 0 = hardware.eval_batch, or the largest that fits
 
 
 def find_images(spec: str) -> list[Path]:

@@ -68,7 +68,7 @@ def require_ocr1_transformers() -> None:
             f"model.family=ocr1 (DeepSeek-OCR v1) runs the hub's remote code, which loads only under "
             f"transformers >={low},<{high}; this environment has transformers {transformers.__version__}. "
             "Install the ocr1 profile in its own environment: pip install -e '.[ocr1]' "
-            "(README: DeepSeek-OCR v1)"
+            "(docs/v1-and-unsloth.md)"
         )
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
 from hwocr.config import Config, register_schema, to_config
@@ -33,7 +34,7 @@ def test_every_experiment_composes_and_validates(experiment):
     cfg = to_config(composed(f"+experiment={experiment}"))
     assert isinstance(cfg, Config)
     assert cfg.experiment == experiment
-    assert cfg.model.prompt == "<image>\nFree OCR."
+    assert cfg.model.prompt == "<image>\nFree OCR."  # DeepSeek-OCR's transcription prompt
 
 
 def test_demo_is_tiny_on_cpu_with_synthetic_lines():
@@ -48,14 +49,61 @@ def test_real_presets_are_qlora_r16_on_dual_t4(experiment):
     assert (cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.bias) == (16, 16, 0.0, "none")
     assert cfg.lora.target_modules is None  # = the language model's projections (hwocr/model/adapt.py)
     assert (cfg.hardware.num_devices, cfg.hardware.dtype, cfg.hardware.load_in_4bit) == (2, "fp16", True)
-    assert cfg.dataset.level == experiment.rstrip("s").replace("paragraph", "paragraph")
+    level = {"lines": "line", "words": "word", "paragraphs": "paragraph"}[experiment]
+    assert (cfg.dataset.kind, cfg.dataset.level, cfg.dataset.name) == ("uit_hwdb", level, f"uit_hwdb_{level}")
+    assert cfg.dataset.root.endswith(f"/UIT_HWDB_{level}")
 
 
-@pytest.mark.parametrize("hardware", ["cpu", "t4", "t4x2", "a100", "h100"])
+# device, GPUs, dtype, 4-bit, effective batch (per_device_batch x grad_accum x GPUs)
+HARDWARE = {
+    "cpu": ("cpu", 1, "fp32", False, 4),
+    "t4": ("cuda", 1, "fp16", True, 16),  # a T4 has no bf16
+    "t4x2": ("cuda", 2, "fp16", True, 16),
+    "a100": ("cuda", 1, "bf16", False, 16),
+    "h100": ("cuda", 1, "bf16", False, 32),
+}
+
+
+@pytest.mark.parametrize("hardware", sorted(p.stem for p in (CONF / "hardware").glob("*.yaml")))
 def test_hardware_profiles(hardware):
-    cfg = to_config(composed(f"hardware={hardware}"))
-    expected = {"cpu": "fp32", "t4": "fp16", "t4x2": "fp16", "a100": "bf16", "h100": "bf16"}[hardware]
-    assert cfg.hardware.dtype == expected
+    hw = to_config(composed(f"hardware={hardware}")).hardware
+    batch = hw.per_device_batch * hw.grad_accum * hw.num_devices
+    assert hw.name == hardware
+    assert (hw.device, hw.num_devices, hw.dtype, hw.load_in_4bit, batch) == HARDWARE[hardware]
+    assert hw.gradient_checkpointing == (hw.device == "cuda")
+
+
+def _leaves(node, prefix=""):
+    for key, value in node.items():
+        if isinstance(value, dict):
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def _own_values(path) -> dict:
+    values = OmegaConf.to_container(OmegaConf.load(path))
+    values.pop("defaults", None)
+    return values
+
+
+def _inherited(path, schema: dict) -> dict:
+    """What `path` starts from: the schema's defaults, then the files it extends in its group."""
+    base = OmegaConf.create(schema if "@package _global_" in path.read_text() else schema[path.parent.name])
+    for entry in OmegaConf.to_container(OmegaConf.load(path)).get("defaults", []):
+        parent = path.parent / f"{entry}.yaml" if isinstance(entry, str) else None
+        if parent is not None and parent.is_file():
+            base = OmegaConf.merge(_inherited(parent, schema), _own_values(parent))
+    return OmegaConf.to_container(base)
+
+
+@pytest.mark.parametrize("path", sorted(CONF.glob("*/*.yaml")), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_presets_state_only_what_differs(path):
+    """No group file restates a value it already has from the schema (hwocr/config.py holds each
+    default once) or from the file it extends; `name` may, since it names the option."""
+    base = dict(_leaves(_inherited(path, OmegaConf.to_container(OmegaConf.structured(Config)))))
+    for key, value in _leaves(_own_values(path)):
+        assert key.endswith("name") or base.get(key, "<unset>") != value, f"{key}: {value!r} is inherited"
 
 
 def test_lora_none_is_full_finetuning_and_rejects_4bit():
