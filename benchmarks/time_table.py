@@ -1,0 +1,90 @@
+"""Estimate the user's real job from measured H200 figures: UIT-HWDB line, one epoch of training plus
+the base and the tuned evaluation, on Kaggle's 2xT4 and on one H100.
+
+An ESTIMATE, not a measurement: no T4 or H100 was lent here. Each H200 figure (benchmarks/results)
+is scaled by the ratio of the GPUs' datasheet peaks: compute for training; for generation the
+smaller of the compute and the memory-bandwidth ratios (the vision prefill is compute-bound,
+decoding reads every weight per step), so the evaluation estimate errs long. 2xT4 is taken as
+twice one T4 (DDP, one model copy per GPU; the real scaling is below 2). Prints a markdown table
+and its arithmetic.
+
+    python benchmarks/time_table.py              # defaults: the preset's T4 and H100 settings
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+# Datasheet peaks: dense fp16/bf16 tensor TFLOP/s and memory TB/s.
+PEAKS = {"H200": (989.0, 4.8), "H100": (989.0, 3.35), "T4": (65.0, 0.32)}
+# UIT-HWDB line has 7,273 lines; the split below is an assumption (pass your own counts).
+DEFAULT_TRAIN, DEFAULT_TEST = 5818, 1455
+
+
+def read(name: str) -> dict:
+    return json.loads((RESULTS / f"{name}.json").read_text())
+
+
+def train_rate(result: dict) -> float:
+    return result["train"]["samples_per_s"]
+
+
+def generate_rate(result: dict) -> float:
+    return result["generate"]["images_per_s"]
+
+
+def estimate(h200_train: float, h200_generate: float, gpu: str, n_gpus: int, train: int, test: int) -> dict:
+    compute = PEAKS[gpu][0] / PEAKS["H200"][0]
+    bandwidth = PEAKS[gpu][1] / PEAKS["H200"][1]
+    train_rate_ = h200_train * compute * n_gpus
+    generate_rate_ = h200_generate * min(compute, bandwidth) * n_gpus
+    train_h = train / train_rate_ / 3600
+    eval_h = 2 * test / generate_rate_ / 3600  # base and tuned
+    return {
+        "train_samples_per_s": train_rate_,
+        "eval_images_per_s": generate_rate_,
+        "train_h": train_h,
+        "eval_h": eval_h,
+        "total_h": train_h + eval_h,
+        "gpu_h": (train_h + eval_h) * n_gpus,
+        "compute_scale": compute,
+        "bandwidth_scale": bandwidth,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--train", type=int, default=DEFAULT_TRAIN, help="training lines")
+    p.add_argument("--test", type=int, default=DEFAULT_TEST, help="test lines")
+    p.add_argument("--t4-train", default="h200_t4settings_train_gundam_b8", help="result: T4 settings")
+    p.add_argument("--t4-generate", default="h200_t4settings_generate_gundam_b32")
+    p.add_argument("--h100-train", default="h200_run_bf16_gundam_b32_pad32", help="result: bf16 settings")
+    p.add_argument("--h100-generate", default="h200_generate_gundam_auto")
+    args = p.parse_args()
+    rows = [
+        ("2xT4 (Kaggle), hardware=t4x2", "T4", 2, args.t4_train, args.t4_generate),
+        ("1xH100, hardware=h100", "H100", 1, args.h100_train, args.h100_generate),
+    ]
+    print(f"UIT-HWDB line, {args.train} training and {args.test} test lines, gundam crops (ESTIMATE)\n")
+    print("| machine | train samples/s | eval images/s | 1 epoch | base + tuned eval | total | GPU-hours |")
+    print("|---|---|---|---|---|---|---|")
+    notes = []
+    for label, gpu, n, train_name, generate_name in rows:
+        train_h200, generate_h200 = train_rate(read(train_name)), generate_rate(read(generate_name))
+        e = estimate(train_h200, generate_h200, gpu, n, args.train, args.test)
+        print(
+            f"| {label} | {e['train_samples_per_s']:.2f} | {e['eval_images_per_s']:.2f} | {e['train_h']:.1f} h | "
+            f"{e['eval_h']:.1f} h | {e['total_h']:.1f} h | {e['gpu_h']:.1f} |"
+        )
+        notes.append(
+            f"- {label}: training {train_h200} samples/s on the H200 ({train_name}) x {e['compute_scale']:.3f} "
+            f"(peak compute {gpu}/H200) x {n} GPU(s); evaluation {generate_h200} images/s on the H200 "
+            f"({generate_name}) x {min(e['compute_scale'], e['bandwidth_scale']):.3f} (the smaller of the compute "
+            f"and bandwidth ratios {gpu}/H200) x {n} GPU(s)."
+        )
+    print("\n" + "\n".join(notes))
+
+
+if __name__ == "__main__":
+    main()
