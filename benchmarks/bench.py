@@ -689,6 +689,12 @@ def parse_args(argv=None):
         help="run = the product's Trainer path (hwocr.train.train) beside the bare train step",
     )
     p.add_argument("--workers", type=int, default=8, help="--task run: dataloader workers")
+    p.add_argument(
+        "--lora-experts",
+        choices=["on", "off"],
+        default=None,
+        help="LoRA on the routed experts (lora.experts)",
+    )
     p.add_argument("--pad-multiple", type=int, default=None, help="collator padding (default: the product's)")
     p.add_argument("--recipe", choices=["baseline", "optimized"], default="optimized")
     p.add_argument("--no-grad-ckpt", action="store_true", help="train without gradient checkpointing")
@@ -727,7 +733,7 @@ def main(argv=None) -> dict:
         gradient_checkpointing=not args.no_grad_ckpt,
         optimize=args.recipe == "optimized",
     )
-    lora = LoraConfig()
+    lora = LoraConfig() if args.lora_experts is None else LoraConfig(experts=args.lora_experts == "on")
     from hwocr.model import load_processor
 
     processor = load_processor(mcfg)

@@ -49,5 +49,15 @@ for phase in "$@"; do case $phase in
   genmodes)  # where a generation batch's time goes, base and gundam, automatic batch
     b h200_generate_profile_base_b256 --task generate --dtype bf16 --gen-images 256 --gen-batch 256 --new-tokens 48 --profile
     b h200_generate_profile_gundam_b256 --task generate --dtype bf16 --image-mode gundam --gen-images 256 --gen-batch 256 --new-tokens 48 --profile ;;
+  t4gen)  # T4 settings (fp16, 4-bit) generation at a batch a 15 GB T4 holds; bf16 gundam, automatic batch
+    b h200_t4settings_generate_gundam_b32 --task generate --dtype fp16 --load-in-4bit --image-mode gundam --gen-images 128 --gen-batch 32 --new-tokens 48
+    b h200_t4settings_generate_base_b32 --task generate --dtype fp16 --load-in-4bit --gen-images 128 --gen-batch 32 --new-tokens 48
+    b h200_generate_gundam_auto --task generate --dtype bf16 --image-mode gundam --gen-images 512 --new-tokens 48 ;;
+  t4lora)  # T4 settings training with and without LoRA on the routed experts (lora.experts)
+    for e in on off; do
+      b h200_t4settings_train_gundam_b8_experts_$e --dtype fp16 --load-in-4bit --image-mode gundam --batch 8 --steps 6 --lora-experts $e --memory-profile
+      b h200_t4settings_train_gundam_b16_experts_$e --dtype fp16 --load-in-4bit --image-mode gundam --batch 16 --steps 4 --lora-experts $e
+      b h200_t4settings_train_base_b8_experts_$e --dtype fp16 --load-in-4bit --batch 8 --steps 6 --lora-experts $e
+    done ;;
   *) echo "unknown phase $phase" ;;
 esac; done

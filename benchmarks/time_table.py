@@ -57,7 +57,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--train", type=int, default=DEFAULT_TRAIN, help="training lines")
     p.add_argument("--test", type=int, default=DEFAULT_TEST, help="test lines")
-    p.add_argument("--t4-train", default="h200_t4settings_train_gundam_b8", help="result: T4 settings")
+    p.add_argument("--t4-train", default="h200_t4settings_train_gundam_b8_experts_on", help="result: T4 settings")
     p.add_argument("--t4-generate", default="h200_t4settings_generate_gundam_b32")
     p.add_argument("--h100-train", default="h200_run_bf16_gundam_b32_pad32", help="result: bf16 settings")
     p.add_argument("--h100-generate", default="h200_generate_gundam_auto")
