@@ -534,6 +534,22 @@ def run_generate(args, mcfg, hw, processor, samples, result) -> None:
     }
     if cuda:
         result["generate"]["peak_gib"] = gib(torch.cuda.max_memory_allocated())
+    if args.compile_vision:
+        from hwocr.model.adapt import vision_tower
+        from hwocr.model.vision import compile_vision_layers
+
+        compile_vision_layers(vision_tower(model))
+        compiled = {}
+        for run in ("first_call_with_compile", "warm"):
+            texts, stats = transcribe(model, processor, samples, settings, desc=f"compiled {run}")
+            compiled[run] = {"images_per_s": round(stats.images_per_s, 2), "seconds": round(stats.seconds, 2)}
+        compiled["identical_texts"] = sum(
+            a.prediction == b.prediction for a, b in zip(predictions, texts, strict=True)
+        )
+        compiled["speedup_warm"] = round(
+            compiled["warm"]["images_per_s"] / result["generate"]["images_per_s"], 3
+        )
+        result["generate"]["compiled_vision"] = compiled
     if args.check_unbatched:
         # Compare token ids, not text: a random full-size model emits ids the small bench tokenizer
         # cannot decode (they would all decode to "" and compare equal).
@@ -689,13 +705,12 @@ def parse_args(argv=None):
         help="run = the product's Trainer path (hwocr.train.train) beside the bare train step",
     )
     p.add_argument("--workers", type=int, default=8, help="--task run: dataloader workers")
-    p.add_argument(
-        "--lora-experts",
-        choices=["on", "off"],
-        default=None,
-        help="LoRA on the routed experts (lora.experts)",
-    )
     p.add_argument("--pad-multiple", type=int, default=None, help="collator padding (default: the product's)")
+    p.add_argument(
+        "--compile-vision",
+        action="store_true",
+        help="--task generate: then compile the vision tower's layers and transcribe twice more",
+    )
     p.add_argument("--recipe", choices=["baseline", "optimized"], default="optimized")
     p.add_argument("--no-grad-ckpt", action="store_true", help="train without gradient checkpointing")
     p.add_argument("--lr", type=float, default=2e-4)
@@ -733,7 +748,7 @@ def main(argv=None) -> dict:
         gradient_checkpointing=not args.no_grad_ckpt,
         optimize=args.recipe == "optimized",
     )
-    lora = LoraConfig() if args.lora_experts is None else LoraConfig(experts=args.lora_experts == "on")
+    lora = LoraConfig()
     from hwocr.model import load_processor
 
     processor = load_processor(mcfg)

@@ -59,5 +59,8 @@ for phase in "$@"; do case $phase in
       b h200_t4settings_train_gundam_b16_experts_$e --dtype fp16 --load-in-4bit --image-mode gundam --batch 16 --steps 4 --lora-experts $e
       b h200_t4settings_train_base_b8_experts_$e --dtype fp16 --load-in-4bit --batch 8 --steps 6 --lora-experts $e
     done ;;
+  gencompile)  # the vision tower's layers compiled (hwocr/model/vision.py), against the same process uncompiled
+    b h200_generate_compiled_vision_gundam_b256 --task generate --dtype bf16 --image-mode gundam --gen-images 256 --gen-batch 256 --new-tokens 48 --compile-vision
+    b h200_generate_compiled_vision_base_b256 --task generate --dtype bf16 --gen-images 256 --gen-batch 256 --new-tokens 48 --compile-vision ;;
   *) echo "unknown phase $phase" ;;
 esac; done
