@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TORCH_SPEC ?= torch>=2.4,<2.15
 
-.PHONY: setup demo test lint format clean
+.PHONY: setup demo test test-all lint format clean
 
 setup: $(STAMP)
 
@@ -20,7 +20,10 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(PY) -m hwocr.run +experiment=demo
 
-test: setup
+test: setup  # the fast tier: a few minutes on 2 cores
+	$(PY) -m pytest -q -m "not slow"
+
+test-all: setup  # everything, including end-to-end runs, sweeps and resume (CI runs this)
 	$(PY) -m pytest -q
 
 lint: setup

@@ -2,6 +2,8 @@
 transformers 5.17 can check them (the GPU and v1-profile checks: tests/test_ocr1_remote.py and
 experiments/)."""
 
+import contextlib
+import importlib.abc
 import os
 import re
 import sys
@@ -106,12 +108,37 @@ def test_unsloth_import_errors_are_explained(monkeypatch):
         fast_vision_model()
 
 
-def test_cpu_code_paths_never_import_unsloth(tiny_model_config):
+class _ImportRecorder(importlib.abc.MetaPathFinder):
+    """Notes every attempt to import `unsloth`, installed or not, and stops it (importing Unsloth
+    patches transformers for the rest of the session)."""
+
+    def __init__(self):
+        self.attempts: list[str] = []
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "unsloth":
+            self.attempts.append(name)
+            raise ImportError(f"{name}: not imported in the tests")
+        return None
+
+
+def test_cpu_code_paths_never_import_unsloth(tiny_model_config, monkeypatch):
+    recorder = _ImportRecorder()
+    monkeypatch.setattr(sys, "meta_path", [recorder, *sys.meta_path])
+    for name in [m for m in sys.modules if m.split(".")[0] == "unsloth"]:
+        monkeypatch.delitem(sys.modules, name)  # so that an import would reach the finders
     model = prepare_for_training(
         load_model(tiny_model_config, HardwareConfig()), LoraConfig(), HardwareConfig()
     )
     assert model.peft_config["default"].r == 16
-    assert "unsloth" not in sys.modules
+    assert recorder.attempts == []
+    # the recorder does see the backend's import: the GPU path, taken here with a faked GPU
+    from hwocr.model.unsloth import UnslothUnavailable, fast_vision_model
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with contextlib.suppress(UnslothUnavailable):
+        fast_vision_model()
+    assert recorder.attempts and recorder.attempts[0] == "unsloth"
 
 
 def test_unsloth_loads_with_hwocrs_quantization_and_sdpa(monkeypatch):

@@ -114,51 +114,33 @@ def test_mlflow_run(demo_run):
     )
 
 
-def test_reevaluate_an_adapter_only(demo_run, tmp_path):
+def test_reevaluate_an_adapter_only(demo_run, tmp_path, monkeypatch, run_cli):
     run_dir, _, _ = demo_run
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "hwocr.run",
-            "+experiment=demo",
-            "stages=[tuned_eval]",
-            f"eval.adapter={run_dir / 'adapter'}",
-            "dataset.max_eval_samples=6",
-            "dataset.synth.lines_per_writer=4",
-            f"hydra.run.dir={tmp_path / 'again'}",
-            f"tracking.uri=sqlite:///{tmp_path / 'db'}",
-        ],
-        cwd=ROOT,
-        env={**os.environ, "HWOCR_CACHE": str(run_dir.parent / "cache")},
-        capture_output=True,
-        text=True,
-        timeout=600,
+    monkeypatch.setenv("HWOCR_CACHE", str(run_dir.parent / "cache"))
+    code = run_cli(
+        "+experiment=demo",
+        "stages=[tuned_eval]",
+        f"eval.adapter={run_dir / 'adapter'}",
+        "dataset.max_eval_samples=6",
+        "dataset.synth.lines_per_writer=4",
+        f"hydra.run.dir={tmp_path / 'again'}",
+        f"tracking.uri=sqlite:///{tmp_path / 'db'}",
     )
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert code == 0, (tmp_path / "again" / "run.log").read_text()[-3000:]
     before = (run_dir / "eval" / "tuned" / "predictions.csv").read_text()
     assert (tmp_path / "again" / "eval" / "tuned" / "predictions.csv").read_text() == before
     assert not (tmp_path / "again" / "checkpoints").exists()
 
 
-def test_real_presets_fail_fast_without_gpu_or_data(tmp_path):
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "hwocr.run",
-            "+experiment=lines",
-            f"dataset.root={tmp_path / 'missing'}",
-            f"hydra.run.dir={tmp_path / 'run'}",
-            f"tracking.uri=sqlite:///{tmp_path / 'db'}",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
+def test_real_presets_fail_fast_without_gpu_or_data(tmp_path, run_cli, capsys):
+    code = run_cli(
+        "+experiment=lines",
+        f"dataset.root={tmp_path / 'missing'}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        f"tracking.uri=sqlite:///{tmp_path / 'db'}",
     )
-    output = result.stdout + result.stderr
-    assert result.returncode == 2
+    output = "".join(capsys.readouterr()) + (tmp_path / "run" / "run.log").read_text()
+    assert code == 2
     assert "Traceback" not in output
     assert "CUDA GPU" in output and str(tmp_path / "missing") in output
     assert "+experiment=demo" in output

@@ -39,7 +39,7 @@ def test_target_columns_cover_every_label():
     assert target_columns(labels).tolist() == [1, 2, 3]
 
 
-@pytest.mark.parametrize("mode", ["base", "gundam"])
+@pytest.mark.parametrize("mode", ["base", pytest.param("gundam", marks=pytest.mark.slow)])
 def test_target_logits_loss_equals_full_logits_loss(tiny_model_config, lines, mode):
     cfg = replace(tiny_model_config, image_mode=mode)
     model = prepare_for_training(load_model(cfg, PLAIN), LoraConfig(), PLAIN)
@@ -88,6 +88,7 @@ def test_chunked_vision_tower_gives_the_same_features(tiny_model_config):
     torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_quantized_experts_equal_nf4_rounded_weights(tiny_model_config, lines):
     """Packed NF4 experts compute what the same model computes with NF4-rounded expert weights."""
     import bitsandbytes.functional as bnbf
@@ -114,6 +115,7 @@ def test_quantized_experts_equal_nf4_rounded_weights(tiny_model_config, lines):
         torch.testing.assert_close(model(**batch).logits, reference(**batch).logits, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_optimized_qlora_step_matches_plain_recipe(tiny_model_config, lines):
     """4-bit load + every optimization: same loss as the plain 4-bit recipe up to NF4 rounding of experts."""
     losses = {}
@@ -131,6 +133,7 @@ def test_optimized_qlora_step_matches_plain_recipe(tiny_model_config, lines):
     assert losses["optimized"] == pytest.approx(losses["plain"], rel=1e-3)
 
 
+@pytest.mark.slow
 def test_optimized_batched_generation_equals_unbatched(tiny_model_config, lines):
     processor = load_processor(tiny_model_config)
     model = load_model(tiny_model_config, replace(OPTIMIZED, load_in_4bit=True))
@@ -148,21 +151,22 @@ def test_optimized_batched_generation_equals_unbatched(tiny_model_config, lines)
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-def _bench(*args) -> dict:
+def _bench(tmp_path: Path, *args) -> dict:
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     import bench
 
-    return bench.main([*args, "--json", "/tmp/hwocr-test-bench.json"])
+    return bench.main([*args, "--json", str(tmp_path / "bench.json")])
 
 
 @pytest.mark.gpu
 @pytest.mark.slow
 @gpu
 @pytest.mark.parametrize("dtype,four_bit", [("fp16", True), ("bf16", False)])
-def test_full_size_optimized_loss_matches_plain_recipe(dtype, four_bit):
+def test_full_size_optimized_loss_matches_plain_recipe(tmp_path, dtype, four_bit):
     result = _bench(
+        tmp_path,
         "--model",
         "full",
         "--dtype",
@@ -187,8 +191,9 @@ def test_full_size_optimized_loss_matches_plain_recipe(dtype, four_bit):
     reason="measured 1/4 identical on an H100 in bf16 with random weights: "
     "batch-shape-dependent rounding flips near-tied argmaxes (benchmarks/README.md)",
 )
-def test_full_size_batched_generation_equals_unbatched():
+def test_full_size_batched_generation_equals_unbatched(tmp_path):
     result = _bench(
+        tmp_path,
         "--model",
         "full",
         "--dtype",
@@ -206,6 +211,7 @@ def test_full_size_batched_generation_equals_unbatched():
     assert result["unbatched_identical"] == "4/4"
 
 
+@pytest.mark.slow
 def test_padding_to_a_multiple_changes_shapes_not_the_loss(tiny_model_config, lines):
     """Batches padded to a multiple of 32 tokens (fewer distinct shapes) give the same loss and
     gradients as batches padded to their longest sample."""

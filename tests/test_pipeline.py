@@ -27,7 +27,7 @@ def line_samples(render_lines) -> list[Sample]:
     return render_lines([(300 + 280 * i, 60) for i in range(5)])
 
 
-@pytest.mark.parametrize("mode", ["base", "small", "gundam"])
+@pytest.mark.parametrize("mode", ["base", "small", pytest.param("gundam", marks=pytest.mark.slow)])
 def test_collator_masks_everything_but_the_target(tiny_model_config, line_samples, mode):
     cfg = replace(tiny_model_config, image_mode=mode)
     processor = load_processor(cfg)
@@ -128,7 +128,7 @@ def _settings(processor, samples, batch_size):
     )
 
 
-@pytest.mark.parametrize("mode", ["base", "gundam"])
+@pytest.mark.parametrize("mode", ["base", pytest.param("gundam", marks=pytest.mark.slow)])
 def test_batched_generation_equals_one_by_one(tiny_model_config, line_samples, mode):
     cfg = replace(tiny_model_config, image_mode=mode)
     processor = load_processor(cfg)

@@ -1,9 +1,14 @@
 """Security defaults: remote code only when asked for and pinned, no secrets in MLflow, no pickles."""
 
-import inspect
+import ipaddress
+import os
+import pickle
+import shlex
+from pathlib import Path
 
 import pytest
-from transformers import Trainer
+import torch
+from transformers import Trainer, TrainingArguments
 
 import hwocr.model.load as load_module
 import hwocr.run as run_module
@@ -61,8 +66,18 @@ def test_secrets_never_reach_mlflow(tmp_path, monkeypatch):
         assert not any(secret.encode() in blob for blob in stored), secret
 
 
-def test_printed_mlflow_ui_command_binds_localhost():
-    assert "--host 127.0.0.1" in ui_command("sqlite:////abs/outputs/mlflow.db")
+def test_printed_mlflow_ui_command_binds_localhost(tmp_path):
+    """The printed command, as mlflow's own CLI parses it: loopback only, the run's store intact."""
+    import click
+    from mlflow.cli import cli
+
+    uri = f"sqlite:///{tmp_path / 'my runs' / 'mlflow.db'}"  # a space: the command must quote it
+    program, subcommand, *args = shlex.split(ui_command(uri))
+    assert (program, subcommand) == ("mlflow", "ui")
+    ui = cli.get_command(click.Context(cli), "ui")
+    params = ui.make_context("ui", args).params
+    assert ipaddress.ip_address(params["host"]).is_loopback
+    assert params["backend_store_uri"] == uri
 
 
 def test_models_load_from_safetensors_only(monkeypatch, tmp_path):
@@ -80,10 +95,32 @@ def test_models_load_from_safetensors_only(monkeypatch, tmp_path):
     assert seen["use_safetensors"] is True and seen["trust_remote_code"] is False
 
 
-def test_trainer_resume_reads_optimizer_and_rng_state_with_weights_only():
-    """transformers 5 reads optimizer.pt / scheduler.pt / rng_state.pth with torch.load(weights_only=True),
-    which refuses arbitrary pickles; guard against an upgrade that drops it."""
-    for method in (Trainer._load_optimizer_and_scheduler, Trainer._load_rng_state):
-        source = inspect.getsource(method)
-        calls = source.count("torch.load(")
-        assert calls and source.count("weights_only=True") >= calls, method.__name__
+class _Payload:
+    """A pickle that creates a directory when it is unpickled: arbitrary code, as in a hostile file."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.makedirs, (str(self.marker),)
+
+
+def test_trainer_resume_refuses_pickled_code_in_optimizer_and_rng_state(tmp_path):
+    """Resuming reads optimizer.pt / scheduler.pt / rng_state.pth; a checkpoint that carries code in
+    them must fail to load without running it (transformers 5: torch.load(weights_only=True))."""
+    trainer = Trainer(
+        model=torch.nn.Linear(2, 2),
+        args=TrainingArguments(output_dir=str(tmp_path / "out"), report_to="none", use_cpu=True),
+    )
+    trainer.create_optimizer_and_scheduler(num_training_steps=1)
+    checkpoint = tmp_path / "checkpoint-1"
+    checkpoint.mkdir()
+    for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth"):
+        torch.save({"state": _Payload(tmp_path / f"ran-{name}")}, checkpoint / name)
+    for load in (trainer._load_optimizer_and_scheduler, trainer._load_rng_state):
+        with pytest.raises(pickle.UnpicklingError):
+            load(str(checkpoint))
+    assert not list(tmp_path.glob("ran-*")), "a pickled payload ran"
+    with open(checkpoint / "rng_state.pth", "rb") as handle:  # the payload is live: plain pickle runs it
+        torch.load(handle, weights_only=False)
+    assert (tmp_path / "ran-rng_state.pth").is_dir()
