@@ -23,6 +23,7 @@ def full_size_config() -> DeepseekOcr2Config:
                 "num_hidden_layers": 24,
                 "num_attention_heads": 14,
                 "num_key_value_heads": 2,
+                "rope_theta": 1000000.0,  # the official encoder's (Qwen2-0.5B's), not the default 10000
             },
         },
         text_config=_moe_text_config(

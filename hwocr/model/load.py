@@ -1,6 +1,7 @@
 """Load DeepSeek-OCR(-2) and its processor from a hub id (pinned revision) or a local directory."""
 
 import logging
+import re
 from pathlib import Path
 
 import torch
@@ -8,6 +9,8 @@ from transformers import AutoProcessor, BitsAndBytesConfig, PreTrainedModel, Pro
 
 from hwocr.config import DTYPES, HardwareConfig, ModelConfig, is_local_dir
 from hwocr.errors import ModelLoadError
+from hwocr.model.official import is_official, native_config, native_processor, read_config
+from hwocr.model.views import follow_pil_centering, squash, upright
 from hwocr.preflight import require_ocr1_transformers
 
 log = logging.getLogger(__name__)
@@ -65,9 +68,12 @@ def load_processor(cfg: ModelConfig) -> ProcessorMixin:
                 trust_remote_code=cfg.trust_remote_code,
             )
     with _explained_load_errors(cfg):
-        processor = AutoProcessor.from_pretrained(
-            source, revision=revision, trust_remote_code=cfg.trust_remote_code
-        )
+        if official_layout(cfg, source, revision):
+            processor = native_processor(source, revision)
+        else:
+            processor = AutoProcessor.from_pretrained(
+                source, revision=revision, trust_remote_code=cfg.trust_remote_code
+            )
     settings = image_mode_settings(cfg)
     # size and tile_size are read from the instance when image tokens are counted...
     processor.image_processor.size = settings["size"]
@@ -76,13 +82,35 @@ def load_processor(cfg: ModelConfig) -> ProcessorMixin:
     # ...but the processor's class-level default crop_to_patches=True beats the instance attribute,
     # so it must be passed on every call: encode() does that.
     processor.hwocr_call_kwargs = {"crop_to_patches": settings["crop_to_patches"]}
+    # infer(image_size=768, crop_mode=False) squashes; base (image_size 1024) pads as the port does
+    processor.hwocr_squash = settings["size"]["height"] if cfg.image_mode == "small" else None
     processor.tokenizer.padding_side = "left"  # batched generation
     return processor
 
 
 def encode(processor: ProcessorMixin, images: list, texts: list[str], **kwargs):
-    """Run the processor with the image mode chosen in load_processor."""
-    return processor(images=images, text=texts, **getattr(processor, "hwocr_call_kwargs", {}), **kwargs)
+    """Run the processor with the image mode chosen in load_processor, on the views DeepSeek's own
+    code builds where the port's differ (hwocr/model/views.py)."""
+    images = upright(images)
+    if side := getattr(processor, "hwocr_squash", None):
+        images = squash(images, side)
+    encoded = processor(images=images, text=texts, **getattr(processor, "hwocr_call_kwargs", {}), **kwargs)
+    if "hwocr_call_kwargs" in vars(processor):  # an ocr2 processor set up by load_processor
+        side = processor.image_processor.size["height"]  # the global view's side in every hwocr mode
+        encoded["pixel_values"] = follow_pil_centering(
+            encoded["pixel_values"], [im.size for im in images], side
+        )
+    return encoded
+
+
+def official_layout(cfg: ModelConfig, source: str, revision: str | None) -> bool:
+    """deepseek-ai's own repo layout (remote-code config), which hwocr reads with native classes."""
+    if cfg.family != "ocr2" or cfg.build_tiny:
+        return False
+    try:
+        return is_official(read_config(source, revision))
+    except (OSError, ValueError):
+        return False  # no config.json to read: the load itself reports it
 
 
 def quantization_config(cfg: ModelConfig, hardware: HardwareConfig) -> BitsAndBytesConfig | None:
@@ -98,32 +126,62 @@ def quantization_config(cfg: ModelConfig, hardware: HardwareConfig) -> BitsAndBy
     )
 
 
+def warn_unpinned(cfg: ModelConfig) -> None:
+    """A hub id at a branch (or no revision) is whatever the repo holds that day."""
+    if cfg.build_tiny or is_local_dir(cfg.source) or re.fullmatch(r"[0-9a-f]{40}", cfg.revision or ""):
+        return
+    log.warning(
+        "model.source=%s at revision %s is unpinned: the hub repo can change its weights, tokenizer or "
+        "config under you, and runs stop being comparable. Pin the commit it has today: "
+        "python -c \"from huggingface_hub import HfApi; print(HfApi().model_info('%s').sha)\" "
+        "then pass model.revision=<that sha> (or set it in conf/model/).",
+        cfg.source,
+        cfg.revision or "(none: the default branch)",
+        cfg.source,
+    )
+
+
 def load_model(
     cfg: ModelConfig, hardware: HardwareConfig, device_map=None, backend: str = "hf"
 ) -> PreTrainedModel:
     """Load weights in the hardware profile's dtype, 4-bit NF4 when it asks for QLoRA."""
+    warn_unpinned(cfg)
     source, revision = resolve_source(cfg)
     if device_map is None and hardware.device == "cuda":
         device_map = {"": torch.cuda.current_device()}  # this process's GPU (set per rank under DDP)
     if cfg.family == "ocr1":
         require_ocr1_transformers()
+    official = official_layout(cfg, source, revision)
     if backend == "unsloth":
+        if official:
+            raise ModelLoadError(
+                f"backend=unsloth cannot read deepseek-ai's own repo layout ('{cfg.source}': remote-code "
+                "config). Use backend=hf, or the transformers-native conversion: "
+                "model.source=deepseek-community/DeepSeek-OCR-2"
+            )
         from hwocr.model.unsloth import load_with_unsloth
 
         model = load_with_unsloth(
             cfg, torch_dtype(hardware), source, revision, quantization_config(cfg, hardware)
         )
     else:
+        # deepseek-ai's own repo: its remote-code config as a native config; the weights' official
+        # key names go through transformers' conversion mapping ("deepseek_ocr2").
+        config = {"config": native_config(read_config(source, revision))} if official else {}
         with _explained_load_errors(cfg):
-            model = _model_class(cfg).from_pretrained(
+            model, info = _model_class(cfg).from_pretrained(
                 source,
+                **config,
                 revision=revision,
                 dtype=torch_dtype(hardware),
                 quantization_config=quantization_config(cfg, hardware),
                 device_map=device_map,
                 trust_remote_code=cfg.trust_remote_code,
                 use_safetensors=True,  # never unpickle downloaded weights (hwocr/train/checkpoints.py)
+                output_loading_info=True,
             )
+        if official:  # a renamed key that the mapping misses would load as random weights
+            _require_every_weight(cfg, info)
     log.info(
         "loaded %s (%s, %s%s, backend %s, attention %s)",
         source,
@@ -138,6 +196,17 @@ def load_model(
     if hardware.optimize and cfg.family == "ocr2":
         optimize_loaded_model(model, hardware)
     return model
+
+
+def _require_every_weight(cfg: ModelConfig, info: dict) -> None:
+    problems = {k: info.get(k) for k in ("missing_keys", "unexpected_keys", "mismatched_keys") if info.get(k)}
+    if problems:
+        raise ModelLoadError(
+            f"model.source='{cfg.source}' (deepseek-ai's layout) did not map onto the native model: "
+            + "; ".join(f"{k}: {sorted(map(str, v))[:5]} ({len(v)})" for k, v in problems.items())
+            + ". transformers' conversion mapping for deepseek_ocr2 changed? Pin transformers==5.17.0 or "
+            "use model.source=deepseek-community/DeepSeek-OCR-2"
+        )
 
 
 def _restore_integer_position_ids(model: torch.nn.Module) -> None:
