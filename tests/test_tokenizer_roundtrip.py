@@ -72,10 +72,9 @@ def deepseek_labelled(tokenizer, path: Path, model_type: str) -> Path:
 
 
 @pytest.mark.parametrize("model_type", ["deepseek_vl_v2", "deepseek_ocr2"])
-def test_deepseek_labelled_byte_level_bpe_keeps_spaces(tmp_path, model_type):
-    tokenizer = AutoTokenizer.from_pretrained(
-        deepseek_labelled(tmp_path, model_type), trust_remote_code=False
-    )
+def test_deepseek_labelled_byte_level_bpe_keeps_spaces(byte_level_bpe, tmp_path, model_type):
+    path = deepseek_labelled(byte_level_bpe, tmp_path, model_type)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     assert type(tokenizer).__name__ == "TokenizersBackend"
     assert type(tokenizer.backend_tokenizer.pre_tokenizer).__name__ == "ByteLevel"
     assert round_trips(tokenizer) == {}

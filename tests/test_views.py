@@ -10,8 +10,9 @@ import torch
 from PIL import Image, ImageDraw, ImageOps
 
 from hwocr.config import ModelConfig
+from hwocr.errors import ModelLoadError
 from hwocr.model.architecture import full_size_config
-from hwocr.model.load import ModelLoadError, _require_every_weight, encode, load_processor, warn_unpinned
+from hwocr.model.load import _require_every_weight, encode, load_processor, warn_unpinned
 from hwocr.model.official import is_official, native_config
 from hwocr.model.views import global_view_shift
 

@@ -31,8 +31,10 @@ TEXT_DEAD_KEYS = (
 
 
 def read_config(source: str, revision: str | None) -> dict:
-    """config.json of a hub id (at the revision) or a local directory."""
-    path = cached_file(source, "config.json", revision=revision)
+    """config.json of a hub id (at the revision) or a local directory; {} where there is none."""
+    path = cached_file(source, "config.json", revision=revision, _raise_exceptions_for_missing_entries=False)
+    if path is None:
+        return {}
     with open(path, encoding="utf-8") as handle:
         return json.load(handle)
 

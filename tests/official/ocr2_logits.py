@@ -72,14 +72,17 @@ def left_padded_batch(inputs: list[dict]) -> dict:
     return batch
 
 
-def native_logits(checkpoint: Path, batch: dict, device: str, dtype: torch.dtype) -> torch.Tensor:
-    """hwocr's loader (native classes, no remote code) on the same tensors."""
+def native_logits(
+    checkpoint: Path, batch: dict, device: str, dtype: torch.dtype, optimize: bool
+) -> torch.Tensor:
+    """hwocr's loader (native classes, no remote code) on the same tensors; `optimize` is the
+    product's default (folded SAM attention, vision tower in chunks)."""
     from hwocr.config import HardwareConfig, ModelConfig
     from hwocr.model.load import load_model
 
     cfg = ModelConfig(name="deepseek_ocr2", family="ocr2", source=str(checkpoint), revision=None)
     dtype_name = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
-    hardware = HardwareConfig(device=device, dtype=dtype_name, load_in_4bit=False, optimize=False)
+    hardware = HardwareConfig(device=device, dtype=dtype_name, load_in_4bit=False, optimize=optimize)
     model = load_model(cfg, hardware, device_map={"": device} if device != "cpu" else None).eval()
     crops = [c for c in batch["crops"] if c is not None]
     with torch.no_grad():
@@ -116,7 +119,10 @@ def run(args: argparse.Namespace) -> dict:
         not (checkpoint / "model.safetensors").exists()
         and not (checkpoint / "model.safetensors.index.json").exists()
     ):
-        official(args, "build", "--hub", args.hub, "--out", str(checkpoint), "--size", args.size)
+        official(
+            args, "build", "--hub", args.hub, "--out", str(checkpoint), "--size", args.size,
+            "--save-dtype", args.save_dtype,
+        )  # fmt: skip
     images = write_images(work)
     official(
         args, "preprocess", "--hub", args.hub, "--github", args.github, "--prompt", PROMPT,
@@ -130,8 +136,8 @@ def run(args: argparse.Namespace) -> dict:
         "--out", str(work / "official_logits.pt"), "--device", args.device, "--dtype", args.dtype,
     )  # fmt: skip
     official_logits = torch.load(work / "official_logits.pt")["logits"]
-    native = native_logits(checkpoint, batch, args.device, getattr(torch, args.dtype))
-    result = {"size": args.size, "device": args.device, "dtype": args.dtype}
+    native = native_logits(checkpoint, batch, args.device, getattr(torch, args.dtype), not args.plain)
+    result = {"size": args.size, "device": args.device, "dtype": args.dtype, "optimize": not args.plain}
     result.update(compare(official_logits, native, batch["attention_mask"]))
     return result
 
@@ -144,6 +150,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--work", required=True, help="scratch folder (the checkpoint is reused from there)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--save-dtype", default="float32", help="the random checkpoint's dtype on disk")
+    parser.add_argument("--plain", action="store_true", help="hardware.optimize=false on hwocr's side")
     parser.add_argument("--hub", default=os.environ.get("HWOCR_OCR2_HUB"))
     parser.add_argument("--github", default=os.environ.get("HWOCR_OCR2_OFFICIAL"))
     parser.add_argument("--official-pythonpath", default=os.environ.get("HWOCR_OCR2_PYTHONPATH"))

@@ -106,7 +106,7 @@ def cmd_build(args) -> None:
     sized(module, config_dict)
     torch.manual_seed(args.seed)
     config = module.DeepseekOCR2Config(**config_dict)
-    model = module.DeepseekOCR2ForCausalLM(config).eval()
+    model = module.DeepseekOCR2ForCausalLM(config).eval().to(getattr(torch, args.save_dtype))
     out = Path(args.out)
     model.save_pretrained(out, safe_serialization=True)
     # The hub's own config.json format (save_pretrained wrote the remote class's flattened dict).
@@ -273,6 +273,9 @@ def main() -> None:
     build.add_argument("--out", required=True)
     build.add_argument("--size", choices=["reduced", "full"], default="reduced")
     build.add_argument("--seed", type=int, default=0)
+    build.add_argument(
+        "--save-dtype", default="float32", help="bfloat16 halves a full-size checkpoint (6.8 GB)"
+    )
     pre = sub.add_parser("preprocess")
     pre.add_argument("--hub", required=True)
     pre.add_argument("--github", required=True, help="the GitHub repo deepseek-ai/DeepSeek-OCR-2")
