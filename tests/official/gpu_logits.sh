@@ -18,7 +18,7 @@ else
   wheels=$(ls "$WHEELS"/*.whl)
 fi
 # shellcheck disable=SC2086
-python3 -m pip install -q --no-index --no-deps --no-compile --target "$SITE" $wheels
+python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$SITE" $wheels
 if [ -d "$SITE/torchvision" ] && ! PYTHONPATH="$SITE" python3 -c "import torchvision.transforms" 2>/dev/null; then
   # built for another torch: its C++ ops do not load, so registering their fake kernels fails at
   # import; the Python transforms DeepSeek's code uses need neither
