@@ -536,7 +536,6 @@ def run_generate(args, mcfg, hw, processor, samples, result) -> None:
         result["generate"]["peak_gib"] = gib(torch.cuda.max_memory_allocated())
     if args.compile_vision:
         from hwocr.model.adapt import vision_tower
-        from hwocr.model.vision import compile_vision_layers
 
         compile_vision_layers(vision_tower(model))
         compiled = {}
@@ -584,6 +583,16 @@ def run_generate(args, mcfg, hw, processor, samples, result) -> None:
     del model
     if cuda:
         torch.cuda.empty_cache()
+
+
+def compile_vision_layers(tower: torch.nn.Module) -> None:
+    """torch.compile each SAM and encoder layer of the vision tower (layers of one kind share code).
+
+    An experiment, not a product path: on the H200 it cost ~80 s of compiling for 7% more images/s
+    (benchmarks/results/h200_generate_compiled_vision_dynamic_b256.json).
+    """
+    for layer in [*tower.sam_encoder.layers, *tower.vision_encoder.layers]:
+        layer.compile()
 
 
 def profile_generate(model, processor, samples, settings, args) -> dict:

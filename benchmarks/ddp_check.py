@@ -65,7 +65,8 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out)
     source = build_full_checkpoint(Path(args.checkpoint_dir) / "full")
-    env = {**os.environ, "MLFLOW_ALLOW_FILE_STORE": "true", "HWOCR_CACHE": str(out / "cache")}
+    os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"  # the jobs and this process read one file store
+    env = {**os.environ, "HWOCR_CACHE": str(out / "cache")}
     one = run_job("one", out, source, ["hardware.per_device_batch=8"], env)
     two = run_job(
         "two", out, source, ["hardware.num_devices=2", "hardware.per_device_batch=4"],

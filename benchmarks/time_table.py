@@ -27,7 +27,8 @@ def read(name: str) -> dict:
 
 
 def train_rate(result: dict) -> float:
-    return result["train"]["samples_per_s"]
+    """The product's Trainer path where it was measured (bench --task run), else the bare step."""
+    return result.get("run", result["train"])["samples_per_s"]
 
 
 def generate_rate(result: dict) -> float:
@@ -57,16 +58,16 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--train", type=int, default=DEFAULT_TRAIN, help="training lines")
     p.add_argument("--test", type=int, default=DEFAULT_TEST, help="test lines")
-    p.add_argument("--t4-train", default="h200_t4settings_train_gundam_b8_experts_on", help="result: T4 settings")
-    p.add_argument("--t4-generate", default="h200_t4settings_generate_gundam_b32")
+    p.add_argument("--t4-train", default="h200_t4_dynamic_b16", help="result: T4 settings")
+    p.add_argument("--t4-generate", default="h200_generate_dynamic_b256_guard_lora")
     p.add_argument("--h100-train", default="h200_run_bf16_gundam_b32_pad32", help="result: bf16 settings")
-    p.add_argument("--h100-generate", default="h200_generate_gundam_auto")
+    p.add_argument("--h100-generate", default="h200_generate_dynamic_b256_guard_lora")
     args = p.parse_args()
     rows = [
         ("2xT4 (Kaggle), hardware=t4x2", "T4", 2, args.t4_train, args.t4_generate),
         ("1xH100, hardware=h100", "H100", 1, args.h100_train, args.h100_generate),
     ]
-    print(f"UIT-HWDB line, {args.train} training and {args.test} test lines, gundam crops (ESTIMATE)\n")
+    print(f"UIT-HWDB line, {args.train} training and {args.test} test lines, DeepSeek's crop mode (image_mode=dynamic), ESTIMATE\n")
     print("| machine | train samples/s | eval images/s | 1 epoch | base + tuned eval | total | GPU-hours |")
     print("|---|---|---|---|---|---|---|")
     notes = []

@@ -94,19 +94,3 @@ def fold_sam_rel_pos(tower: torch.nn.Module) -> int:
             module._hwocr_folded = True
             n += 1
     return n
-
-
-def compile_vision_layers(tower: torch.nn.Module) -> int:
-    """torch.compile each SAM and encoder layer of the (frozen) vision tower; returns how many.
-
-    The tower's time goes mostly to memory-bound work between its matrix products (the folded
-    attention's concatenations, window partitions, layer norms, GELU: benchmarks/results/
-    h200_generate_profile_*.json). Compiling layer by layer fuses that work; layers of one kind
-    share their compiled code, so the compile cost is paid once per kind and input shape.
-    """
-    layers = [*tower.sam_encoder.layers, *tower.vision_encoder.layers]
-    for layer in layers:
-        if not getattr(layer, "_hwocr_compiled", False):
-            layer.compile()
-            layer._hwocr_compiled = True
-    return len(layers)
