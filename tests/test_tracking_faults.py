@@ -131,3 +131,33 @@ def test_tracker_without_a_run_dir_still_raises(tmp_path):
     tracker = Tracker(TrackingConfig(uri=closed_port_uri(), required=False), tmp_path)
     with pytest.raises(TrackingError, match="unreachable"):
         tracker.check_reachable()
+
+
+def test_long_batches_reach_the_store_live_and_through_the_journal(tmp_path, monkeypatch):
+    """More params and metrics than one MLflow request takes (100 params, 1000 metrics): mlflow's
+    log_batch splits them, both when the tracker logs live and when a journal is replayed."""
+    monkeypatch.chdir(tmp_path)
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    params = {f"p{i:03d}": i for i in range(250)}
+    metrics = {f"m{i:04d}": float(i) for i in range(1500)}
+    live = Tracker(TrackingConfig(uri=store), tmp_path, run_dir=tmp_path / "live")
+    with live:
+        live.start("live", {})
+        live.log_params(params)
+        live.log_metrics(metrics, step=3)
+        live.set_tags({f"t{i:03d}": str(i) for i in range(150)})
+    offline = Tracker(
+        TrackingConfig(uri=closed_port_uri(), required=False), tmp_path, run_dir=tmp_path / "off"
+    )
+    offline.check_reachable()
+    with offline:
+        offline.start("offline", {})
+        offline.log_params(params)
+        offline.log_metrics(metrics, step=3)
+    replayed = sync.replay(tmp_path / "off", uri=store)
+    client = MlflowClient(store)
+    for run_id in (live.run_id, replayed):
+        data = client.get_run(run_id).data
+        assert data.params == {k: str(v) for k, v in params.items()}
+        assert data.metrics == metrics
+    assert len(client.get_run(live.run_id).data.tags) >= 150

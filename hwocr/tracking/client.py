@@ -9,23 +9,22 @@ import logging
 import os
 import shlex
 import subprocess
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import mlflow
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
+from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 from transformers import TrainerCallback
 
 from hwocr.config import Config, TrackingConfig
 from hwocr.errors import TrackingError, TrainingInterrupted
 from hwocr.tracking.redact import redact_mapping
-from hwocr.tracking.sync import Journal, read_run_file, replay, sync_command, write_run_file
+from hwocr.tracking.sync import Journal, apply, read_run_file, replay, sync_command, write_run_file
 
 log = logging.getLogger(__name__)
 
-MAX_PARAM_VALUE = 6000  # MLflow rejects longer param values
-PARAMS_PER_BATCH = 100  # and more params per call
 PARENT_RUN_ENV = "HWOCR_PARENT_RUN_ID"  # set by the sweep callback: jobs log as its children
 
 
@@ -175,11 +174,12 @@ class Tracker:
             **self._start_info,
         )
 
-    def _call(self, op: str, payload: dict, action: Callable[[], None]) -> None:
-        """Do `action` against the store; if it fails (or the tracker is offline), journal it."""
+    def _call(self, op: str, payload: dict) -> None:
+        """Apply `op` (hwocr/tracking/sync.py's table) to the store; if that fails (or the tracker is
+        offline), journal it for replay."""
         if not self.offline:
             try:
-                action()
+                apply(self.client, self.run_id, op, payload, self.run_dir)
                 return
             except Exception as error:
                 self._go_offline(error)
@@ -266,59 +266,32 @@ class Tracker:
                     ", ".join(changed),
                 )
             values = {k: v for k, v in values.items() if k not in existing}
-
-        def action() -> None:
-            items = [mlflow.entities.Param(k, v) for k, v in values.items()]
-            for i in range(0, len(items), PARAMS_PER_BATCH):
-                self.client.log_batch(self.run_id, params=items[i : i + PARAMS_PER_BATCH])
-
-        self._call("params", {"params": values}, action)
+        self._call("params", {"params": values})
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         numeric = {
             k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
         }
         stamp = mlflow.utils.time.get_current_time_millis()
-
-        def action() -> None:
-            batch = [mlflow.entities.Metric(k, v, stamp, step or 0) for k, v in numeric.items()]
-            for i in range(0, len(batch), PARAMS_PER_BATCH):
-                self.client.log_batch(self.run_id, metrics=batch[i : i + PARAMS_PER_BATCH])
-
-        self._call("metrics", {"metrics": numeric, "step": step or 0, "timestamp": stamp}, action)
+        self._call("metrics", {"metrics": numeric, "step": step or 0, "timestamp": stamp})
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
-        tags = redact_mapping(tags)
-
-        def action() -> None:
-            for key, value in tags.items():
-                self.client.set_tag(self.run_id, key, value)
-
-        self._call("tags", {"tags": tags}, action)
+        self._call("tags", {"tags": redact_mapping(tags)})
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         path = Path(path)
         if not path.exists():
             log.warning("not logged to MLflow: %s does not exist", path)
             return
-
-        def action() -> None:
-            if path.is_dir():
-                self.client.log_artifacts(self.run_id, str(path), artifact_path)
-            else:
-                self.client.log_artifact(self.run_id, str(path), artifact_path)
-
         entry = {"path": str(path.resolve()), "artifact_path": artifact_path}
         if self.run_dir and path.resolve().is_relative_to(self.run_dir.resolve()):
             # relative too, so `hwocr.sync` still finds it after the job dir is copied elsewhere
             entry["in_run_dir"] = path.resolve().relative_to(self.run_dir.resolve()).as_posix()
-        self._call("artifact", entry, action)
+        self._call("artifact", entry)
 
     def end(self, status: str = "FINISHED") -> None:
         if self.run_id or self.offline:
-            self._call(
-                "end", {"status": status}, lambda: self.client.set_terminated(self.run_id, status=status)
-            )
+            self._call("end", {"status": status})
         command = self.pending_sync_command()
         if command:
             log.warning("MLflow did not get everything; upload what was kept locally with: %s", command)
@@ -376,7 +349,7 @@ class TrainerLogsToMlflow(TrainerCallback):
 
 def param_value(value: object) -> str:
     text = "null" if value is None else str(value)
-    return text if len(text) <= MAX_PARAM_VALUE else text[: MAX_PARAM_VALUE - 3] + "..."
+    return text if len(text) <= MAX_PARAM_VAL_LENGTH else text[: MAX_PARAM_VAL_LENGTH - 3] + "..."
 
 
 def git_commit() -> str:

@@ -92,10 +92,61 @@ def _run_exists(client, run_id: str | None) -> bool:
         return False
 
 
+# The operations a run records, by journal entry name. The live Tracker applies each at once; when
+# the store is down it journals the same entry instead, and replay() applies it later: one table,
+# so the two paths cannot drift apart. mlflow's log_batch splits long lists into allowed batches.
+def _log_params(client, run_id: str, entry: dict, run_dir: Path | None) -> None:
+    from mlflow.entities import Param
+
+    existing = client.get_run(run_id).data.params  # a continued run keeps its first values
+    params = [Param(k, v) for k, v in entry["params"].items() if k not in existing]
+    client.log_batch(run_id, params=params)
+
+
+def _log_metrics(client, run_id: str, entry: dict, run_dir: Path | None) -> None:
+    from mlflow.entities import Metric
+
+    stamp, step = int(entry["timestamp"]), int(entry.get("step") or 0)
+    client.log_batch(run_id, metrics=[Metric(k, float(v), stamp, step) for k, v in entry["metrics"].items()])
+
+
+def _set_tags(client, run_id: str, entry: dict, run_dir: Path | None) -> None:
+    from mlflow.entities import RunTag
+
+    client.log_batch(run_id, tags=[RunTag(k, v) for k, v in entry["tags"].items()])
+
+
+def _log_artifact(client, run_id: str, entry: dict, run_dir: Path | None) -> None:
+    moved = Path(run_dir) / entry["in_run_dir"] if run_dir and entry.get("in_run_dir") else None
+    path = moved if moved is not None and moved.exists() else Path(entry["path"])
+    if path.is_dir():
+        client.log_artifacts(run_id, str(path), entry.get("artifact_path"))
+    elif path.is_file():
+        client.log_artifact(run_id, str(path), entry.get("artifact_path"))
+    else:
+        log.warning("artifact %s no longer exists; not uploaded", path)
+
+
+def _end_run(client, run_id: str, entry: dict, run_dir: Path | None) -> None:
+    client.set_terminated(run_id, status=entry.get("status", "FINISHED"))
+
+
+OPERATIONS = {
+    "params": _log_params,
+    "metrics": _log_metrics,
+    "tags": _set_tags,
+    "artifact": _log_artifact,
+    "end": _end_run,
+}
+
+
+def apply(client, run_id: str, op: str, entry: dict, run_dir: Path | None = None) -> None:
+    OPERATIONS[op](client, run_id, entry, run_dir)
+
+
 def replay(run_dir: Path, uri: str | None = None) -> str | None:
     """Replay the pending journal of `run_dir` into `uri` (default: the one the run used).
     Returns the run id, or None when there was nothing to upload."""
-    import mlflow
     from mlflow.tracking import MlflowClient
 
     run_dir = Path(run_dir)
@@ -128,32 +179,10 @@ def replay(run_dir: Path, uri: str | None = None) -> str | None:
                 client.update_run(run_id, status="RUNNING")
         elif run_id is None:
             raise ValueError(f"{journal.path}: entry {index} ({op}) comes before any start entry")
-        elif op == "params":
-            existing = client.get_run(run_id).data.params
-            params = [mlflow.entities.Param(k, v) for k, v in entry["params"].items() if k not in existing]
-            for i in range(0, len(params), 100):
-                client.log_batch(run_id, params=params[i : i + 100])
-        elif op == "metrics":
-            metrics = [
-                mlflow.entities.Metric(k, float(v), int(entry["timestamp"]), int(entry.get("step") or 0))
-                for k, v in entry["metrics"].items()
-            ]
-            for i in range(0, len(metrics), 100):
-                client.log_batch(run_id, metrics=metrics[i : i + 100])
-        elif op == "tags":
-            for key, value in entry["tags"].items():
-                client.set_tag(run_id, key, value)
-        elif op == "artifact":
-            moved = run_dir / entry["in_run_dir"] if entry.get("in_run_dir") else None
-            path = moved if moved is not None and moved.exists() else Path(entry["path"])
-            if path.is_dir():
-                client.log_artifacts(run_id, str(path), entry.get("artifact_path"))
-            elif path.is_file():
-                client.log_artifact(run_id, str(path), entry.get("artifact_path"))
-            else:
-                log.warning("artifact %s no longer exists; not uploaded", path)
-        elif op == "end":
-            client.set_terminated(run_id, status=entry.get("status", "FINISHED"))
+        elif op not in OPERATIONS:
+            raise ValueError(f"{journal.path}: entry {index} has an unknown op {op!r}")
+        else:
+            apply(client, run_id, op, entry, run_dir)
         journal.set_cursor(index + 1, run_id)
     return run_id
 
