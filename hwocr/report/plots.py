@@ -40,12 +40,13 @@ _CER_VARIANTS = {
 
 
 @contextmanager
-def _style() -> Iterator[None]:
+def figure_style() -> Iterator[None]:
+    """whitegrid axes and notebook sizes, for every hwocr figure (global rcParams untouched)."""
     with sns.axes_style("whitegrid"), sns.plotting_context("notebook"):
         yield
 
 
-def _palette(names: list[str]) -> dict[str, tuple]:
+def run_palette(names: list[str]) -> dict[str, tuple]:
     """Stable colours: base orange, tuned blue, anything else from the rest of the palette."""
     colors = sns.color_palette("colorblind")
     known = {"base": colors[1], "tuned": colors[0]}
@@ -53,7 +54,7 @@ def _palette(names: list[str]) -> dict[str, tuple]:
     return {name: known.get(name) or next(others) for name in names}
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def save_figure(fig: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=DPI, bbox_inches="tight")
     return path
@@ -65,7 +66,7 @@ def _pct(values) -> np.ndarray:
 
 def plot_cer_distribution(path: Path, cers: dict[str, np.ndarray]) -> Path:
     """Histogram of per-sample CER per run, with mean (solid) and median (dashed) lines."""
-    palette = _palette(list(cers))
+    palette = run_palette(list(cers))
     data = pd.DataFrame(
         {
             "run": np.repeat(list(cers), [len(v) for v in cers.values()]),
@@ -73,7 +74,7 @@ def plot_cer_distribution(path: Path, cers: dict[str, np.ndarray]) -> Path:
         }
     )
     top = max(5.0, float(np.ceil(data["cer"].max() / 5) * 5))
-    with _style():
+    with figure_style():
         fig = Figure(figsize=(9, 5))
         ax = fig.subplots()
         sns.histplot(
@@ -96,7 +97,7 @@ def plot_cer_distribution(path: Path, cers: dict[str, np.ndarray]) -> Path:
         ax.yaxis.set_major_formatter(PercentFormatter(100))
         clipped = f" (values above {CER_CLIP_PCT:.0f}% clipped)" if top >= CER_CLIP_PCT else ""
         ax.set_title(f"Per-sample CER distribution{clipped}")
-        return _save(fig, path)
+        return save_figure(fig, path)
 
 
 def plot_cer_scatter(path: Path, base_cer: np.ndarray, tuned_cer: np.ndarray) -> Path:
@@ -108,7 +109,7 @@ def plot_cer_scatter(path: Path, base_cer: np.ndarray, tuned_cer: np.ndarray) ->
         {"base": _pct(base_cer), "tuned": _pct(tuned_cer), "status": [labels[s] for s in status]}
     )
     top = max(5.0, float(np.ceil(max(data["base"].max(), data["tuned"].max()) / 5) * 5))
-    with _style():
+    with figure_style():
         fig = Figure(figsize=(7, 7))
         ax = fig.subplots()
         ax.plot([0, top], [0, top], color="black", linewidth=1, linestyle="--", label="y = x (no change)")
@@ -129,7 +130,7 @@ def plot_cer_scatter(path: Path, base_cer: np.ndarray, tuned_cer: np.ndarray) ->
         ax.legend(title=None, loc="upper left", fontsize="small")
         clipped = f", values above {CER_CLIP_PCT:.0f}% clipped" if top >= CER_CLIP_PCT else ""
         ax.set_title(f"Per-sample CER, base vs tuned (n={n:,}{clipped})")
-        return _save(fig, path)
+        return save_figure(fig, path)
 
 
 def _bar_panel(ax, metrics: dict[str, dict], keys: dict[str, str], title: str, palette: dict) -> None:
@@ -152,8 +153,8 @@ def _bar_panel(ax, metrics: dict[str, dict], keys: dict[str, str], title: str, p
 
 def plot_error_types(path: Path, metrics: dict[str, dict]) -> Path:
     """Grouped bars: S/D/I and Vietnamese error-kind rates, and CER with/without marks, per run."""
-    palette = _palette(list(metrics))
-    with _style():
+    palette = run_palette(list(metrics))
+    with figure_style():
         fig = Figure(figsize=(14, 5.5))
         rates_ax, cer_ax = fig.subplots(1, 2, width_ratios=[2, 1])
         _bar_panel(rates_ax, metrics, _ERROR_RATES, "Error rates by type (VI kinds may overlap)", palette)
@@ -161,16 +162,16 @@ def plot_error_types(path: Path, metrics: dict[str, dict]) -> Path:
         cer_ax.set_ylabel("CER")
         fig.suptitle(f"Error types: {' vs '.join(metrics)}")
         fig.tight_layout()
-        return _save(fig, path)
+        return save_figure(fig, path)
 
 
 def plot_cer_by_writer(path: Path, by_run: dict[str, list[dict]]) -> Path:
     """Corpus CER per writer, one dot per run joined by a line, writers sorted by the first run's CER."""
-    palette = _palette(list(by_run))
+    palette = run_palette(list(by_run))
     first = next(iter(by_run))
     shown = sorted(by_run[first], key=lambda row: row["cer"], reverse=True)[:MAX_WRITERS]
     writers = [row["group"] for row in shown]
-    with _style():
+    with figure_style():
         fig = Figure(figsize=(8, max(4.0, 0.28 * len(writers) + 1.5)))
         ax = fig.subplots()
         cer = {run: {r["group"]: r["cer"] * 100 for r in rows} for run, rows in by_run.items()}
@@ -190,7 +191,7 @@ def plot_cer_by_writer(path: Path, by_run: dict[str, list[dict]]) -> Path:
         total = len(by_run[first])
         subset = f" — {len(writers)} highest-CER of {total}" if total > len(writers) else ""
         ax.set_title(f"CER by writer{subset}")
-        return _save(fig, path)
+        return save_figure(fig, path)
 
 
 def plot_comparison(
