@@ -22,10 +22,10 @@ from its remote code); this repo does not build v1.
 """
 
 import argparse
+import importlib.metadata
 import json
 import math
 import os
-import platform
 import shlex
 import sys
 import time
@@ -34,15 +34,11 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from hwocr.config import HardwareConfig, LoraConfig, ModelConfig  # noqa: E402
-from hwocr.data import Sample  # noqa: E402
-from hwocr.io import write_atomic  # noqa: E402
-
-PROMPT = "<image>\nFree OCR."
-DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-
+from hwocr.config import DEFAULT_PROMPT, DTYPES, HardwareConfig, LoraConfig, ModelConfig
+from hwocr.data import Sample
+from hwocr.io import write_atomic
+from hwocr.model.load import torch_dtype
+from hwocr.report.record import environment_info
 
 # ----------------------------------------------------------------------------------------------
 # model and data
@@ -225,7 +221,7 @@ def run_train(args, mcfg, hw, lora, processor, samples, result) -> None:
     from hwocr.train.loss import causal_lm_loss_on_targets
 
     cuda = torch.cuda.is_available() and args.device == "cuda"
-    dtype = DTYPES[args.dtype]
+    dtype = torch_dtype(hw)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     model = load_model(mcfg, hw, device_map={"": 0} if cuda else None, backend=args.backend)
@@ -342,8 +338,8 @@ def make_collator(args, processor, dtype):
     from hwocr.train.collator import OcrCollator
 
     if args.pad_multiple is None:
-        return OcrCollator(processor, PROMPT, pixel_dtype=dtype)
-    return OcrCollator(processor, PROMPT, pixel_dtype=dtype, pad_to_multiple_of=args.pad_multiple)
+        return OcrCollator(processor, DEFAULT_PROMPT, pixel_dtype=dtype)
+    return OcrCollator(processor, DEFAULT_PROMPT, pixel_dtype=dtype, pad_to_multiple_of=args.pad_multiple)
 
 
 class StepTimer:
@@ -433,7 +429,7 @@ def run_product_trainer(args, mcfg, hw, lora, processor, samples, result) -> Non
             cfg,
             Path(run_dir),
             callbacks=[timer.callback],
-            pixel_dtype=DTYPES[args.dtype],
+            pixel_dtype=torch_dtype(hw),
         )
     warmup = min(args.warmup, args.steps - 1)
     result["run"] = {
@@ -447,7 +443,7 @@ def run_product_trainer(args, mcfg, hw, lora, processor, samples, result) -> Non
         result["run"]["ratio_to_bare_step"] = round(
             result["run"]["samples_per_s"] / result["train"]["samples_per_s"], 3
         )
-    result["collate_s_per_batch"] = time_collator(processor, samples[: args.batch], DTYPES[args.dtype])
+    result["collate_s_per_batch"] = time_collator(processor, samples[: args.batch], torch_dtype(hw))
     model = None
     if cuda:
         torch.cuda.empty_cache()
@@ -457,7 +453,7 @@ def time_collator(processor, samples, dtype) -> float:
     """One batch through OcrCollator in this process (one core's share of the workers' work)."""
     from hwocr.train.collator import OcrCollator
 
-    collator = OcrCollator(processor, PROMPT, pixel_dtype=dtype)
+    collator = OcrCollator(processor, DEFAULT_PROMPT, pixel_dtype=dtype)
     collator(samples[:1])
     started = time.perf_counter()
     collator(samples)
@@ -471,9 +467,9 @@ def loss_match(args, mcfg, hw, lora, processor, samples, result) -> None:
     from hwocr.train.loss import causal_lm_loss_on_targets
 
     cuda = torch.cuda.is_available() and args.device == "cuda"
-    dtype = DTYPES[args.dtype]
+    dtype = torch_dtype(hw)
     device = torch.device("cuda" if cuda else "cpu")
-    batch = OcrCollator(processor, PROMPT, pixel_dtype=dtype)(samples[: args.batch])
+    batch = OcrCollator(processor, DEFAULT_PROMPT, pixel_dtype=dtype)(samples[: args.batch])
     batch = {k: v.to(device) for k, v in batch.items()}
     out = {}
     for recipe in ("baseline", "optimized"):
@@ -512,10 +508,10 @@ def run_generate(args, mcfg, hw, processor, samples, result) -> None:
     model = load_model(mcfg, hw, device_map={"": 0} if cuda else None, backend=args.backend)
     model.eval()
     settings = GenerationSettings(
-        prompt=PROMPT, max_new_tokens=args.new_tokens, batch_size=args.gen_batch, cache=args.gen_cache
+        prompt=DEFAULT_PROMPT, max_new_tokens=args.new_tokens, batch_size=args.gen_batch, cache=args.gen_cache
     )
     # warm-up: CUDA context, kernels, autotuning
-    warm = GenerationSettings(prompt=PROMPT, max_new_tokens=4, batch_size=min(4, len(samples)))
+    warm = GenerationSettings(prompt=DEFAULT_PROMPT, max_new_tokens=4, batch_size=min(4, len(samples)))
     transcribe(model, processor, samples[:4], warm, desc="warm-up")
     if cuda:
         torch.cuda.synchronize()
@@ -561,14 +557,14 @@ def run_generate(args, mcfg, hw, processor, samples, result) -> None:
                 model,
                 processor,
                 check,
-                GenerationSettings(PROMPT, args.new_tokens, batch_size=len(check)),
+                GenerationSettings(DEFAULT_PROMPT, args.new_tokens, batch_size=len(check)),
                 desc="batched",
             )
             alone, _ = transcribe(
                 model,
                 processor,
                 check,
-                GenerationSettings(PROMPT, args.new_tokens, batch_size=1),
+                GenerationSettings(DEFAULT_PROMPT, args.new_tokens, batch_size=1),
                 desc="unbatched",
             )
         finally:
@@ -676,22 +672,14 @@ def _common_prefix(a: list, b: list) -> int:
 
 
 def environment(args) -> dict:
-    import transformers
-
+    """The product's environment record (hwocr/report/record.py), plus CUDA, bitsandbytes and the command."""
     try:
-        import bitsandbytes
-
-        bnb = bitsandbytes.__version__
-    except Exception:  # noqa: BLE001 - report, don't fail
+        bnb = importlib.metadata.version("bitsandbytes")
+    except importlib.metadata.PackageNotFoundError:
         bnb = None
-    cuda = torch.cuda.is_available() and args.device == "cuda"
-    return {
-        "device": torch.cuda.get_device_name(0) if cuda else platform.processor() or platform.machine(),
-        "torch": torch.__version__,
+    return environment_info() | {
         "cuda": torch.version.cuda,
-        "transformers": transformers.__version__,
         "bitsandbytes": bnb,
-        "python": platform.python_version(),
         "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
     }
 

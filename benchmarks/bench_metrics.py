@@ -9,7 +9,7 @@ import statistics
 import time
 
 from hwocr.data.vietnamese import generate_lines
-from hwocr.metrics import Prediction, evaluate
+from hwocr.metrics import Prediction, corpus_metrics
 from hwocr.metrics.paired import paired_comparison
 
 
@@ -47,11 +47,11 @@ def main() -> None:
             times.append(time.perf_counter() - started)
         return times
 
-    eval_times = timed(lambda: evaluate(base))
+    eval_times = timed(lambda: corpus_metrics(base))
     paired_times = timed(lambda: paired_comparison(base, tuned, n_boot=2000, seed=0))
     chars = sum(len(r) for r in references) / len(references)
     print(f"{args.pairs} pairs, mean reference length {chars:.1f} chars, {args.repeats} repeats")
-    print(f"evaluate(): median {statistics.median(eval_times):.3f} s, max {max(eval_times):.3f} s")
+    print(f"corpus_metrics(): median {statistics.median(eval_times):.3f} s, max {max(eval_times):.3f} s")
     print(f"paired_comparison(2000 bootstrap): median {statistics.median(paired_times):.3f} s")
 
 

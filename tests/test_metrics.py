@@ -13,7 +13,7 @@ from hwocr.metrics import (
     cer_by_group,
     classify_edit,
     confusion_pairs,
-    evaluate,
+    corpus_metrics,
     paired_comparison,
     score,
     strip_diacritics,
@@ -42,7 +42,7 @@ def test_deletion_and_insertion():
 
 
 def test_identical_is_perfect():
-    metrics = evaluate([pred("xin chào", "xin chào")])
+    metrics = corpus_metrics([pred("xin chào", "xin chào")])
     assert metrics["cer"] == 0 and metrics["wer"] == 0 and metrics["perfect_match_rate"] == 1
 
 
@@ -55,7 +55,7 @@ def test_nfc_vs_nfd_and_whitespace_score_zero():
 def test_empty_reference_is_capped_per_sample_but_counted_in_corpus():
     assert score("", "").cer == 0
     assert score("", "abcde").cer == 1.0
-    metrics = evaluate([pred("", "abcde", id="a"), pred("abcde", "abcde", id="b")])
+    metrics = corpus_metrics([pred("", "abcde", id="a"), pred("abcde", "abcde", id="b")])
     assert metrics["insertions"] == 5
     assert metrics["cer"] == pytest.approx(5 / 5)  # corpus: 5 insertions over 5 reference chars
     assert metrics["mean_cer"] == pytest.approx(0.5)
@@ -67,18 +67,18 @@ def test_empty_prediction_is_all_deletions():
 
 
 def test_failed_sample_counted_and_scored():
-    metrics = evaluate([pred("abcd", "", id="a", error="CUDA OOM"), pred("abcd", "abcd", id="b")])
+    metrics = corpus_metrics([pred("abcd", "", id="a", error="CUDA OOM"), pred("abcd", "abcd", id="b")])
     assert metrics["n_failed"] == 1 and metrics["n_samples"] == 2
     assert metrics["deletions"] == 4 and metrics["cer"] == pytest.approx(4 / 8)
 
 
 def test_evaluate_has_exact_keys():
-    assert set(evaluate([pred("a b", "a c")])) == METRIC_KEYS | VIETNAMESE_KEYS
+    assert set(corpus_metrics([pred("a b", "a c")])) == METRIC_KEYS | VIETNAMESE_KEYS
 
 
 def test_evaluate_rejects_empty_list():
     with pytest.raises(ValueError):
-        evaluate([])
+        corpus_metrics([])
 
 
 def _random_pairs(n: int, seed: int) -> list[tuple[str, str]]:
@@ -104,7 +104,7 @@ def test_agrees_with_jiwer():
     pairs = _random_pairs(300, seed=1)
     refs, hyps = [r for r, _ in pairs], [h for _, h in pairs]
     expected = jiwer.process_characters(refs, hyps)
-    metrics = evaluate([pred(r, h, id=str(i)) for i, (r, h) in enumerate(pairs)])
+    metrics = corpus_metrics([pred(r, h, id=str(i)) for i, (r, h) in enumerate(pairs)])
     assert (metrics["substitutions"], metrics["deletions"], metrics["insertions"]) == (
         expected.substitutions,
         expected.deletions,
@@ -112,7 +112,7 @@ def test_agrees_with_jiwer():
     )
     assert metrics["cer"] == pytest.approx(jiwer.cer(refs, hyps))
     non_empty = [(r, h) for r, h in pairs if r.split()]
-    with_words = evaluate([pred(r, h, id=str(i)) for i, (r, h) in enumerate(non_empty)])
+    with_words = corpus_metrics([pred(r, h, id=str(i)) for i, (r, h) in enumerate(non_empty)])
     assert with_words["wer"] == pytest.approx(jiwer.wer([r for r, _ in non_empty], [h for _, h in non_empty]))
 
 
@@ -135,17 +135,17 @@ def test_classify_edit(ref, hyp, kinds):
 
 
 def test_vietnamese_breakdown():
-    tone = evaluate([pred("học", "hoc")])
+    tone = corpus_metrics([pred("học", "hoc")])
     assert (tone["vi_tone_errors"], tone["vi_diacritic_errors"], tone["vi_base_errors"]) == (1, 0, 0)
     assert tone["vi_tone_error_rate"] == pytest.approx(1 / 3)
     assert tone["vi_cer_no_tone"] == 0
-    wet = evaluate([pred("ướt", "uot")])  # ư->u: diacritic; ớ->o: tone and diacritic
+    wet = corpus_metrics([pred("ướt", "uot")])  # ư->u: diacritic; ớ->o: tone and diacritic
     assert (wet["vi_tone_errors"], wet["vi_diacritic_errors"], wet["vi_base_errors"]) == (1, 2, 0)
     assert wet["vi_cer_no_tone"] == pytest.approx(2 / 3)
     assert wet["vi_cer_no_diacritics"] == 0
-    go = evaluate([pred("đi", "di")])
+    go = corpus_metrics([pred("đi", "di")])
     assert (go["vi_diacritic_errors"], go["vi_base_errors"], go["vi_cer_no_diacritics"]) == (1, 0, 0)
-    missing = evaluate([pred("ba", "b")])
+    missing = corpus_metrics([pred("ba", "b")])
     assert missing["vi_base_errors"] == 1
 
 

@@ -192,10 +192,7 @@ def test_left_padded_batch_generates_what_single_images_do(model, tokenizer):
 
 def test_benchmark_measures_v1(tmp_path):
     """benchmarks/bench.py --model v1: LoRA steps and batched generation through hwocr's code."""
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    import bench
+    from benchmarks import bench
 
     result = bench.main(
         ["--model", "v1", "--v1-checkpoint", CHECKPOINT, "--dtype", "fp32", "--image-mode", "tiny"]

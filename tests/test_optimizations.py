@@ -152,10 +152,7 @@ gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU
 
 
 def _bench(tmp_path: Path, *args) -> dict:
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    import bench
+    from benchmarks import bench
 
     return bench.main([*args, "--json", str(tmp_path / "bench.json")])
 

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 from spec import PREDICTION_COLUMNS
 
-from hwocr.metrics import Prediction, evaluate
+from hwocr.metrics import Prediction, corpus_metrics
 from hwocr.report import plot_single_eval, read_predictions, write_comparison, write_eval
 
 SENTENCES = [
@@ -48,7 +48,7 @@ def test_write_eval_files(tmp_path):
     on_disk = json.loads((tmp_path / "metrics.json").read_text(encoding="utf-8"))
     assert on_disk == metrics
     assert on_disk["images_per_s"] == 3.5
-    assert set(on_disk) - {"images_per_s"} == set(evaluate(preds))
+    assert set(on_disk) - {"images_per_s"} == set(corpus_metrics(preds))
     assert on_disk["n_failed"] == 1 and on_disk["n_samples"] == 3
     # 1 substitution + 4 deletions over 3 + 12 + 4 reference characters.
     assert on_disk["cer"] == pytest.approx(5 / 19)

@@ -54,7 +54,7 @@ _DIACRITIC_TABLE = _nfc_strip_table(frozenset(map(chr, range(0x0300, 0x0370)))) 
 
 @dataclass(frozen=True)
 class VietnameseCounts:
-    """Raw counts; `hwocr.metrics.cer.evaluate` turns them into rates over `ref_chars`."""
+    """Raw counts; `hwocr.metrics.cer.corpus_metrics` turns them into rates over `ref_chars`."""
 
     base_errors: int
     tone_errors: int

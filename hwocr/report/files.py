@@ -13,7 +13,7 @@ from hwocr.metrics import (
     by_writer,
     cer_by_group,
     confusion_pairs,
-    evaluate,
+    corpus_metrics,
     match_by_id,
     paired_comparison,
     score_all,
@@ -58,8 +58,8 @@ def predictions_csv(preds: list[Prediction]) -> str:
 
 
 def write_eval(out_dir: Path, preds: list[Prediction], extra: dict | None = None) -> dict:
-    """Write metrics.json (evaluate() keys + `extra`, e.g. images_per_s) and predictions.csv."""
-    metrics = evaluate(preds) | (extra or {})
+    """Write metrics.json (corpus_metrics() keys + `extra`, e.g. images_per_s) and predictions.csv."""
+    metrics = corpus_metrics(preds) | (extra or {})
     out_dir = Path(out_dir)
     write_json(out_dir / "metrics.json", metrics)
     write_atomic(out_dir / "predictions.csv", predictions_csv(preds))
@@ -99,7 +99,7 @@ def write_comparison(
     # Raises on mismatched sample ids before anything is computed or drawn.
     base, tuned = match_by_id(base, tuned)
     runs = {"base": base, "tuned": tuned}
-    metrics = {name: evaluate(preds) for name, preds in runs.items()}
+    metrics = {name: corpus_metrics(preds) for name, preds in runs.items()}
     by_writer_rows = {name: cer_by_group(preds, by_writer) for name, preds in runs.items()}
     figures = plot_comparison(
         Path(plots_dir),

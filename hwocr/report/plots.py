@@ -17,7 +17,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import PercentFormatter
 
-from hwocr.metrics import Prediction, evaluate, score_all
+from hwocr.metrics import Prediction, corpus_metrics, score_all
 
 DPI = 120
 # Looping generations can exceed 100% CER; clip so one runaway sample does not squash the axes.
@@ -201,7 +201,7 @@ def plot_comparison(
     metrics: dict[str, dict],
     cer_by_writer: dict[str, list[dict]],
 ) -> list[Path]:
-    """The four base-vs-tuned figures from per-sample CERs (matched by id), evaluate() dicts and
+    """The four base-vs-tuned figures from per-sample CERs (matched by id), corpus_metrics() dicts and
     per-writer rows, all computed once by the caller (`hwocr.report.files.write_comparison`)."""
     return [
         plot_cer_distribution(plots_dir / "cer_distribution.png", {"base": base_cer, "tuned": tuned_cer}),
@@ -216,5 +216,5 @@ def plot_single_eval(plots_dir: Path, preds: list[Prediction], name: str) -> lis
     cers = np.array([s.cer for s in score_all(preds)])
     return [
         plot_cer_distribution(plots_dir / f"{name}_cer_distribution.png", {name: cers}),
-        plot_error_types(plots_dir / f"{name}_error_types.png", {name: evaluate(preds)}),
+        plot_error_types(plots_dir / f"{name}_error_types.png", {name: corpus_metrics(preds)}),
     ]

@@ -112,12 +112,6 @@ def _warmup(ratio: float) -> dict:
     )
 
 
-def find_resume_checkpoint(cfg: Config, checkpoint_dir: Path) -> str | None:
-    """The newest COMPLETE checkpoint (hwocr/train/checkpoints.py): broken newer ones are set aside."""
-    found = checkpoints.find_resume_checkpoint(cfg.train.resume, checkpoint_dir)
-    return str(found) if found else None
-
-
 def train(
     model: torch.nn.Module,
     processor,
@@ -143,10 +137,11 @@ def train(
         data_collator=OcrCollator(processor, cfg.model.prompt, pixel_dtype),
         callbacks=[*callbacks, CompletionMarker()],
     )
-    resume = find_resume_checkpoint(cfg, checkpoint_dir)
+    # the newest COMPLETE checkpoint; broken newer ones are set aside (hwocr/train/checkpoints.py)
+    resume = checkpoints.find_resume_checkpoint(cfg.train.resume, checkpoint_dir)
     resumed_step = None
     if resume:
-        resumed_step = checkpoints.checkpoint_global_step(Path(resume))
+        resumed_step = checkpoints.checkpoint_global_step(resume)
         log.info("resuming from %s (step %d)", resume, resumed_step)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
@@ -154,7 +149,7 @@ def train(
     trainer.add_callback(stop)
     started = time.perf_counter()
     with stop.installed():
-        output = trainer.train(resume_from_checkpoint=resume)
+        output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     runtime = time.perf_counter() - started
 
     adapter_dir = run_dir / "adapter"
