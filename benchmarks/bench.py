@@ -48,41 +48,22 @@ def build_full_checkpoint(path: Path) -> Path:
     """Random-weight DeepSeek-OCR-2 at full size, saved like a hub checkpoint (bf16)."""
     if (path / "config.json").is_file():
         return path
-    from transformers import (
-        DeepseekOcr2ForConditionalGeneration,
-        DeepseekOcr2ImageProcessorPil,
-        DeepseekOcr2Processor,
-    )
+    from transformers import DeepseekOcr2ImageProcessorPil
 
     from hwocr.model.architecture import full_size_config
-    from hwocr.model.tiny import IMAGE, build_tokenizer
+    from hwocr.model.tiny import build_tokenizer, save_random_checkpoint
 
     torch.manual_seed(0)
-    tokenizer = build_tokenizer()
-    config = full_size_config()
     # The real vocabulary size (129,280: lm_head cost) with the offline tokenizer's special ids.
-    config.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE)
-    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
-        setattr(config.text_config, key, getattr(tokenizer, key))
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)
-    with torch.device(device):
-        model = DeepseekOcr2ForConditionalGeneration(config)
-    torch.set_default_dtype(previous)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.bos_token_id = tokenizer.bos_token_id
-    processor = DeepseekOcr2Processor(
-        image_processor=DeepseekOcr2ImageProcessorPil(),
-        tokenizer=tokenizer,
+    save_random_checkpoint(
+        path,
+        full_size_config(),
+        build_tokenizer(),
+        DeepseekOcr2ImageProcessorPil(),
         patch_size=16,
-        downsample_ratio=4,
+        dtype=torch.bfloat16,
+        device="cuda" if torch.cuda.is_available() else "cpu",
     )
-    path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    del model
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return path

@@ -11,12 +11,13 @@ Modes (image side, tiles): tiny 512, small 640 (squashed to a square), base 1024
 image in a 2..9 grid chosen by aspect ratio; none for images within 640x640).
 """
 
-import json
 from pathlib import Path
 
 import torch
 from PIL import Image, ImageOps
 from transformers import AutoTokenizer, BatchFeature
+
+from hwocr.io import write_json
 
 IMAGE_TOKEN = "<image>"
 PIXELS_PER_FEATURE = 64  # SAM's 16-pixel patches, then 4x downsampling
@@ -72,7 +73,7 @@ class Ocr1Processor:
     def save_pretrained(self, directory: str) -> None:
         self.tokenizer.save_pretrained(directory)
         settings = {"image_mode": self.image_mode, "image_size": self.image_size, "tile_size": self.tile_size}
-        (Path(directory) / "hwocr_ocr1_processor.json").write_text(json.dumps(settings, indent=2))
+        write_json(Path(directory) / "hwocr_ocr1_processor.json", settings)
 
     # -- images ---------------------------------------------------------------------------------
 

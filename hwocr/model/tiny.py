@@ -64,19 +64,41 @@ def build_tiny_checkpoint(path: Path, seed: int = 0) -> Path:
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    model = DeepseekOcr2ForConditionalGeneration(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.bos_token_id = tokenizer.bos_token_id
     image_processor = DeepseekOcr2ImageProcessorPil(size={"height": 128, "width": 128}, tile_size=96)
-    processor = DeepseekOcr2Processor(
-        image_processor=image_processor, tokenizer=tokenizer, patch_size=2, downsample_ratio=4
-    )
+    return save_random_checkpoint(path, config, tokenizer, image_processor, patch_size=2)
 
+
+def save_random_checkpoint(
+    path: Path,
+    config,
+    tokenizer: PreTrainedTokenizerFast,
+    image_processor,
+    patch_size: int,
+    dtype: torch.dtype | None = None,
+    device: str = "cpu",
+) -> Path:
+    """Random weights for `config`, wired to `tokenizer`'s special tokens, saved atomically like a
+    hub checkpoint (model + processor), so hwocr loads it through from_pretrained as the real one.
+    Seed torch before calling: the weights are drawn here."""
+    config.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE)
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        setattr(config.text_config, key, getattr(tokenizer, key))
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype or previous)
+    try:
+        with torch.device(device):
+            model = DeepseekOcr2ForConditionalGeneration(config)
+    finally:
+        torch.set_default_dtype(previous)
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        setattr(model.generation_config, key, getattr(tokenizer, key))
+    processor = DeepseekOcr2Processor(
+        image_processor=image_processor, tokenizer=tokenizer, patch_size=patch_size, downsample_ratio=4
+    )
     with atomic_directory(path) as staging:
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
-    log.info("built tiny DeepSeek-OCR-2 (%d parameters) at %s", model.num_parameters(), path)
+    log.info("built a random-weight DeepSeek-OCR-2 (%d parameters) at %s", model.num_parameters(), path)
     return path
 
 
