@@ -67,7 +67,9 @@ def main() -> None:
         ("2xT4 (Kaggle), hardware=t4x2", "T4", 2, args.t4_train, args.t4_generate),
         ("1xH100, hardware=h100", "H100", 1, args.h100_train, args.h100_generate),
     ]
-    print(f"UIT-HWDB line, {args.train} training and {args.test} test lines, DeepSeek's crop mode (image_mode=dynamic), ESTIMATE\n")
+    print(
+        f"UIT-HWDB line, {args.train} training and {args.test} test lines, DeepSeek's crop mode (image_mode=dynamic), ESTIMATE\n"
+    )
     print("| machine | train samples/s | eval images/s | 1 epoch | base + tuned eval | total | GPU-hours |")
     print("|---|---|---|---|---|---|---|")
     notes = []

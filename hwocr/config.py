@@ -48,6 +48,9 @@ class LoraConfig:
     # the chosen model family (hwocr/model/adapt.py); a plain list would also adapt the vision
     # encoder, which reuses those names.
     target_modules: str | None = None
+    # Whole modules trained beside the adapters and saved with them (PEFT's modules_to_save), e.g.
+    # [lm_head]: the tiny random model's output head bounds its logits (demo preset).
+    modules_to_save: list[str] | None = None
 
 
 @dataclass
@@ -115,6 +118,7 @@ class EvalConfig:
     max_new_tokens_margin: int = 16
     no_repeat_ngram_size: int = 0  # 0 = off; random/weak models loop without it
     bootstrap_samples: int = 2000
+    gallery_rows: int = 50  # samples per section of eval/gallery.html
 
 
 @dataclass
@@ -179,6 +183,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("model.family=ocr1 trains LoRA adapters only; choose a lora other than none")
     if cfg.backend == "unsloth" and not cfg.lora.enabled:
         raise ConfigError("backend=unsloth trains LoRA adapters here; use backend=hf for lora=none")
+    if cfg.backend == "unsloth" and cfg.lora.modules_to_save:
+        raise ConfigError("lora.modules_to_save is supported with backend=hf only")
     if cfg.backend == "unsloth" and cfg.hardware.device != "cuda":
         raise ConfigError(
             "backend=unsloth needs a CUDA GPU (Unsloth cannot run on CPU); use backend=hf here, or a "

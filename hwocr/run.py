@@ -6,6 +6,7 @@ config -> data -> model -> base eval -> train -> tuned eval -> report.
 import logging
 import shlex
 import sys
+import time
 from pathlib import Path
 
 import hydra
@@ -24,8 +25,9 @@ from hwocr.model import attach_adapter, load_model, load_processor, prepare_for_
 from hwocr.model.load import torch_dtype
 from hwocr.model.unsloth import for_inference
 from hwocr.preflight import preflight
-from hwocr.report import write_comparison
+from hwocr.report import write_comparison, write_gallery
 from hwocr.report.record import environment_info
+from hwocr.report.summary import closing_summary
 from hwocr.sweeps import jobs as sweep
 from hwocr.tracking.client import (
     NullTracker,
@@ -37,6 +39,7 @@ from hwocr.tracking.client import (
 )
 from hwocr.tracking.redact import redact_yaml
 from hwocr.train import train
+from hwocr.train.progress import TimeLeft
 
 log = logging.getLogger("hwocr")
 register_schema()
@@ -96,8 +99,25 @@ def _worker(cfg: Config, resolved_yaml: str, job: sweep.JobContext) -> float:
     return run(cfg, resolved_yaml, job)
 
 
+def _tuned_eval_estimate(cfg: Config, results: dict) -> float | None:
+    """Seconds the tuned evaluation will take, as long as the base one did (None: unknown or none)."""
+    base = results.get("base")
+    if "tuned_eval" not in cfg.stages or base is None or not base.stats.seconds:
+        return None
+    return base.stats.seconds
+
+
+def log_gallery(run_dir: Path, results: dict, cfg: Config, tracker: Tracker) -> None:
+    """eval/gallery.html from the evaluations so far: base alone first, base and tuned at the end."""
+    columns = {name: result.predictions for name, result in results.items()}
+    page = run_dir / "eval" / "gallery.html"
+    for path in write_gallery(page, columns, cfg.eval.gallery_rows, cfg.train.seed):
+        tracker.log_artifact(path, "eval" if path.is_file() else f"eval/{path.name}")
+
+
 def run(cfg: Config, resolved_yaml: str, job: sweep.JobContext) -> float:
     """Run every selected stage; return the tuned corpus CER (the base CER if nothing was tuned)."""
+    started = time.monotonic()
     run_dir = Path(cfg.output_dir).resolve()
     rank = distributed.init(cfg.hardware.device)
 
@@ -132,11 +152,13 @@ def run(cfg: Config, resolved_yaml: str, job: sweep.JobContext) -> float:
         model = load_model(cfg.model, cfg.hardware, backend=cfg.backend)
         settings = generation_settings(cfg, processor, splits.test)
 
-        results = {}
+        results, trained = {}, None
         if "base_eval" in cfg.stages:
             results["base"] = evaluate_checkpoint(
                 "base", model, processor, splits.test, settings, run_dir, tracker, rank
             )
+            if rank.is_main:
+                log_gallery(run_dir, results, cfg, tracker)
 
         if "train" in cfg.stages and not cfg.eval.adapter:
             set_seed(cfg.train.seed)  # LoRA init draws random numbers: same seed, same starting adapter
@@ -148,7 +170,7 @@ def run(cfg: Config, resolved_yaml: str, job: sweep.JobContext) -> float:
                 splits.val,
                 cfg,
                 run_dir,
-                callbacks=[TrainerLogsToMlflow(tracker)],
+                callbacks=[TrainerLogsToMlflow(tracker), TimeLeft(_tuned_eval_estimate(cfg, results))],
                 pixel_dtype=torch_dtype(cfg.hardware),
             )
             tracker.log_metrics(trained.metrics())
@@ -164,6 +186,8 @@ def run(cfg: Config, resolved_yaml: str, job: sweep.JobContext) -> float:
             results["tuned"] = evaluate_checkpoint(
                 "tuned", model, processor, splits.test, settings, run_dir, tracker, rank
             )
+            if rank.is_main:
+                log_gallery(run_dir, results, cfg, tracker)
 
         if {"base", "tuned"} <= results.keys() and rank.is_main:
             comparison = write_comparison(
@@ -180,14 +204,23 @@ def run(cfg: Config, resolved_yaml: str, job: sweep.JobContext) -> float:
 
     if not rank.is_main:
         return float("nan")  # rank 0 reports and returns the job's result
-    summary = {name: result.metrics["cer"] for name, result in results.items()}
-    print(f"\nResults: {run_dir}")
-    for name, cer in summary.items():
-        print(f"  {name:5s} CER {cer:.2%}  ({run_dir / 'eval' / name / 'metrics.json'})")
+    print(
+        closing_summary(
+            cfg,
+            run_dir,
+            splits.summary(),
+            results,
+            trained,
+            processor.tokenizer,
+            [s.text for s in splits.train],
+            time.monotonic() - started,
+        )
+    )
     print(f"MLflow run {tracker.run_id} in {tracker.uri}\n  view it with: {ui_command(tracker.uri)}")
     if tracker.pending_sync_command():
         print(f"  MLflow missed part of this run; upload it with: {tracker.pending_sync_command()}")
-    return summary.get("tuned", summary.get("base", float("nan")))
+    cer = {name: result.metrics["cer"] for name, result in results.items()}
+    return cer.get("tuned", cer.get("base", float("nan")))
 
 
 if __name__ == "__main__":

@@ -65,8 +65,32 @@ def test_run_layout(demo_run):
         "adapter/adapter_config.json",
         "adapter/adapter_model.safetensors",
         "checkpoints/checkpoint-6/trainer_state.json",
+        "eval/gallery.html",
+        "eval/base/predictions_table.json",
+        "eval/tuned/predictions_table.json",
     ]:
         assert (run_dir / path).is_file(), path
+    # the demo trains the output head beside the adapters (conf/experiment/demo.yaml), saved with them
+    assert json.loads((run_dir / "adapter/adapter_config.json").read_text())["modules_to_save"] == ["lm_head"]
+
+
+def test_the_demo_ends_by_saying_what_it_checked_and_learned(demo_run):
+    """The closing summary is true of the run: each stage's files checked, the loss figures measured,
+    and no CER headline for a model that cannot read."""
+    run_dir, _, stdout = demo_run
+    summary = stdout[stdout.index("The stages took") :]
+    checked = [line.split() for line in summary.splitlines() if line.startswith("  ") and " ok " in line]
+    assert [words[0] for words in checked] == ["data", "base", "training", "tuned", "report"]
+    assert "MISSING" not in summary and "Results" not in summary
+    history = json.loads((run_dir / "checkpoints/checkpoint-6/trainer_state.json").read_text())["log_history"]
+    losses = [e["loss"] for e in history if "loss" in e]
+    assert (
+        f"Training loss (nats per label token): {losses[0]:.2f} at step 1, {losses[-1]:.2f} at step 6."
+        in summary
+    )
+    assert "uniform guess over the 1,024-token vocabulary scores 6.93" in summary
+    assert "It cannot read" in summary and "measures a guess, not OCR" in summary
+    assert "+experiment=lines dataset.root=" in summary
 
 
 def test_metrics_and_predictions(demo_run):
@@ -107,7 +131,13 @@ def test_mlflow_run(demo_run):
     assert {a.path for a in client.list_artifacts(run.info.run_id, "eval/tuned")} >= {
         "eval/tuned/metrics.json",
         "eval/tuned/predictions.csv",
+        "eval/tuned/predictions_table.json",
     }
+    assert "eval/gallery.html" in {a.path for a in client.list_artifacts(run.info.run_id, "eval")}
+    # both prediction tables are listed as tables, so the MLflow UI offers them in its table views
+    assert json.loads(run.data.tags["mlflow.loggedArtifacts"]) == [
+        {"path": f"eval/{name}/predictions_table.json", "type": "table"} for name in ("base", "tuned")
+    ]
     # the run ends by saying where its results are and how to see them
     assert (
         str(run_dir) in stdout and f"mlflow ui --host 127.0.0.1 --backend-store-uri sqlite:///{db}" in stdout
@@ -129,6 +159,8 @@ def test_reevaluate_an_adapter_only(demo_run, tmp_path, monkeypatch, run_cli):
     assert code == 0, (tmp_path / "again" / "run.log").read_text()[-3000:]
     before = (run_dir / "eval" / "tuned" / "predictions.csv").read_text()
     assert (tmp_path / "again" / "eval" / "tuned" / "predictions.csv").read_text() == before
+    gallery = (tmp_path / "again" / "eval" / "gallery.html").read_text(encoding="utf-8")
+    assert "<th>tuned prediction</th>" in gallery and "base prediction" not in gallery
     assert not (tmp_path / "again" / "checkpoints").exists()
 
 

@@ -7,16 +7,14 @@ the CPU: a job takes ~10 s inside a sweep, plus ~10 s of imports per process.
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from browser import CHROMIUM, CHROMIUM_ARGS, start_mlflow, stop
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = [
@@ -32,77 +30,8 @@ SMALL = [
 # the launcher tests need a job that works and one that fails, not training: this halves their time
 BASE_EVAL_ONLY = ["stages=[base_eval]", "dataset.max_eval_samples=2"]
 SWEEP_TIMEOUT_S = 420
-SERVER_TIMEOUT_S = 90
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_healthy(
-    url: str, proc: subprocess.Popen, log_path: Path, timeout_s: float = SERVER_TIMEOUT_S
-) -> float:
-    """Seconds until GET url/health answers 200; fails (with the server log) on exit or timeout."""
-    start = time.monotonic()
-    while time.monotonic() - start < timeout_s:
-        if proc.poll() is not None:
-            pytest.fail(f"mlflow exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                if response.status == 200:
-                    return time.monotonic() - start
-        except OSError:
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"mlflow did not answer {url}/health within {timeout_s}s:\n{log_path.read_text()[-3000:]}")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """Stop a server started with start_new_session=True: its own process group only."""
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=15)
-
-
-def _die_with_parent() -> None:
-    """Linux: the server gets SIGTERM if pytest itself is killed (then no finalizer runs)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-def start_mlflow(args: list[str], log_path: Path) -> tuple[subprocess.Popen, str, float]:
-    port = free_port()
-    log_file = open(log_path, "w")  # noqa: SIM115 (closed with the process)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", *args, "--host", "127.0.0.1", "--port", str(port)],
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-        env=os.environ | {"PYTHONWARNINGS": "ignore"},
-    )
-    proc.log_file = log_file
-    url = f"http://127.0.0.1:{port}"
-    try:
-        seconds = wait_healthy(url, proc, log_path)
-    except BaseException:
-        stop(proc)
-        raise
-    print(f"{args[0]} answered /health after {seconds:.1f} s")
-    return proc, url, seconds
 
 
 @pytest.fixture(scope="module")
@@ -373,17 +302,6 @@ def test_presets_compose(overrides, key, expected):
 
 
 # --- the MLflow UI in headless Chromium ------------------------------------------------------------
-
-CHROMIUM = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if Path(p).exists()), None)
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 @pytest.mark.ui

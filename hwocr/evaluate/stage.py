@@ -13,7 +13,7 @@ from hwocr.evaluate.generate import EvalStats, GenerationSettings, max_new_token
 from hwocr.evaluate.partial import PartialPredictions, eval_key
 from hwocr.io import read_json
 from hwocr.metrics import Prediction
-from hwocr.report import plot_single_eval, write_eval
+from hwocr.report import PREDICTIONS_TABLE, plot_single_eval, write_eval
 
 if TYPE_CHECKING:  # mlflow stays out of benchmark and predict imports
     from hwocr.tracking.client import Tracker
@@ -110,6 +110,7 @@ def evaluate_checkpoint(
     plot_single_eval(run_dir / "plots", predictions, name)
     tracker.log_metrics({f"{name}/{k}": v for k, v in metrics.items()})
     tracker.log_artifact(out_dir, f"eval/{name}")
+    tracker.declare_table(f"eval/{name}/{PREDICTIONS_TABLE}")
     return EvalResult(predictions, metrics, stats)
 
 

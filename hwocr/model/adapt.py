@@ -84,6 +84,7 @@ def prepare_for_training(
             lora_dropout=lora.dropout,
             bias=lora.bias,
             target_modules=targets,  # a string is a full-match regex in PEFT
+            modules_to_save=lora.modules_to_save,
             task_type="CAUSAL_LM",
         )
         model = get_peft_model(model, peft_config)

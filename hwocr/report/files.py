@@ -5,6 +5,7 @@ import io
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from hwocr.io import write_atomic, write_json
 from hwocr.metrics import (
@@ -18,7 +19,9 @@ from hwocr.metrics import (
     paired_comparison,
     score_all,
 )
+from hwocr.metrics.vietnamese import vietnamese_counts
 from hwocr.report.plots import plot_comparison
+from hwocr.text import normalize_text
 
 PREDICTION_COLUMNS = (
     "id",
@@ -33,36 +36,60 @@ PREDICTION_COLUMNS = (
     "error",
 )
 TOP_CONFUSIONS = 30
+PREDICTIONS_TABLE = "predictions_table.json"
+
+
+def prediction_rows(preds: list[Prediction]) -> list[dict]:
+    """One dict per prediction with PREDICTION_COLUMNS: the sample, its prediction and its S/D/I."""
+    return [
+        {
+            "id": pred.id,
+            "writer": pred.writer,
+            "image": pred.image,
+            "reference": pred.reference,
+            "prediction": pred.prediction,
+            "cer": sample.cer,
+            "substitutions": sample.substitutions,
+            "deletions": sample.deletions,
+            "insertions": sample.insertions,
+            "error": pred.error,
+        }
+        for pred, sample in zip(preds, score_all(preds), strict=True)
+    ]
 
 
 def predictions_csv(preds: list[Prediction]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=PREDICTION_COLUMNS)
     writer.writeheader()
-    for pred, sample in zip(preds, score_all(preds), strict=True):
-        writer.writerow(
-            {
-                "id": pred.id,
-                "writer": pred.writer,
-                "image": pred.image,
-                "reference": pred.reference,
-                "prediction": pred.prediction,
-                "cer": sample.cer,
-                "substitutions": sample.substitutions,
-                "deletions": sample.deletions,
-                "insertions": sample.insertions,
-                "error": pred.error,
-            }
-        )
+    writer.writerows(prediction_rows(preds))
     return buffer.getvalue()
 
 
+def write_table(path: Path, preds: list[Prediction]) -> Path:
+    """The predictions as a table for MLflow's UI to sort and filter, in mlflow.log_table's JSON
+    layout (pandas "split"): predictions.csv's columns plus per-sample tone and vowel-mark errors."""
+    table = pd.DataFrame(prediction_rows(preds))
+    marks = [
+        vietnamese_counts([normalize_text(ref)], [normalize_text(hyp)])
+        for ref, hyp in zip(table["reference"], table["prediction"], strict=True)
+    ]
+    table["tone_errors"] = [m.tone_errors for m in marks]
+    table["diacritic_errors"] = [m.diacritic_errors for m in marks]
+    # what a reader scans first comes first: MLflow's table view is narrow
+    first = ["id", "writer", "cer", "reference", "prediction"]
+    table = table[first + [c for c in table.columns if c not in first]]
+    return write_atomic(path, table.to_json(orient="split", index=False, force_ascii=False))
+
+
 def write_eval(out_dir: Path, preds: list[Prediction], extra: dict | None = None) -> dict:
-    """Write metrics.json (corpus_metrics() keys + `extra`, e.g. images_per_s) and predictions.csv."""
+    """Write metrics.json (corpus_metrics() keys + `extra`, e.g. images_per_s), predictions.csv and
+    predictions_table.json (the same rows for MLflow's table view)."""
     metrics = corpus_metrics(preds) | (extra or {})
     out_dir = Path(out_dir)
     write_json(out_dir / "metrics.json", metrics)
     write_atomic(out_dir / "predictions.csv", predictions_csv(preds))
+    write_table(out_dir / PREDICTIONS_TABLE, preds)
     return metrics
 
 

@@ -5,6 +5,7 @@ and it uploads whole models on save.
 """
 
 import contextlib
+import json
 import logging
 import os
 import shlex
@@ -15,6 +16,7 @@ from pathlib import Path
 import mlflow
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 from transformers import TrainerCallback
 
@@ -120,6 +122,7 @@ class Tracker:
         self.offline = False
         self.resumed = False
         self._start_info: dict = {}
+        self._tables: list[dict] = []  # artifacts listed as tables (declare_table)
 
     def check_reachable(self) -> None:
         """Fail fast, before any model or GPU work, if the store cannot be reached (with
@@ -288,6 +291,15 @@ class Tracker:
             # relative too, so `hwocr.sync` still finds it after the job dir is copied elsewhere
             entry["in_run_dir"] = path.resolve().relative_to(self.run_dir.resolve()).as_posix()
         self._call("artifact", entry)
+
+    def declare_table(self, artifact_file: str) -> None:
+        """List an already logged JSON artifact (mlflow.log_table's layout) as a table of this run, so
+        the MLflow UI offers it in its table views. client.log_table is not used: it appends to an
+        existing file, so a resumed job, which evaluates again, would log every row twice."""
+        entry = {"path": artifact_file, "type": "table"}
+        if entry not in self._tables:
+            self._tables.append(entry)
+        self.set_tags({MLFLOW_LOGGED_ARTIFACTS: json.dumps(self._tables)})
 
     def end(self, status: str = "FINISHED") -> None:
         if self.run_id or self.offline:

@@ -41,6 +41,7 @@ class TrainResult:
     peak_memory_gib: float
     resumed_from_step: int | None
     adapter_dir: Path
+    log_history: list[dict]  # the Trainer's logs: {"loss", "step", ...} and {"eval_loss", "step", ...}
 
     def metrics(self) -> dict[str, float]:
         return {
@@ -172,4 +173,5 @@ def train(
         peak_memory_gib=peak,
         resumed_from_step=resumed_step,
         adapter_dir=adapter_dir,
+        log_history=list(trainer.state.log_history),
     )
