@@ -23,8 +23,8 @@ from hwocr.text import normalize_text
 
 log = logging.getLogger(__name__)
 
-# Decoding is per-step overhead bound: 256 lines ran at 47.9 images/s on an H100 where 128 gave 34.3
-# (benchmarks/results/h100_generate_*.json). A smaller GPU halves it on out-of-memory.
+# Decoding is per-step overhead bound, so a large first batch pays (the measured batch sizes:
+# benchmarks/README.md). A smaller GPU halves it on out-of-memory.
 AUTO_BATCH_START = {"cuda": 256, "cpu": 16}
 
 

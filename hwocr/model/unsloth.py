@@ -55,8 +55,8 @@ def load_with_unsloth(
 
     if cfg.family == "ocr1":
         # Unsloth compiles each decoder layer for training; v1's MoE loops over experts in Python and
-        # recompiles as the token counts change: 3 steps took 213 s with it, 10 steps 87 s without
-        # (H100, experiments/gpu-v1-h100-smoke.md). Read on every forward; a user's setting wins.
+        # recompiles as the token counts change, several times slower than without the compile
+        # (experiments/gpu-v1-h100-smoke.md). Read on every forward; a user's setting wins.
         os.environ.setdefault("UNSLOTH_BLOCK_COMPILE", "0")
     FastVisionModel = fast_vision_model()
     kwargs = {"quantization_config": quantization} if quantization else {}
