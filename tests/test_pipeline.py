@@ -188,6 +188,7 @@ def test_generation_guards_reach_generate(tiny_model_config, line_samples):
     assert generated_lengths and max(generated_lengths) <= settings.max_new_tokens
 
 
+@pytest.mark.slow  # the fast tier has the same check end to end: test_demo.py::test_reevaluate_an_adapter_only
 def test_adapter_round_trip_reproduces_predictions(tiny_model_config, line_samples, tmp_path):
     model, processor, _ = _trained_lora_model(tiny_model_config, line_samples, steps=5, lr=2e-2)
     settings = _settings(processor, line_samples, 5)
