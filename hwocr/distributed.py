@@ -4,12 +4,15 @@ Hydra composes the config once in the launching process; the workers receive the
 the run dir, so every rank shares one job dir and one MLflow run (only rank 0 talks to MLflow).
 """
 
+import contextlib
 import logging
 import os
+import signal
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import TypeVar
 
 import torch
@@ -43,11 +46,71 @@ def in_worker() -> bool:
     return "LOCAL_RANK" in os.environ
 
 
+STOP_REQUEST = signal.SIGUSR1  # what the launching process forwards to its workers on SIGTERM
+
+
+@dataclass(frozen=True)
+class Stopped:
+    """What a worker returns when a signal stopped training after a checkpoint was saved: a raised
+    error would read as a failed worker ("a worker process failed") instead of a resumable stop."""
+
+    message: str
+    step: int
+    checkpoint: Path | None
+
+
+def stop_signals() -> tuple[int, ...]:
+    """The signals that stop training gracefully in this process (GracefulStop)."""
+    return (signal.SIGTERM, STOP_REQUEST) if in_worker() else (signal.SIGTERM,)
+
+
+def _workers_of(pid: int) -> list[int]:
+    """The multiprocessing-spawned children of `pid` (elastic's workers; not its resource tracker)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) != pid:
+                continue
+            if b"spawn_main" in (stat.parent / "cmdline").read_bytes():
+                found.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+@contextlib.contextmanager
+def _forwarding_sigterm() -> Iterator[None]:
+    """SIGTERM to the launching process (a scheduler's preemption notice) becomes a stop request to
+    every worker: they save a checkpoint at the same step and return Stopped. (Left to elastic, a
+    SIGTERM here tears the workers down and the job ends as "a worker process failed".) A second
+    SIGTERM is elastic's again: it shuts the workers down."""
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def forward(signum, frame):
+        workers = _workers_of(os.getpid())
+        log.warning("received SIGTERM: asking %d workers to save a checkpoint and stop", len(workers))
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, STOP_REQUEST)
+        try:  # a second SIGTERM: elastic's own handling (it shuts the workers down)
+            from torch.distributed.elastic.multiprocessing.api import _terminate_process_handler as again
+        except ImportError:
+            again = signal.SIG_DFL
+        signal.signal(signal.SIGTERM, again)
+
+    signal.signal(signal.SIGTERM, forward)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def launch(worker: Callable, args: tuple, nprocs: int, collective_timeout_s: int) -> object:
     """Run `worker(*args)` in `nprocs` local processes (torch elastic); return rank 0's result.
 
     If any rank dies, elastic tears the others down and raises ChildFailedError naming the rank,
-    instead of leaving the survivors blocked in a collective.
+    instead of leaving the survivors blocked in a collective. SIGTERM asks the workers to stop
+    gracefully (`_forwarding_sigterm`); they then return `Stopped`.
     """
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -62,9 +125,11 @@ def launch(worker: Callable, args: tuple, nprocs: int, collective_timeout_s: int
         max_restarts=0,
         monitor_interval=1,
         start_method="spawn",
+        signals_to_handle="SIGINT,SIGHUP,SIGQUIT",  # SIGTERM: _forwarding_sigterm
     )
     log.info("launching %d workers", nprocs)
-    return elastic_launch(config, worker)(*args)[0]
+    with _forwarding_sigterm():
+        return elastic_launch(config, worker)(*args)[0]
 
 
 def init(device: str) -> Rank:
@@ -113,7 +178,9 @@ def interleave(shards: list[list[T]]) -> list[T]:
 
 
 def configure_worker_logging() -> None:
-    """Spawned workers inherit no logging setup from Hydra; tag each line with its rank."""
+    """Spawned workers inherit no logging setup from Hydra; tag each line with its rank. A stop
+    request outside training (no checkpoint to save yet) is ignored rather than killing the worker."""
+    signal.signal(STOP_REQUEST, signal.SIG_IGN)
     rank = current()
     logging.basicConfig(
         level=logging.INFO if rank.is_main else logging.WARNING,

@@ -1,6 +1,12 @@
 """Batched transcription of image files: the replacement for the seed's one-image `model.infer`.
 
 python -m hwocr.predict model=deepseek_ocr2 adapter=outputs/runs/lines/<ts>/adapter images=scans/
+
+Every image is screened before the model sees it (the dataset loader's checks, hwocr/data/uit_hwdb.py):
+a file over MAX_IMAGE_BYTES, a header claiming more than MAX_IMAGE_PIXELS pixels or a side over
+MAX_IMAGE_SIDE (a decompression bomb), an empty, truncated or non-image file. Such an image is not
+opened by the model; it gets a row with an empty prediction and `skipped: <reason>` as its error, and
+the log counts them.
 """
 
 import csv
@@ -14,15 +20,19 @@ import hydra
 
 from hwocr.config import HardwareConfig, ModelConfig
 from hwocr.data import Sample
-from hwocr.data.uit_hwdb import IMAGE_SUFFIXES
+from hwocr.data.uit_hwdb import IMAGE_SUFFIXES, image_problem
 from hwocr.errors import ConfigError, ModelLoadError, PreflightError
 from hwocr.evaluate.generate import GenerationSettings, transcribe
 from hwocr.io import write_atomic
+from hwocr.metrics import Prediction
 from hwocr.model import attach_adapter, load_model, load_processor
 from hwocr.preflight import check_hardware
 from hwocr.text import natural_key
 
 log = logging.getLogger("hwocr.predict")
+
+MAX_IMAGE_BYTES = 100 * 2**20  # a compressed scan of a page is a few MB
+FILE_TOO_LARGE = "file_too_large"
 
 
 @dataclass
@@ -54,23 +64,54 @@ def find_images(spec: str) -> list[Path]:
     return paths
 
 
+def screen(path: Path) -> str | None:
+    """Why `path` must not reach the model (a reason with detail), or None."""
+    try:
+        size = path.stat().st_size
+    except OSError as error:
+        return f"unreadable: {error}"
+    if size > MAX_IMAGE_BYTES:
+        return f"{FILE_TOO_LARGE}: {size} bytes, more than {MAX_IMAGE_BYTES}"
+    return image_problem(path)
+
+
 def predict(cfg: PredictConfig) -> list:
     images = find_images(cfg.images)
+    problems = {path: screen(path) for path in images}
+    skipped = {path: why for path, why in problems.items() if why}
+    if skipped:
+        log.warning(
+            "%d of %d images skipped, not shown to the model: %s",
+            len(skipped),
+            len(images),
+            "; ".join(f"{path.name} ({why})" for path, why in skipped.items()),
+        )
     check_hardware(cfg.hardware)
     processor = load_processor(cfg.model)
     model = load_model(cfg.model, cfg.hardware)
     if cfg.adapter:
         model = attach_adapter(model, Path(cfg.adapter))
-    samples = [Sample(id=str(p), writer="", split="predict", image=p.resolve(), text="") for p in images]
+    samples = {p: Sample(id=str(p), writer="", split="predict", image=p.resolve(), text="") for p in images}
     settings = GenerationSettings(
         prompt=cfg.model.prompt,
         max_new_tokens=cfg.max_new_tokens,
         no_repeat_ngram_size=cfg.no_repeat_ngram_size,
         batch_size=cfg.batch_size or cfg.hardware.eval_batch,
     )
-    predictions, stats = transcribe(model, processor, samples, settings, desc="predict")
-    log.info("%d images at %.1f images/s, %d failed", len(predictions), stats.images_per_s, stats.n_failed)
-    return predictions
+    usable = [samples[p] for p in images if p not in skipped]
+    predictions, stats = (
+        transcribe(model, processor, usable, settings, desc="predict") if usable else ([], None)
+    )
+    if stats is not None:
+        log.info(
+            "%d images at %.1f images/s, %d failed", len(predictions), stats.images_per_s, stats.n_failed
+        )
+    by_id = {p.id: p for p in predictions}
+    return [
+        by_id.get(str(path))
+        or Prediction(str(path), "", str(path.resolve()), "", "", f"skipped: {skipped[path]}")
+        for path in images
+    ]
 
 
 def write_output(predictions: list, output: str | None) -> None:

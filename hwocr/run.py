@@ -22,13 +22,15 @@ from hwocr.errors import USER_ERRORS, TrainingInterrupted
 from hwocr.evaluate.stage import delta_metrics, evaluate_checkpoint, generation_settings
 from hwocr.io import write_atomic, write_json
 from hwocr.model import attach_adapter, load_model, load_processor, prepare_for_training
-from hwocr.model.load import torch_dtype
+from hwocr.model.load import resolve_source, torch_dtype
 from hwocr.model.unsloth import for_inference
 from hwocr.preflight import preflight
 from hwocr.report import write_comparison, write_gallery
 from hwocr.report.record import environment_info
 from hwocr.report.summary import closing_summary
 from hwocr.sweeps import jobs as sweep
+from hwocr.sweeps import resume
+from hwocr.sweeps.jobs import command_line, update_job_status
 from hwocr.tracking.client import (
     NullTracker,
     Tracker,
@@ -57,6 +59,35 @@ def resume_command() -> str:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(composed: DictConfig) -> float:
+    if not sweep.in_multirun():
+        return _main(composed)
+    # A job of a sweep: its dir may hold an earlier attempt (a resubmitted sweep, hwocr/sweeps/resume.py).
+    hydra_cfg = HydraConfig.get()
+    job_dir = Path(hydra_cfg.runtime.output_dir)
+    overrides = [str(o) for o in hydra_cfg.overrides.task]
+    with resume.job_lock(job_dir):
+        try:
+            plan = resume.plan(job_dir, overrides, sweep.rerun_failed())
+        except resume.JobDirConflict as error:
+            log.error("%s", error)
+            return sweep.failed_result(error)  # nothing written: the dir is another job's
+        if plan.action == "skip":
+            log.info(
+                "job %s already completed (job_status.json): reusing its result (%s)",
+                hydra_cfg.job.num,
+                plan.previous.get("return_value"),
+            )
+            return plan.return_value
+        if plan.action == "keep_failed":
+            log.warning("job %s %s: %s", hydra_cfg.job.num, plan.reason, plan.previous.get("error"))
+            return sweep.failed_result(RuntimeError(f"job {hydra_cfg.job.num} {plan.reason}"))
+        if plan.reason:
+            log.info("job %s %s", hydra_cfg.job.num, plan.reason)
+        resume.start_attempt(job_dir, overrides, plan.previous)
+        return _main(composed)
+
+
+def _main(composed: DictConfig) -> float:
     try:
         cfg = to_config(composed)
         cfg.output_dir = cfg.output_dir or HydraConfig.get().runtime.output_dir
@@ -65,20 +96,36 @@ def main(composed: DictConfig) -> float:
         preflight(cfg)
         if cfg.hardware.num_devices > 1 and not distributed.in_worker():
             # One command, N workers: they share this job dir and config (composed once, here).
-            return distributed.launch(
+            result = distributed.launch(
                 _worker,
                 (cfg, resolved_yaml, job),
                 cfg.hardware.num_devices,
                 cfg.hardware.collective_timeout_s,
             )
+            if isinstance(result, distributed.Stopped):  # the workers stopped on a signal, checkpoint saved
+                raise TrainingInterrupted(result.message, result.step, result.checkpoint)
+            return result
         return run(cfg, resolved_yaml, job)
     except TrainingInterrupted as error:
-        log.error(
-            "%s\nThe job stopped early. Resume it (it continues from that checkpoint and the same MLflow "
-            "run) with:\n  %s",
-            error,
-            resume_command(),
-        )
+        if sweep.in_multirun():
+            job_dir = Path(HydraConfig.get().runtime.output_dir)
+            sweep_dir = Path(HydraConfig.get().sweep.dir).resolve()
+            update_job_status(job_dir, resume.INTERRUPTED, step=error.step, checkpoint=str(error.checkpoint))
+            log.error(
+                "%s\nThe job stopped early, and so does the sweep. Resubmit the sweep to resume it (completed "
+                "jobs are reused; this one continues from that checkpoint and its MLflow run):\n  %s",
+                error,
+                resume.resubmit_command(
+                    sweep.read_parent_file(sweep_dir).get("command") or command_line(), sweep_dir
+                ),
+            )
+        else:
+            log.error(
+                "%s\nThe job stopped early. Resume it (it continues from that checkpoint and the same MLflow "
+                "run) with:\n  %s",
+                error,
+                resume_command(),
+            )
         sys.exit(EXIT_INTERRUPTED)
     except USER_ERRORS as error:
         log.error("%s", error)
@@ -94,9 +141,12 @@ def main(composed: DictConfig) -> float:
         return sweep.job_failed(error)  # re-raises outside a multirun
 
 
-def _worker(cfg: Config, resolved_yaml: str, job: sweep.JobContext) -> float:
+def _worker(cfg: Config, resolved_yaml: str, job: sweep.JobContext) -> "float | distributed.Stopped":
     distributed.configure_worker_logging()
-    return run(cfg, resolved_yaml, job)
+    try:
+        return run(cfg, resolved_yaml, job)
+    except TrainingInterrupted as error:  # a return, not a raise: elastic would call it a failed worker
+        return distributed.Stopped(str(error), error.step, error.checkpoint)
 
 
 def _tuned_eval_estimate(cfg: Config, results: dict) -> float | None:
@@ -129,6 +179,7 @@ def run(cfg: Config, resolved_yaml: str, job: sweep.JobContext) -> float:
 
     if rank.is_main:
         prepare_dataset(cfg.dataset)
+        resolve_source(cfg.model)  # builds the tiny model once, before the other ranks load it
     distributed.barrier()
     splits = load_splits(cfg.dataset, seed=cfg.train.seed)
 

@@ -53,14 +53,16 @@ def wait_healthy(
 
 def stop(proc: subprocess.Popen) -> None:
     """Stop a server started with start_new_session=True: its own process group only."""
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=15)
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=15)
+    log_file = getattr(proc, "log_file", None)
+    if log_file is not None and not log_file.closed:
+        log_file.close()
 
 
 def _die_with_parent() -> None:
@@ -73,9 +75,13 @@ def _die_with_parent() -> None:
         pass
 
 
-def start_mlflow(args: list[str], log_path: Path) -> tuple[subprocess.Popen, str, float]:
-    port = free_port()
-    log_file = open(log_path, "w")  # noqa: SIM115 (closed with the process)
+def start_mlflow(
+    args: list[str], log_path: Path, port: int | None = None
+) -> tuple[subprocess.Popen, str, float]:
+    """`python -m mlflow ARGS` on `port` (a free one unless given: a restart reuses its port); returns
+    the process, its URL and the seconds it took to answer /health. The log is appended to."""
+    port = port or free_port()
+    log_file = open(log_path, "a")  # noqa: SIM115 (closed by stop())
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", *args, "--host", "127.0.0.1", "--port", str(port)],
         stdout=log_file,
@@ -93,3 +99,16 @@ def start_mlflow(args: list[str], log_path: Path) -> tuple[subprocess.Popen, str
         raise
     print(f"{args[0]} answered /health after {seconds:.1f} s")
     return proc, url, seconds
+
+
+def server_args(root: Path) -> list[str]:
+    """A tracking server with a sqlite backend and proxied artifacts, both under `root`."""
+    return [
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{root / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(root / "artifacts"),
+        "--workers",
+        "1",
+    ]

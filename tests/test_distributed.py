@@ -99,25 +99,7 @@ def test_two_processes_match_one(tmp_path):
 
 @pytest.mark.slow
 def test_a_killed_rank_ends_the_job_with_a_clear_error(tmp_path):
-    env = {**os.environ, "HWOCR_CACHE": str(tmp_path / "cache")}
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "hwocr.run",
-            *SMALL,
-            "hardware.num_devices=2",
-            "train.max_steps=400",
-            "hardware.collective_timeout_s=60",
-            f"hydra.run.dir={tmp_path / 'run'}",
-            f"tracking.uri=sqlite:///{tmp_path}/kill.db",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    process = _two_workers(tmp_path, subprocess.PIPE, f"tracking.uri=sqlite:///{tmp_path}/kill.db")
     try:
         deadline = time.monotonic() + 240
         workers = []
@@ -132,6 +114,28 @@ def test_a_killed_rank_ends_the_job_with_a_clear_error(tmp_path):
         process.kill()
     assert process.returncode != 0
     assert "a worker process failed" in output and "SIGKILL" in output
+
+
+def _two_workers(tmp_path: Path, stdout, *overrides: str) -> subprocess.Popen:
+    """A 2-worker CPU job that trains for long enough to be interrupted (run dir tmp_path/run)."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "hwocr.run",
+            *SMALL,
+            "hardware.num_devices=2",
+            "train.max_steps=400",
+            "hardware.collective_timeout_s=60",
+            f"hydra.run.dir={tmp_path / 'run'}",
+            *overrides,
+        ],
+        cwd=ROOT,
+        env={**os.environ, "HWOCR_CACHE": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1"},
+        stdout=stdout,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _spawned_workers(ancestor: int) -> list[int]:
@@ -154,3 +158,35 @@ def _descends(pid: int, ancestor: int) -> bool:
         if pid == ancestor:
             return True
     return False
+
+
+@pytest.mark.slow
+def test_sigterm_stops_every_rank_at_a_checkpoint_and_prints_the_resume_hint(tmp_path):
+    """A scheduler's SIGTERM reaches the launching process: the workers save one checkpoint at the
+    same step and the job ends 143 with the command that resumes it, not "a worker process failed"."""
+    run_dir = tmp_path / "run"
+    log_path = tmp_path / "run.out"
+    with open(log_path, "w") as out:
+        process = _two_workers(
+            tmp_path, out, "train.save_steps=1000", f"tracking.uri=sqlite:///{tmp_path}/stop.db"
+        )
+        try:
+            deadline = time.monotonic() + 300
+            while "'loss'" not in log_path.read_text():
+                assert process.poll() is None, log_path.read_text()[-3000:]
+                assert time.monotonic() < deadline, "training never started"
+                time.sleep(0.5)
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=180) == 143, log_path.read_text()[-3000:]
+        finally:
+            process.kill()
+            process.wait(timeout=30)
+    output = log_path.read_text()
+    assert "a worker process failed" not in output
+    saved = sorted((run_dir / "checkpoints").glob("checkpoint-*"))
+    assert len(saved) == 1, saved  # one checkpoint, saved on the signal by both ranks at one step
+    assert f"checkpoint saved to {saved[0]}" in output
+    assert f"hydra.run.dir={run_dir}" in output.split("Resume it", 1)[1]
+    client = MlflowClient(f"sqlite:///{tmp_path}/stop.db")
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.info.status == "KILLED"

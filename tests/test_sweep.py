@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from browser import CHROMIUM, CHROMIUM_ARGS, start_mlflow, stop
+from browser import CHROMIUM, CHROMIUM_ARGS, server_args, start_mlflow, stop
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = [
@@ -81,21 +81,9 @@ def sweep_runs(client, sweep_dir: Path):
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlflow_server")
-    proc, url, seconds = start_mlflow(
-        [
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{root / 'mlflow.db'}",
-            "--artifacts-destination",
-            str(root / "artifacts"),
-            "--workers",
-            "1",
-        ],
-        root / "server.log",
-    )
+    proc, url, _ = start_mlflow(server_args(root), root / "server.log")
     yield url
     stop(proc)
-    proc.log_file.close()
 
 
 @pytest.fixture(scope="module")
@@ -357,5 +345,4 @@ def test_mlflow_ui_shows_the_sweep_its_metrics_and_plots(joblib_sweep, tmp_path_
             browser.close()
     finally:
         stop(proc)
-        proc.log_file.close()
     print(f"UI screenshots: {shots}")

@@ -12,6 +12,7 @@ from mlflow.tracking import MlflowClient
 import hwocr.run as run_module
 from hwocr.config import TrackingConfig
 from hwocr.errors import TrackingError
+from hwocr.tracking import client as client_module
 from hwocr.tracking import sync
 from hwocr.tracking.client import Tracker
 
@@ -87,6 +88,8 @@ def test_store_failing_mid_run_then_sync_completes_the_same_run(tmp_path, monkey
 
         for name in ("log_batch", "log_artifact", "log_artifacts", "set_terminated", "set_tag"):
             monkeypatch.setattr(tracker.client, name, down)
+        # still down when the run ends: the tracker's last try to upload finds it down too
+        monkeypatch.setattr(client_module, "upload_if_reachable", lambda run_dir: 0)
         with caplog.at_level(logging.WARNING, logger="hwocr.tracking"):
             for step in (3, 4, 5):  # training goes on
                 tracker.log_metrics({"train/loss": 10.0 - step}, step=step)

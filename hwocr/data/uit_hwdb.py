@@ -130,7 +130,7 @@ def _inside(path: Path, root: Path) -> bool:
     return path.resolve().is_relative_to(root)
 
 
-def _check_image(path: Path) -> str | None:
+def image_problem(path: Path) -> str | None:
     """A skip reason, or None for a usable image. Decodes JPEGs at 1/8 scale: cheap but complete."""
     try:
         if path.stat().st_size == 0:
@@ -221,7 +221,7 @@ def _load_writer(folder: Path, split: str, root: Path, out: _Collector) -> list[
         if len(text) > MAX_TEXT_CHARS:
             out.skip(image, TEXT_TOO_LONG, f"{len(text)} characters, more than {MAX_TEXT_CHARS}")
             continue
-        reason = _check_image(image)
+        reason = image_problem(image)
         if reason:
             out.skip(image, reason)
             continue

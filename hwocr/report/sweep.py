@@ -38,7 +38,8 @@ def plot_cer_by_value(path: Path, table: pd.DataFrame, keys: list[str]) -> Path:
             )
             order = _order(data["x"])
             others = [k for k in keys if k != key]
-            hue = others[0] if len(others) == 1 else None
+            # a hue of one level makes seaborn's dodge divide by zero (one finished job, say)
+            hue = others[0] if len(others) == 1 and data[others[0]].nunique() > 1 else None
             if len(data):
                 sns.pointplot(
                     data=data.assign(**({hue: data[hue].astype(str)} if hue else {})),

@@ -22,6 +22,7 @@ import pandas as pd
 
 from hwocr.io import read_json, write_atomic, write_json
 from hwocr.report.sweep import plot_base_vs_tuned, plot_cer_by_value
+from hwocr.sweeps import resume
 from hwocr.sweeps.jobs import (
     describe,
     job_overrides,
@@ -75,18 +76,36 @@ class SweepComparison:
     parent_run_id: str | None = None
     best: dict | None = None
 
+    resubmit: str | None = None  # the command that finishes the sweep, while jobs are unfinished
+
+    def jobs_with(self, status: str) -> list:
+        return [row for row in self.table["job"][self.table["status"] == status]] if len(self.table) else []
+
     @property
     def n_failed(self) -> int:
-        return int((self.table["status"] == "FAILED").sum()) if len(self.table) else 0
+        return len(self.jobs_with("FAILED"))
+
+    @property
+    def n_unfinished(self) -> int:
+        """Jobs that did not finish: failed, interrupted, missing or still running."""
+        return int((self.table["status"] != "FINISHED").sum()) if len(self.table) else 0
 
     def summary(self) -> str:
-        lines = [f"\nSweep comparison: {len(self.table)} jobs, {self.n_failed} failed -> {self.out_dir}"]
+        parts = [f"{len(self.table)} jobs", f"{self.n_failed} failed"]
+        for status in UNFINISHED:
+            jobs = self.jobs_with(status)
+            if jobs:
+                named = ", ".join(map(str, jobs))
+                parts.append(f"{len(jobs)} {status.lower()} (job{'s' if len(jobs) > 1 else ''} {named})")
+        lines = [f"\nSweep comparison: {', '.join(parts)} -> {self.out_dir}"]
         if self.best:
             lines.append(
                 f"  best: job {self.best['job']} ({self.best['overrides']}) "
                 f"CER {self.best['objective']:.2%} (tuned, or base where nothing was tuned)"
             )
         lines.append(f"  table: {self.out_dir / 'jobs.md'}")
+        if self.resubmit and any(self.jobs_with(status) for status in ("INTERRUPTED", "MISSING")):
+            lines.append(f"  resubmit the sweep to finish it: {self.resubmit}")
         return "\n".join(lines)
 
 
@@ -135,14 +154,23 @@ def _from_job_dir(job_dir: Path) -> dict:
     return {k: v for k, v in row.items() if v is not None}
 
 
-def _status(run, job_status: dict, final: bool) -> str:
-    mlflow_status = run.info.status if run is not None else None
-    if job_status.get("status") == "FAILED" or mlflow_status in ("FAILED", "KILLED"):
-        return "FAILED"
-    if mlflow_status == "FINISHED" or job_status.get("status") == "COMPLETED":
+UNFINISHED = ("INTERRUPTED", "RUNNING", "MISSING")
+
+
+def _status(run, job_dir: Path | None, final: bool) -> str:
+    """FINISHED, FAILED, INTERRUPTED (killed or stopped: a resubmission resumes it), RUNNING, or
+    MISSING (never started). The job dir, when there is one, is the truth: MLflow may lag behind."""
+    state = resume.job_state(job_dir) if job_dir else ""
+    if state == "COMPLETED":
         return "FINISHED"
-    # started but never ended: still running, or (once the sweep is over) killed
-    return "FAILED" if final else (mlflow_status or "UNKNOWN")
+    if state in ("FAILED", "INTERRUPTED", "RUNNING"):
+        return state
+    mlflow_status = run.info.status if run is not None else None
+    if mlflow_status in ("FINISHED", "FAILED"):
+        return mlflow_status
+    if mlflow_status == "KILLED" or (final and mlflow_status == "RUNNING") or job_dir:
+        return "INTERRUPTED"
+    return mlflow_status or "MISSING"
 
 
 def _children(client, parent) -> dict[str, object]:
@@ -158,18 +186,25 @@ def _children(client, parent) -> dict[str, object]:
 
 
 def gather(
-    sweep_dir: Path | None, client=None, parent=None, swept_keys: list[str] | None = None, final: bool = False
+    sweep_dir: Path | None,
+    client=None,
+    parent=None,
+    swept_keys: list[str] | None = None,
+    final: bool = False,
+    expected: list[list[str]] | None = None,
 ) -> tuple[pd.DataFrame, list[str]]:
-    """One row per job: the union of the sweep dir's job dirs and the parent run's children."""
+    """One row per job: the union of the sweep dir's job dirs, the parent run's children and the jobs
+    the sweep expects (`expected`, every job's overrides: a job never started is MISSING)."""
     dirs = _job_dirs(sweep_dir) if sweep_dir else {}
     runs = _children(client, parent) if client is not None and parent is not None else {}
+    planned = {str(num): task for num, task in enumerate(expected or [])}
     keys = list(swept_keys or [])
     rows = []
-    for num in sorted(set(dirs) | set(runs), key=natural_key):
+    for num in sorted(set(dirs) | set(runs) | set(planned), key=natural_key):
         job_dir, run = dirs.get(num), runs.get(num)
         job_status = read_job_status(job_dir) if job_dir else {}
-        task = _task_overrides(job_dir, run)
-        row: dict = {"job": int(num) if num.isdigit() else num, "status": _status(run, job_status, final)}
+        task = _task_overrides(job_dir, run) or planned.get(num, [])
+        row: dict = {"job": int(num) if num.isdigit() else num, "status": _status(run, job_dir, final)}
         row["_task"] = task
         if run is not None:
             row |= {
@@ -349,7 +384,10 @@ def compare_sweep(
     keys = parent_info.get("swept_keys")
     if keys is None and parent is not None and parent.data.tags.get("sweep.swept_keys") is not None:
         keys = [k for k in parent.data.tags["sweep.swept_keys"].split(",") if k]
-    table, keys = gather(sweep_dir, client, parent, keys, final=final)
+    expected = parent_info.get("expected_jobs")
+    if expected is None and isinstance(parent_info.get("n_expected"), int):  # Optuna: trials, not overrides
+        expected = [[] for _ in range(parent_info["n_expected"])]
+    table, keys = gather(sweep_dir, client, parent, keys, final=final, expected=expected)
     best = best_job(table)
     out_dir = Path(
         out_dir or (sweep_dir / OUT_SUBDIR if sweep_dir else Path(f"sweep_{parent_id[:8]}") / OUT_SUBDIR)
@@ -357,9 +395,17 @@ def compare_sweep(
     out_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(out_dir / "jobs.csv", table.to_csv(index=False))
     write_atomic(out_dir / "jobs.md", markdown_table(table, best))
+    resubmit = (
+        resume.resubmit_command(parent_info["command"], sweep_dir)
+        if sweep_dir and parent_info.get("command")
+        else None
+    )
+    result = SweepComparison(table, keys, out_dir, [], parent_id, best, resubmit)
     summary = {
         "n_jobs": len(table),
-        "n_failed": int((table["status"] == "FAILED").sum()),
+        "n_failed": result.n_failed,
+        **{status.lower(): result.jobs_with(status) for status in UNFINISHED},
+        "resubmit": resubmit if result.n_unfinished else None,
         "swept_keys": keys,
         "best": best,
         "parent_run_id": parent_id,
@@ -369,7 +415,7 @@ def compare_sweep(
     files = [out_dir / "jobs.csv", out_dir / "jobs.md", out_dir / "summary.json"]
     files.append(plot_cer_by_value(out_dir / "cer_by_swept_value.png", table, keys))
     files.append(plot_base_vs_tuned(out_dir / "base_vs_tuned.png", table, best))
-    result = SweepComparison(table, keys, out_dir, files, parent_id, best)
+    result.files = files
     if log_to_parent and client is not None and parent is not None:
         _log_to_parent(client, parent_id, result)
     return result
@@ -380,8 +426,12 @@ def _log_to_parent(client, parent_id: str, result: SweepComparison) -> None:
     import mlflow
 
     stamp = mlflow.utils.time.get_current_time_millis()
-    metrics = {"sweep/n_jobs": len(result.table), "sweep/n_failed": result.n_failed}
-    tags = {"sweep.n_failed": str(result.n_failed)}
+    metrics = {
+        "sweep/n_jobs": len(result.table),
+        "sweep/n_failed": result.n_failed,
+        "sweep/n_unfinished": result.n_unfinished,
+    }
+    tags = {"sweep.n_failed": str(result.n_failed), "sweep.n_unfinished": str(result.n_unfinished)}
     if result.best:
         metrics["best/objective_cer"] = result.best["objective"]
         tags |= {

@@ -5,6 +5,8 @@ the comparison (hwocr/sweeps/compare.py) reads both."""
 
 import logging
 import os
+import shlex
+import sys
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,8 +55,25 @@ def job_overrides(task_overrides: list[str], keys: list[str]) -> dict[str, str]:
     return {key: values[key] for key in keys if key in values}
 
 
+def expected_jobs(task_overrides: list[str], sweeper_params: dict | None = None) -> list[list[str]]:
+    """Every job's task overrides, in job-number order, as Hydra's basic sweeper expands the grid."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = [f"{key}={value}" for key, value in (sweeper_params or {}).items()]
+    parsed = OverridesParser.create().parse_overrides([*params, *task_overrides])
+    return [list(job) for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
 def describe(overrides: dict[str, str]) -> str:
     return " ".join(f"{key}={value}" for key, value in overrides.items())
+
+
+def command_line(argv: list[str] | None = None) -> str:
+    argv = list(sys.argv if argv is None else argv)
+    if argv and argv[0].endswith(os.path.join("hwocr", "run.py")):
+        return shlex.join(["python", "-m", "hwocr.run", *argv[1:]])
+    return shlex.join(argv)
 
 
 # --- the job side (run.py) ------------------------------------------------------------------------
@@ -104,30 +123,46 @@ BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 
 def job_failed(error: BaseException, user_error: bool = False) -> float:
     """Record a failed job in its dir, then let the sweep go on (see hwocr/sweeps/callback.py).
-
-    Hydra's basic sweeper re-raises a job's exception once the batch is done, which would skip
-    on_multirun_end (no comparison, parent left RUNNING): there the job returns NaN. Other sweepers
-    (Optuna) record a raised job as a failed trial and go on (up to `max_failure_rate`), whereas a
-    NaN return makes optuna 2.x fail inside `tell`: there the error is re-raised. Outside a
-    multirun it is re-raised too: a single run keeps its usual exit status."""
+    Outside a multirun the error is re-raised: a single run keeps its usual exit status."""
     if not in_multirun():
         raise error
     log.error(
         "job failed (%s); the sweep goes on", type(error).__name__, exc_info=None if user_error else error
     )
-    out_dir = Path(HydraConfig.get().runtime.output_dir)
-    write_job_status(
-        out_dir,
-        {
-            "status": "FAILED",
-            "error_type": type(error).__name__,
-            "error": str(error),
-            "traceback": "".join(traceback.format_exception(error)),
-        },
+    update_job_status(
+        Path(HydraConfig.get().runtime.output_dir),
+        "FAILED",
+        error_type=type(error).__name__,
+        error=str(error),
+        traceback="".join(traceback.format_exception(error)),
     )
-    if str(OmegaConf.select(HydraConfig.get(), "sweeper._target_")) != BASIC_SWEEPER:
+    return failed_result(error)
+
+
+def failed_result(error: BaseException) -> float:
+    """What a failed job hands its sweeper. Hydra's basic sweeper re-raises a job's exception once
+    the batch is done, which would skip on_multirun_end (no comparison, parent left RUNNING): there
+    the job returns NaN. Other sweepers (Optuna) record a raised job as a failed trial and go on (up
+    to `max_failure_rate`), whereas a NaN return makes optuna 2.x fail inside `tell`: there the error
+    is re-raised."""
+    if not is_basic_sweeper():
         raise error
     return float("nan")
+
+
+def is_basic_sweeper() -> bool:
+    return str(OmegaConf.select(HydraConfig.get(), "sweeper._target_")) == BASIC_SWEEPER
+
+
+def rerun_failed() -> bool:
+    """hydra.callbacks.mlflow_sweep.rerun_failed; unset: rerun under the basic sweeper only (a rerun
+    Optuna trial would change the sampler's history, hwocr/sweeps/resume.py)."""
+    value = OmegaConf.select(HydraConfig.get(), "callbacks.mlflow_sweep.rerun_failed", default=None)
+    return is_basic_sweeper() if value is None else bool(value)
+
+
+def write_parent_file(sweep_dir: Path, info: dict) -> None:
+    write_json(Path(sweep_dir) / PARENT_FILE, info)
 
 
 def read_job_status(job_dir: Path) -> dict:
@@ -136,3 +171,13 @@ def read_job_status(job_dir: Path) -> dict:
 
 def write_job_status(job_dir: Path, status: dict) -> None:
     write_json(Path(job_dir) / JOB_STATUS_FILE, status)
+
+
+ATTEMPT_KEYS = ("overrides", "attempt", "pid", "host", "started")  # who runs the job (resume.py)
+
+
+def update_job_status(job_dir: Path, status: str, **fields) -> None:
+    """Set the job's status, keeping what its attempt recorded (its overrides, attempt number, pid)."""
+    current = read_job_status(job_dir)
+    kept = {key: current[key] for key in ATTEMPT_KEYS if key in current}
+    write_job_status(job_dir, kept | {"status": status} | fields)

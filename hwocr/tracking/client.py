@@ -22,8 +22,17 @@ from transformers import TrainerCallback
 
 from hwocr.config import Config, TrackingConfig
 from hwocr.errors import TrackingError, TrainingInterrupted
+from hwocr.io import read_json, write_json
 from hwocr.tracking.redact import redact_mapping
-from hwocr.tracking.sync import Journal, apply, read_run_file, replay, sync_command, write_run_file
+from hwocr.tracking.sync import (
+    STEPS_FILE,
+    Journal,
+    apply,
+    read_run_file,
+    replay,
+    sync_command,
+    write_run_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +111,14 @@ class Tracker:
     With `run_dir`, the run survives faults: its id is kept in RUN_DIR/mlflow_run.json and a rerun of
     the job continues it; a call that fails (store down mid-run, or unreachable at start with
     tracking.required=false) switches the tracker offline: it and every later call are appended to
-    RUN_DIR/mlflow_pending/journal.jsonl, which `python -m hwocr.sync RUN_DIR` uploads (and the next
-    run of the job uploads by itself when the store is back).
+    RUN_DIR/mlflow_pending/journal.jsonl, which `python -m hwocr.sync RUN_DIR` uploads (the tracker
+    itself tries once more when the run ends, and the next run of the job uploads it first).
+
+    Each metric step is logged once: a continued run skips the (key, step) pairs an earlier attempt
+    logged already, i.e. the steps a job replays after resuming from a checkpoint older than its
+    crash. The earlier attempt's values stay (training resumed from a checkpoint reproduces them,
+    tests/test_resume.py). What was logged is read from the store's metric history and from
+    RUN_DIR/mlflow_steps.json (written after every call, so an offline resume knows it too).
     """
 
     def __init__(self, cfg: TrackingConfig, outputs_dir: Path, run_dir: Path | None = None):
@@ -123,6 +138,7 @@ class Tracker:
         self.resumed = False
         self._start_info: dict = {}
         self._tables: list[dict] = []  # artifacts listed as tables (declare_table)
+        self._logged_steps: dict[str, int] = {}  # metric key -> newest step logged to this run
 
     def check_reachable(self) -> None:
         """Fail fast, before any model or GPU work, if the store cannot be reached (with
@@ -205,7 +221,7 @@ class Tracker:
         replay(self.run_dir)
         log.info("uploaded %d entries that an earlier attempt of this job kept in %s", n, self.journal.dir)
 
-    def _reopen(self) -> str | None:
+    def _reopen(self, run_name: str | None = None) -> str | None:
         """The run this job directory logged to before (a resumed job), set RUNNING again."""
         if self.run_dir is None:
             return None
@@ -218,7 +234,9 @@ class Tracker:
             return None
         if run.info.lifecycle_stage != "active":
             return None
-        self.client.update_run(run.info.run_id, status="RUNNING")
+        # a failed job's placeholder run (hwocr/sweeps/callback.py) gets the job's own name back
+        name = run_name if run_name and run_name != run.info.run_name else None
+        self.client.update_run(run.info.run_id, status="RUNNING", name=name)
         self.resumed = True
         log.info("continuing MLflow run %s: this job directory was run before", run.info.run_id)
         return run.info.run_id
@@ -238,7 +256,7 @@ class Tracker:
         if not self.offline:
             try:
                 self._upload_pending()
-                self.run_id = self._reopen()
+                self.run_id = self._reopen(run_name)
                 if self.run_id is None:
                     run = self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags)
                     self.run_id = run.info.run_id
@@ -249,7 +267,23 @@ class Tracker:
                 return self.run_id
         if self.offline:
             self._journal_start()
+        self._load_logged_steps()
         return self.run_id
+
+    def _load_logged_steps(self) -> None:
+        """The newest step per metric key that earlier attempts logged to this run (class doc)."""
+        if self.run_dir is None or self.run_id is None:
+            return
+        saved = read_json(self.run_dir / STEPS_FILE)
+        steps = dict(saved.get("steps") or {}) if saved.get("run_id") == self.run_id else {}
+        if self.resumed and not self.offline:
+            try:
+                for key in self.client.get_run(self.run_id).data.metrics:
+                    history = self.client.get_metric_history(self.run_id, key)
+                    steps[key] = max([steps.get(key, -1), *(m.step for m in history)])
+            except Exception as error:
+                self._go_offline(error)
+        self._logged_steps = steps
 
     def log_params(self, params: Mapping[str, object]) -> None:
         """Log params, secrets redacted (hwocr/tracking/redact.py). A continued run keeps its first values."""
@@ -272,11 +306,21 @@ class Tracker:
         self._call("params", {"params": values})
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        step = step or 0
         numeric = {
-            k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+            k: float(v)
+            for k, v in metrics.items()
+            if isinstance(v, (int, float))
+            and not isinstance(v, bool)
+            and step > self._logged_steps.get(k, -1)
         }
+        if not numeric:
+            return  # every one of them was logged at this step already (a resumed attempt)
         stamp = mlflow.utils.time.get_current_time_millis()
-        self._call("metrics", {"metrics": numeric, "step": step or 0, "timestamp": stamp})
+        self._call("metrics", {"metrics": numeric, "step": step, "timestamp": stamp})
+        self._logged_steps |= dict.fromkeys(numeric, step)
+        if self.run_dir is not None and self.run_id is not None:
+            write_json(self.run_dir / STEPS_FILE, {"run_id": self.run_id, "steps": self._logged_steps})
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         self._call("tags", {"tags": redact_mapping(tags)})
@@ -304,6 +348,8 @@ class Tracker:
     def end(self, status: str = "FINISHED") -> None:
         if self.run_id or self.offline:
             self._call("end", {"status": status})
+        if self.offline and self.journal and self.journal.pending():
+            upload_if_reachable(self.run_dir)  # the store may be back by now
         command = self.pending_sync_command()
         if command:
             log.warning("MLflow did not get everything; upload what was kept locally with: %s", command)
@@ -320,6 +366,32 @@ class Tracker:
             status = RunStatus.to_string(RunStatus.FAILED)
         self.end(status)
         return False
+
+
+def upload_if_reachable(run_dir: Path) -> int:
+    """Upload a job dir's pending journal if its store answers now; the number of entries uploaded
+    (0 when there was nothing, or the store is still down: the journal stays for a later try)."""
+    journal = Journal(Path(run_dir))
+    pending = journal.pending()
+    if not pending:
+        return 0
+    uri = next((e.get("uri") for e in journal.entries() if e["op"] == "start"), None)
+    if not uri:
+        return 0
+    try:
+        with _quick_http(uri):
+            MlflowClient(uri).search_experiments(max_results=1)
+        replay(Path(run_dir))
+    except Exception as error:
+        log.warning(
+            "MLflow still unreachable (%s); %d entries stay in %s",
+            _short(error),
+            journal.pending(),
+            journal.dir,
+        )
+        return 0
+    log.info("MLflow is reachable again: uploaded %d entries kept in %s", pending, journal.dir)
+    return pending
 
 
 class NullTracker:

@@ -1,4 +1,5 @@
-"""Keep secrets out of MLflow: params, tags and the resolved config artifact.
+"""Keep secrets out of MLflow and off the disk: params, tags, the resolved config artifact, and the
+copies of the config that Hydra writes (.hydra/, multirun.yaml).
 
 A value is replaced by `REDACTED` when its key looks secret (`*token*`, `*_key`, `*secret*`,
 `*password*`, ...), and any occurrence of a secret environment variable's value (HF_TOKEN,
@@ -9,6 +10,9 @@ logged, whatever its key.
 import os
 import re
 from collections.abc import Mapping
+from pathlib import Path
+
+from hwocr.io import write_atomic
 
 REDACTED = "***redacted***"
 _SECRET_NAME = re.compile(
@@ -64,3 +68,48 @@ def redact_yaml(text: str) -> str:
             line = f"{match.group(1)}{match.group(2)}{match.group(3)}{REDACTED}\n"
         lines.append(line)
     return redact_text("".join(lines))
+
+
+def redact_override(line: str) -> str:
+    """`+hub.token=abc` -> `+hub.token=***redacted***`; secret env values masked in any override."""
+    key, sep, value = str(line).partition("=")
+    if sep and value and is_secret_key(key.lstrip("+~")):
+        return f"{key}={REDACTED}"
+    return redact_text(str(line))
+
+
+def redact_command(argv: list[str]) -> list[str]:
+    """A command line with secret-looking overrides and secret env values masked."""
+    return [redact_override(arg) for arg in argv]
+
+
+def _redact_yaml_overrides(text: str) -> str:
+    """YAML list items that are overrides (`- key=value`): mask those with a secret key."""
+    out = []
+    for line in text.splitlines(keepends=True):
+        indent, dash, item = line.partition("- ")
+        if dash and not indent.strip() and "=" in item:
+            body = item.rstrip("\n")
+            quote = body[0] if body[:1] in ("'", '"') and body.endswith(body[0]) else ""
+            inner = body[1:-1] if quote else body
+            line = f"{indent}- {quote}{redact_override(inner)}{quote}" + ("\n" if line.endswith("\n") else "")
+        out.append(line)
+    return "".join(out)
+
+
+def redact_hydra_files(output_dir: Path) -> list[Path]:
+    """Mask secrets in the copies Hydra writes to disk: OUTPUT_DIR/.hydra/*.yaml and a sweep dir's
+    multirun.yaml (the config, the Hydra config with its env_set, the command-line overrides).
+    Returns the files rewritten."""
+    output_dir = Path(output_dir)
+    changed = []
+    for path in [*sorted((output_dir / ".hydra").glob("*.yaml")), output_dir / "multirun.yaml"]:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError:
+            continue
+        masked = redact_yaml(_redact_yaml_overrides(text))
+        if masked != text:
+            write_atomic(path, masked)
+            changed.append(path)
+    return changed

@@ -22,6 +22,7 @@ PENDING_DIR = "mlflow_pending"
 JOURNAL = "journal.jsonl"
 CURSOR = "synced.json"
 RUN_FILE = "mlflow_run.json"  # the job's MLflow run id, so a rerun of the job continues that run
+STEPS_FILE = "mlflow_steps.json"  # the newest step logged per metric (hwocr/tracking/client.py)
 
 log = logging.getLogger(__name__)
 

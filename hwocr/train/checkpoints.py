@@ -184,7 +184,9 @@ class CompletionMarker(TrainerCallback):
 
 class GracefulStop(TrainerCallback):
     """On SIGTERM (what schedulers and Kaggle send before killing): save a checkpoint at the end of the
-    current step and stop training. A second SIGTERM kills the process at once."""
+    current step and stop training. A second SIGTERM kills the process at once. Other signals in
+    `signals` (the stop request a multi-GPU launcher forwards to its workers, hwocr/distributed.py)
+    ask for the same stop and never kill."""
 
     def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM,)):
         self.signals = signals
@@ -192,12 +194,14 @@ class GracefulStop(TrainerCallback):
         self._previous: dict[int, object] = {}
 
     def _handler(self, signum, frame):
-        self.received = signum
-        log.warning(
-            "received %s: saving a checkpoint after the current step, then stopping",
-            signal.Signals(signum).name,
-        )
-        signal.signal(signum, signal.SIG_DFL)  # a second one ends the process
+        if self.received is None:
+            log.warning(
+                "received %s: saving a checkpoint after the current step, then stopping",
+                signal.Signals(signum).name,
+            )
+        self.received = self.received or signum
+        if signum == signal.SIGTERM:
+            signal.signal(signum, signal.SIG_DFL)  # a second one ends the process
 
     @contextlib.contextmanager
     def installed(self) -> Iterator["GracefulStop"]:

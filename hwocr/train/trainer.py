@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import Dataset
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from hwocr import distributed
 from hwocr.config import Config
 from hwocr.data import Sample
 from hwocr.errors import TrainingInterrupted
@@ -146,7 +147,7 @@ def train(
         log.info("resuming from %s (step %d)", resume, resumed_step)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    stop = GracefulStop()
+    stop = GracefulStop(signals=distributed.stop_signals())
     trainer.add_callback(stop)
     started = time.perf_counter()
     with stop.installed():
