@@ -197,7 +197,8 @@ class MemoryProbe:
 
 def run_train(args, mcfg, hw, lora, processor, samples, result) -> None:
     from hwocr.model import load_model, prepare_for_training
-    from hwocr.model.adapt import vision_tower
+    from hwocr.model.adapt import count_parameters, vision_tower
+    from hwocr.model.expert_lora import adapted_expert_parameters
     from hwocr.model.ocr1 import move_images
     from hwocr.train.loss import causal_lm_loss_on_targets
 
@@ -211,6 +212,8 @@ def run_train(args, mcfg, hw, lora, processor, samples, result) -> None:
     result["experts_implementation"] = getattr(text_config, "_experts_implementation", None)
     model = prepare_for_training(model, lora, hw, args.backend)
     model.train()
+    result["trainable_parameters"] = count_parameters(model)[0]
+    result["expert_lora_tensors"] = len(adapted_expert_parameters(model))
     result["weights_gib_by_component"] = weight_bytes_by_component(model)
     result["weights_gib_total"] = round(sum(result["weights_gib_by_component"].values()), 3)
     if cuda:
@@ -479,17 +482,24 @@ def loss_match(args, mcfg, hw, lora, processor, samples, result) -> None:
 # generation
 
 
-def run_generate(args, mcfg, hw, processor, samples, result) -> None:
+def run_generate(args, mcfg, hw, processor, samples, result, lora) -> None:
     from hwocr.evaluate.generate import GenerationSettings, transcribe
-    from hwocr.model import load_model
+    from hwocr.model import load_model, prepare_for_training
 
     cuda = torch.cuda.is_available() and args.device == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     model = load_model(mcfg, hw, device_map={"": 0} if cuda else None, backend=args.backend)
+    if args.gen_lora:  # decode through a LoRA's wrappers, as tuned evaluation does
+        model = prepare_for_training(model, lora, hw, args.backend)
     model.eval()
     settings = GenerationSettings(
-        prompt=DEFAULT_PROMPT, max_new_tokens=args.new_tokens, batch_size=args.gen_batch, cache=args.gen_cache
+        prompt=DEFAULT_PROMPT,
+        max_new_tokens=args.new_tokens,
+        batch_size=args.gen_batch,
+        cache=args.gen_cache,
+        no_repeat_ngram=args.no_repeat_ngram,
+        no_repeat_window=args.no_repeat_window,
     )
     # warm-up: CUDA context, kernels, autotuning
     warm = GenerationSettings(prompt=DEFAULT_PROMPT, max_new_tokens=4, batch_size=min(4, len(samples)))
@@ -508,6 +518,7 @@ def run_generate(args, mcfg, hw, processor, samples, result) -> None:
         "seconds": round(stats.seconds, 2),
         "batch_size": stats.batch_size,
         "failed": stats.n_failed,
+        "repetition_guarded": sum(p.guarded for p in predictions),
     }
     if cuda:
         result["generate"]["peak_gib"] = gib(torch.cuda.max_memory_allocated())
@@ -672,7 +683,9 @@ def parse_args(argv=None):
     p.add_argument("--backend", choices=["hf", "unsloth"], default="hf")
     p.add_argument("--dtype", choices=list(DTYPES), default="bf16")
     p.add_argument("--load-in-4bit", action="store_true")
-    p.add_argument("--image-mode", choices=["tiny", "small", "base", "large", "gundam"], default="base")
+    p.add_argument(
+        "--image-mode", choices=["tiny", "small", "base", "large", "gundam", "dynamic"], default="base"
+    )
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--warmup", type=int, default=2)
@@ -691,6 +704,12 @@ def parse_args(argv=None):
     )
     p.add_argument("--recipe", choices=["baseline", "optimized"], default="optimized")
     p.add_argument("--no-grad-ckpt", action="store_true", help="train without gradient checkpointing")
+    p.add_argument(
+        "--lora-experts",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="LoRA on DeepSeek-OCR-2's routed experts too (lora.experts; --no-lora-experts: not)",
+    )
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--max-grad-norm", type=float, default=1.0)
     p.add_argument("--memory-profile", action="store_true", help="peak memory per stage of the step")
@@ -699,6 +718,9 @@ def parse_args(argv=None):
     p.add_argument("--gen-batch", type=int, default=0, help="0 = transcribe's automatic batch size")
     p.add_argument("--gen-cache", choices=["dynamic", "static"], default="dynamic", help="KV cache kind")
     p.add_argument("--new-tokens", type=int, default=48)
+    p.add_argument("--gen-lora", action="store_true", help="generate through a fresh LoRA (tuned eval)")
+    p.add_argument("--no-repeat-ngram", type=int, default=0, help="repetition guard n (0 = off)")
+    p.add_argument("--no-repeat-window", type=int, default=0, help="repetition guard window")
     p.add_argument("--check-unbatched", type=int, default=0, help="compare N texts with batch-1 generation")
     p.add_argument("--width", type=int, default=1600)
     p.add_argument("--height", type=int, default=120)
@@ -726,7 +748,11 @@ def main(argv=None) -> dict:
         gradient_checkpointing=not args.no_grad_ckpt,
         optimize=args.recipe == "optimized",
     )
-    lora = LoraConfig()
+    if args.backend == "unsloth" and args.lora_experts and args.model != "v1":
+        raise SystemExit(
+            "--backend unsloth adapts no routed experts (config.validate): add --no-lora-experts"
+        )
+    lora = LoraConfig(experts=args.lora_experts)
     from hwocr.model import load_processor
 
     processor = load_processor(mcfg)
@@ -739,7 +765,7 @@ def main(argv=None) -> dict:
     backend = "_unsloth" if args.backend == "unsloth" else ""
     name = args.name or (
         f"{args.model}_{args.task}_{args.recipe}{backend}_{args.dtype}{'_4bit' if args.load_in_4bit else ''}"
-        f"_{args.image_mode}_b{args.batch}"
+        f"_{args.image_mode}_b{args.batch}{'' if args.lora_experts else '_noexperts'}"
     )
     result = {
         "name": name,
@@ -753,7 +779,7 @@ def main(argv=None) -> dict:
     if args.task == "loss-match":
         loss_match(args, mcfg, hw, lora, processor, samples, result)
     if args.task in ("generate", "both"):
-        run_generate(args, mcfg, hw, processor, samples[: args.gen_images], result)
+        run_generate(args, mcfg, hw, processor, samples[: args.gen_images], result, lora)
     out = Path(args.json) if args.json else Path(__file__).parent / "results" / f"{name}.json"
     write_atomic(out, json.dumps(result, indent=2, default=str))
     print(summary(result))

@@ -53,14 +53,24 @@ for phase in "$@"; do case $phase in
     b h200_t4settings_generate_gundam_b32 --task generate --dtype fp16 --load-in-4bit --image-mode gundam --gen-images 128 --gen-batch 32 --new-tokens 48
     b h200_t4settings_generate_base_b32 --task generate --dtype fp16 --load-in-4bit --gen-images 128 --gen-batch 32 --new-tokens 48
     b h200_generate_gundam_auto --task generate --dtype bf16 --image-mode gundam --gen-images 512 --new-tokens 48 ;;
-  t4lora)  # T4 settings training with and without LoRA on the routed experts (lora.experts)
-    for e in on off; do
-      b h200_t4settings_train_gundam_b8_experts_$e --dtype fp16 --load-in-4bit --image-mode gundam --batch 8 --steps 6 --lora-experts $e --memory-profile
-      b h200_t4settings_train_gundam_b16_experts_$e --dtype fp16 --load-in-4bit --image-mode gundam --batch 16 --steps 4 --lora-experts $e
-      b h200_t4settings_train_base_b8_experts_$e --dtype fp16 --load-in-4bit --batch 8 --steps 6 --lora-experts $e
-    done ;;
   gencompile)  # the vision tower's layers compiled (hwocr/model/vision.py), against the same process uncompiled
     b h200_generate_compiled_vision_gundam_b256 --task generate --dtype bf16 --image-mode gundam --gen-images 256 --gen-batch 256 --new-tokens 48 --compile-vision
     b h200_generate_compiled_vision_base_b256 --task generate --dtype bf16 --gen-images 256 --gen-batch 256 --new-tokens 48 --compile-vision ;;
+  recipe)  # issue 13: DeepSeek's crop mode (dynamic) vs base, LoRA on the routed experts or not
+    T4="--dtype fp16 --load-in-4bit --steps 6 --memory-profile"
+    b h200_t4_dynamic_b8 $T4 --image-mode dynamic --batch 8
+    b h200_t4_dynamic_b8_noexperts $T4 --image-mode dynamic --batch 8 --no-lora-experts
+    b h200_t4_dynamic_b16 $T4 --image-mode dynamic --batch 16
+    b h200_t4_dynamic_b16_noexperts $T4 --image-mode dynamic --batch 16 --no-lora-experts
+    b h200_t4_base_b8 $T4 --image-mode base --batch 8
+    b h200_t4_base_b8_noexperts $T4 --image-mode base --batch 8 --no-lora-experts
+    b h200_bf16_dynamic_b32 --dtype bf16 --image-mode dynamic --batch 32 --steps 6 ;;
+  recipegen)  # genmodes' runs with the presets' repetition guard (n 20, window 90)
+    G="--task generate --dtype bf16 --gen-images 256 --gen-batch 256 --new-tokens 48 --no-repeat-ngram 20 --no-repeat-window 90"
+    b h200_generate_dynamic_b256_guard $G --image-mode dynamic
+    b h200_generate_base_b256_guard $G --image-mode base
+    b h200_generate_dynamic_b256_lora --task generate --dtype bf16 --gen-images 256 --gen-batch 256 --new-tokens 48 --image-mode dynamic --gen-lora
+    b h200_generate_dynamic_b256_guard_lora $G --image-mode dynamic --gen-lora
+    b h200_generate_dynamic_b256_guard_lora_noexperts $G --image-mode dynamic --gen-lora --no-lora-experts ;;
   *) echo "unknown phase $phase" ;;
 esac; done

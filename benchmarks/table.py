@@ -9,11 +9,15 @@ RESULTS = Path(__file__).parent / "results"
 
 def rows(folder: Path = RESULTS) -> list[str]:
     out = [
-        "| result | device | recipe | dtype | 4-bit | batch | weights GiB | peak GiB | samples/s | images/s | note |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| result | device | recipe | dtype | 4-bit | mode | expert LoRA | batch | weights GiB | peak GiB "
+        "| samples/s | images/s | note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for path in sorted(folder.glob("*.json")):
         r = json.loads(path.read_text())
+        if "settings" not in r:  # written by another script (ddp_check.py): not a bench.py row
+            print(f"table.py: {path.name} is not a bench.py result; left out", file=sys.stderr)
+            continue
         s, train, gen, lm = r["settings"], r.get("train", {}), r.get("generate", {}), r.get("loss_match")
         note = ""
         if train.get("steps", 0) >= 50:
@@ -27,12 +31,23 @@ def rows(folder: Path = RESULTS) -> list[str]:
             note = f"batch-1 token ids identical {gen['unbatched_identical']}"
         if s.get("no_grad_ckpt"):
             note = (note + "; " if note else "") + "no grad. checkpointing"
+        if s.get("no_repeat_ngram"):
+            note = (note + "; " if note else "") + (
+                f"repetition guard {s['no_repeat_ngram']}/{s['no_repeat_window']}: "
+                f"changed {gen.get('repetition_guarded')} of {gen.get('images')}"
+            )
+        # DeepSeek-OCR-2 results from before lora.experts existed adapted no routed expert; v1's
+        # experts are Linear modules that its LoRA targets always reached
+        v1 = s.get("model") == "v1" or r["name"].startswith("v1_")  # *_run.json: written from a run
+        with_lora = train or s.get("gen_lora")  # generate rows decode through a LoRA only with --gen-lora
+        experts = "" if not with_lora else ("yes" if s.get("lora_experts") or v1 else "no")
         recipe = s["recipe"]
         if s.get("model") == "v1":  # v1 has one recipe: its remote forward (hardware.optimize is ocr2's)
             recipe = f"v1, backend={s.get('backend', 'hf')}"
         out.append(
             f"| {r['name']} | {r['device'].replace('NVIDIA ', '')} | {recipe} | {s['dtype']} | "
-            f"{'yes' if s['load_in_4bit'] else 'no'} | {gen.get('batch_size', s['batch'])} | "
+            f"{'yes' if s['load_in_4bit'] else 'no'} | {s.get('image_mode', 'base')} | {experts} | "
+            f"{gen.get('batch_size', s['batch'])} | "
             f"{r.get('weights_gib_total', '')} | {train.get('peak_gib', gen.get('peak_gib', ''))} | "
             f"{train.get('samples_per_s', '')} | {gen.get('images_per_s', '')} | {note} |"
         )

@@ -11,8 +11,12 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from hwocr.errors import ConfigError
 
 STAGES = ("base_eval", "train", "tuned_eval")
-# DeepSeek-OCR-2 has base/small/gundam; v1 adds tiny (512) and large (1280).
-IMAGE_MODES = {"ocr2": ("base", "small", "gundam"), "ocr1": ("tiny", "small", "base", "large", "gundam")}
+# DeepSeek-OCR-2: dynamic (its only official mode; hwocr called it gundam, still accepted), base,
+# small. v1: its five official modes.
+IMAGE_MODES = {
+    "ocr2": ("dynamic", "gundam", "base", "small"),
+    "ocr1": ("tiny", "small", "base", "large", "gundam"),
+}
 BACKENDS = ("hf", "unsloth")
 # hardware.dtype -> the torch dtype's name (hwocr.model.load.torch_dtype); no torch import here
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
@@ -31,8 +35,9 @@ class ModelConfig:
     # Native resolutions of the checkpoint: global view and local tile (both in pixels).
     image_size: int = 1024
     tile_size: int = 768
-    # ocr2: base = one global view at image_size; small = one view at tile_size; gundam = global +
-    # tiles. ocr1: tiny 512, small 640, base 1024, large 1280 (one view each), gundam.
+    # ocr2: dynamic (= gundam) = DeepSeek's own mode, a global view at image_size plus tile_size
+    # crops of wide images; base = the global view alone; small = one view at tile_size.
+    # ocr1: tiny 512, small 640, base 1024, large 1280 (one view each), gundam (global + tiles).
     image_mode: str = "base"
     prompt: str = DEFAULT_PROMPT
 
@@ -51,6 +56,9 @@ class LoraConfig:
     # Whole modules trained beside the adapters and saved with them (PEFT's modules_to_save), e.g.
     # [lm_head]: the tiny random model's output head bounds its logits (demo preset).
     modules_to_save: list[str] | None = None
+    # DeepSeek-OCR-2: also adapt the 64 routed experts of every MoE layer (fused 3-D weights, through
+    # PEFT target_parameters; NF4-packed ones too). Ignored for v1, whose target_modules reach them.
+    experts: bool = True
 
 
 @dataclass
@@ -112,11 +120,22 @@ class TrainConfig:
 
 
 @dataclass
+class RepetitionGuardConfig:
+    """A windowed no-repeat n-gram guard while decoding (hwocr/evaluate/guard.py), the one DeepSeek's
+    vLLM scripts use: ngram 20, window 90 (run_dpsk_ocr2_image.py), <td>/</td> never banned."""
+
+    ngram: int = 20  # no n-gram of this many tokens repeats...; 0 = off
+    window: int = 90  # ...within this many generated tokens (0 = the whole generation)
+    whitelist: list[str] = field(default_factory=lambda: ["<td>", "</td>"])  # tokens never banned
+
+
+@dataclass
 class EvalConfig:
     adapter: str | None = None  # re-evaluate an existing adapter instead of training one
     batch_size: int = 0  # 0 = hardware.eval_batch
     max_new_tokens_margin: int = 16
-    no_repeat_ngram_size: int = 0  # 0 = off; random/weak models loop without it
+    # the same guard for base and tuned evaluation (and hwocr.predict)
+    repetition_guard: RepetitionGuardConfig = field(default_factory=RepetitionGuardConfig)
     bootstrap_samples: int = 2000
     gallery_rows: int = 50  # samples per section of eval/gallery.html
 
@@ -168,6 +187,12 @@ def validate(cfg: Config) -> Config:
         _check_choice("stages[]", stage, STAGES)
     if not 0.0 <= cfg.dataset.val_fraction < 1.0:
         raise ConfigError(f"dataset.val_fraction={cfg.dataset.val_fraction} must be in [0, 1)")
+    guard = cfg.eval.repetition_guard
+    if guard.ngram < 0 or guard.window < 0 or (guard.window and guard.window < guard.ngram):
+        raise ConfigError(
+            f"eval.repetition_guard: ngram={guard.ngram}, window={guard.window}: both must be >= 0 and "
+            "a window (0 = the whole generation) must hold at least one n-gram"
+        )
     if cfg.hardware.num_devices < 1:
         raise ConfigError("hardware.num_devices must be >= 1")
     if cfg.hardware.load_in_4bit and not cfg.lora.enabled:
@@ -181,6 +206,12 @@ def validate(cfg: Config) -> Config:
         )
     if cfg.model.family == "ocr1" and not cfg.lora.enabled:
         raise ConfigError("model.family=ocr1 trains LoRA adapters only; choose a lora other than none")
+    if experts_adapted(cfg) and cfg.lora.dropout:
+        raise ConfigError(
+            f"lora.dropout={cfg.lora.dropout} cannot apply to the routed experts (PEFT's ParamWrapper "
+            "folds the LoRA into the expert weights, where dropout has no place); set lora.dropout=0 "
+            "or lora.experts=false"
+        )
     if cfg.backend == "unsloth" and not cfg.lora.enabled:
         raise ConfigError("backend=unsloth trains LoRA adapters here; use backend=hf for lora=none")
     if cfg.backend == "unsloth" and cfg.lora.modules_to_save:
@@ -190,6 +221,11 @@ def validate(cfg: Config) -> Config:
             "backend=unsloth needs a CUDA GPU (Unsloth cannot run on CPU); use backend=hf here, or a "
             "GPU hardware profile such as hardware=t4"
         )
+    if cfg.backend == "unsloth" and experts_adapted(cfg):
+        raise ConfigError(
+            "backend=unsloth does not adapt DeepSeek-OCR-2's routed experts (hwocr passes them to PEFT "
+            "as target_parameters only on backend=hf); set lora.experts=false, or use backend=hf"
+        )
     if cfg.model.trust_remote_code and not cfg.model.revision and not is_local_dir(cfg.model.source):
         raise ConfigError(
             "model.trust_remote_code=true needs a pinned model.revision: it runs code from the hub, so "
@@ -197,6 +233,11 @@ def validate(cfg: Config) -> Config:
             f"{cfg.model.source}), or set model.source to a local directory holding a reviewed download"
         )
     return cfg
+
+
+def experts_adapted(cfg: Config) -> bool:
+    """LoRA reaches DeepSeek-OCR-2's fused routed experts (v1's are covered by target_modules)."""
+    return cfg.lora.enabled and cfg.lora.experts and cfg.model.family == "ocr2"
 
 
 def is_local_dir(source: str) -> bool:

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import hydra
 
-from hwocr.config import HardwareConfig, ModelConfig
+from hwocr.config import HardwareConfig, ModelConfig, RepetitionGuardConfig
 from hwocr.data import Sample
 from hwocr.data.uit_hwdb import IMAGE_SUFFIXES, image_problem
 from hwocr.errors import ConfigError, ModelLoadError, PreflightError
-from hwocr.evaluate.generate import GenerationSettings, transcribe
+from hwocr.evaluate.generate import GenerationSettings, guard_settings, transcribe
 from hwocr.io import write_atomic
 from hwocr.metrics import Prediction
 from hwocr.model import attach_adapter, load_model, load_processor
@@ -43,7 +43,7 @@ class PredictConfig:
     adapter: str | None = None  # a PEFT adapter dir (a run's adapter/ or a Trainer checkpoint-N)
     output: str | None = None  # None = print "image<TAB>text"; a .csv path = write image,prediction,error
     max_new_tokens: int = 160
-    no_repeat_ngram_size: int = 0
+    repetition_guard: RepetitionGuardConfig = field(default_factory=RepetitionGuardConfig)
     batch_size: int = 0  # 0 = hardware.eval_batch, or the largest that fits
 
 
@@ -95,8 +95,8 @@ def predict(cfg: PredictConfig) -> list:
     settings = GenerationSettings(
         prompt=cfg.model.prompt,
         max_new_tokens=cfg.max_new_tokens,
-        no_repeat_ngram_size=cfg.no_repeat_ngram_size,
         batch_size=cfg.batch_size or cfg.hardware.eval_batch,
+        **guard_settings(cfg.repetition_guard, processor.tokenizer),
     )
     usable = [samples[p] for p in images if p not in skipped]
     predictions, stats = (
@@ -104,7 +104,11 @@ def predict(cfg: PredictConfig) -> list:
     )
     if stats is not None:
         log.info(
-            "%d images at %.1f images/s, %d failed", len(predictions), stats.images_per_s, stats.n_failed
+            "%d images at %.1f images/s, %d failed, %d changed by the repetition guard",
+            len(predictions),
+            stats.images_per_s,
+            stats.n_failed,
+            sum(p.guarded for p in predictions),
         )
     by_id = {p.id: p for p in predictions}
     return [

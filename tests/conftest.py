@@ -13,6 +13,14 @@ LINE_TEXTS = ["Tôi yêu tiếng Việt", "học sinh đi học", "mưa rơi ư�
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
+def composed(*overrides: str):
+    """conf/config.yaml composed with `overrides` (register_schema() must have run)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
 @pytest.fixture(scope="session")
 def tiny_model_config(tmp_path_factory) -> ModelConfig:
     """The tiny DeepSeek-OCR-2, built once per test session."""

@@ -13,4 +13,5 @@ VIETNAMESE_KEYS = {
 # predictions.csv columns, in order
 PREDICTION_COLUMNS = (
     "id", "writer", "image", "reference", "prediction", "cer", "substitutions", "deletions", "insertions", "error",
+    "guarded",
 )  # fmt: skip

@@ -196,14 +196,10 @@ def test_inputs_equal_infer(mode, backend, images, official, processors):
     assert not problems, problems
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 13 item 5 (BOS guarantee): the real tokenizer under transformers 5.17 (TokenizersBackend, "
-    "post-processor ByteLevel) adds no BOS; remove this mark when hwocr guarantees it",
-)
 @pytest.mark.parametrize("mode", MODES)
 def test_bos_first(mode, images, processors):
-    """infer() and the vLLM processor start every prompt with BOS (id 0)."""
+    """infer() and the vLLM processor start every prompt with BOS (id 0); so does hwocr, though the
+    real tokenizer under transformers 5.17 (TokenizersBackend, ByteLevel post-processor) adds none."""
     firsts = {
         name: encode(processors[mode, "pil"], [load_image(path)], [PROMPT], return_tensors="pt")["input_ids"][
             0, :2

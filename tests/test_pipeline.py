@@ -123,8 +123,9 @@ def _settings(processor, samples, batch_size):
     return GenerationSettings(
         prompt=PROMPT,
         max_new_tokens=max_new_tokens_for([s.text for s in samples], processor.tokenizer, 4),
-        no_repeat_ngram_size=3,
         batch_size=batch_size,
+        no_repeat_ngram=3,
+        no_repeat_window=8,
     )
 
 
@@ -179,7 +180,10 @@ def test_generation_guards_reach_generate(tiny_model_config, line_samples):
 
     def recording_generate(**kwargs):
         output = generate(**kwargs)
-        assert kwargs["max_new_tokens"] == settings.max_new_tokens and kwargs["no_repeat_ngram_size"] == 3
+        assert kwargs["max_new_tokens"] == settings.max_new_tokens
+        (guard,) = kwargs["logits_processor"]
+        assert (guard.ngram, guard.window) == (3, 8)
+        assert guard.prompt_length == kwargs["input_ids"].shape[1]
         generated_lengths.append(output.shape[1] - kwargs["input_ids"].shape[1])
         return output
 

@@ -13,8 +13,11 @@ from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
+from transformers import LogitsProcessorList
 
+from hwocr.config import RepetitionGuardConfig
 from hwocr.data import Sample, load_image
+from hwocr.evaluate.guard import WindowedNoRepeatNGram, token_ids
 from hwocr.metrics import Prediction
 from hwocr.model.adapt import unwrap, vision_tower
 from hwocr.model.load import encode
@@ -32,15 +35,32 @@ AUTO_BATCH_START = {"cuda": 256, "cpu": 16}
 class GenerationSettings:
     prompt: str
     max_new_tokens: int
-    no_repeat_ngram_size: int = 0
     batch_size: int = 0  # 0 = start large and halve on out-of-memory
     cache: str = "dynamic"  # "static": a preallocated KV cache, decoding steps compiled by transformers
+    # The repetition guard (evaluate/guard.py): no n-gram of this size repeats within the window of
+    # generated tokens (0 = the whole generation); ngram 0 = off. Whitelisted token ids never banned.
+    no_repeat_ngram: int = 0
+    no_repeat_window: int = 0
+    no_repeat_whitelist: tuple[int, ...] = ()
 
     def generate_kwargs(self) -> dict:
-        kwargs = {"no_repeat_ngram_size": self.no_repeat_ngram_size or None}
-        if self.cache != "dynamic":
-            kwargs["cache_implementation"] = self.cache
-        return kwargs
+        return {} if self.cache == "dynamic" else {"cache_implementation": self.cache}
+
+    def guard(self, prompt_length: int, stop_ids: tuple[int, ...]) -> WindowedNoRepeatNGram | None:
+        if not self.no_repeat_ngram:
+            return None
+        return WindowedNoRepeatNGram(
+            self.no_repeat_ngram, self.no_repeat_window, prompt_length, self.no_repeat_whitelist, stop_ids
+        )
+
+
+def guard_settings(guard: RepetitionGuardConfig, tokenizer) -> dict:
+    """GenerationSettings' guard fields from the config (whitelisted tokens looked up once)."""
+    return {
+        "no_repeat_ngram": guard.ngram,
+        "no_repeat_window": guard.window,
+        "no_repeat_whitelist": token_ids(tokenizer, guard.whitelist) if guard.ngram else (),
+    }
 
 
 @dataclass
@@ -95,8 +115,10 @@ def transcribe(
             if following < len(samples):
                 prepared[(following, batch_size)] = encode_soon(following, batch_size)
             try:
-                texts = _generate(model, processor, inputs.result(), settings, device, dtype)
-                results = [_prediction(s, t) for s, t in zip(batch, texts, strict=True)]
+                texts, guarded = _generate(model, processor, inputs.result(), settings, device, dtype)
+                results = [
+                    _prediction(s, t, guarded=g) for s, t, g in zip(batch, texts, guarded, strict=True)
+                ]
             except torch.OutOfMemoryError:
                 if batch_size == 1:
                     raise
@@ -125,7 +147,8 @@ def _one_by_one(model, processor, batch, settings, device, dtype, batch_error) -
     for sample in batch:
         try:
             inputs = _encode(processor, [sample], settings)
-            yield _prediction(sample, _generate(model, processor, inputs, settings, device, dtype)[0])
+            (text,), (guarded,) = _generate(model, processor, inputs, settings, device, dtype)
+            yield _prediction(sample, text, guarded=guarded)
         except torch.OutOfMemoryError:
             raise
         except Exception as error:
@@ -138,24 +161,32 @@ def _encode(processor, batch: Sequence[Sample], settings: GenerationSettings):
 
 
 @torch.inference_mode()
-def _generate(model, processor, inputs, settings: GenerationSettings, device, dtype) -> list[str]:
+def _generate(
+    model, processor, inputs, settings: GenerationSettings, device, dtype
+) -> tuple[list[str], list[bool]]:
+    """Texts, and per text whether the repetition guard changed a token greedy decoding chose."""
     inputs = inputs.to(device)
     for key in ("pixel_values", "pixel_values_local"):
         if key in inputs:
             inputs[key] = inputs[key].to(dtype)
     move_images(inputs, device, dtype)  # DeepSeek-OCR v1's per-sample (tiles, global view) pairs
+    tokenizer = processor.tokenizer
+    prompt_length = inputs["input_ids"].shape[1]
+    guard = settings.guard(prompt_length, (tokenizer.eos_token_id,))
     with _grouped_experts_while_decoding(model):
         output = model.generate(
             **inputs,
             max_new_tokens=settings.max_new_tokens,
             do_sample=False,
             num_beams=1,
-            pad_token_id=processor.tokenizer.pad_token_id,
-            eos_token_id=processor.tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            logits_processor=LogitsProcessorList([guard] if guard else []),
             **settings.generate_kwargs(),
         )
-    new_tokens = output[:, inputs["input_ids"].shape[1] :]
-    return processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+    texts = tokenizer.batch_decode(output[:, prompt_length:], skip_special_tokens=True)
+    changed = guard.changed if guard is not None else None  # None too if it never ran
+    return texts, changed.tolist() if changed is not None else [False] * len(texts)
 
 
 @contextmanager
@@ -179,7 +210,7 @@ def _grouped_experts_while_decoding(model):
         del generator._optimize_model_for_decode
 
 
-def _prediction(sample: Sample, text: str, error: str = "") -> Prediction:
+def _prediction(sample: Sample, text: str, error: str = "", guarded: bool = False) -> Prediction:
     return Prediction(
         id=sample.id,
         writer=sample.writer,
@@ -187,6 +218,7 @@ def _prediction(sample: Sample, text: str, error: str = "") -> Prediction:
         reference=sample.text,
         prediction=normalize_text(text),
         error=error,
+        guarded=guarded,
     )
 
 

@@ -9,7 +9,13 @@ from hwocr import distributed
 from hwocr.config import Config
 from hwocr.data import Sample
 from hwocr.distributed import Rank
-from hwocr.evaluate.generate import EvalStats, GenerationSettings, max_new_tokens_for, transcribe
+from hwocr.evaluate.generate import (
+    EvalStats,
+    GenerationSettings,
+    guard_settings,
+    max_new_tokens_for,
+    transcribe,
+)
 from hwocr.evaluate.partial import PartialPredictions, eval_key
 from hwocr.io import read_json
 from hwocr.metrics import Prediction
@@ -44,8 +50,8 @@ def generation_settings(cfg: Config, processor, test: list[Sample]) -> Generatio
         max_new_tokens=max_new_tokens_for(
             [s.text for s in test], processor.tokenizer, cfg.eval.max_new_tokens_margin
         ),
-        no_repeat_ngram_size=cfg.eval.no_repeat_ngram_size,
         batch_size=cfg.eval.batch_size or cfg.hardware.eval_batch,
+        **guard_settings(cfg.eval.repetition_guard, processor.tokenizer),
     )
 
 
@@ -94,6 +100,8 @@ def evaluate_checkpoint(
         "images_per_s": stats.images_per_s,
         "eval_seconds": stats.seconds,
         "eval_batch_size": stats.batch_size,
+        # samples whose output the repetition guard changed (it banned a token greedy decoding chose)
+        "n_repetition_guarded": sum(p.guarded for p in predictions),
     }
     if stats.seconds == 0.0:
         # every prediction came from an earlier attempt: keep the throughput that attempt measured
@@ -101,11 +109,12 @@ def evaluate_checkpoint(
         extra = {k: previous.get(k, v) for k, v in extra.items()}
     metrics = write_eval(out_dir, predictions, extra=extra)
     log.info(
-        "%s: CER %.2f%% on %d samples (%.1f images/s)",
+        "%s: CER %.2f%% on %d samples (%.1f images/s; the repetition guard changed %d)",
         name,
         100 * metrics["cer"],
         len(test),
         stats.images_per_s,
+        metrics["n_repetition_guarded"],
     )
     plot_single_eval(run_dir / "plots", predictions, name)
     tracker.log_metrics({f"{name}/{k}": v for k, v in metrics.items()})

@@ -32,6 +32,7 @@ class Prediction:
     reference: str
     prediction: str
     error: str = ""
+    guarded: bool = False  # the repetition guard changed a token greedy decoding chose
 
 
 @dataclass(frozen=True)

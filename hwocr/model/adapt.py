@@ -10,6 +10,7 @@ from peft import PeftModel, get_peft_model
 from transformers import PreTrainedModel
 
 from hwocr.config import HardwareConfig, LoraConfig
+from hwocr.model.expert_lora import EXPERT_PARAMETERS, adapted_expert_parameters, peft_sees_packed_experts
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +86,13 @@ def prepare_for_training(
             bias=lora.bias,
             target_modules=targets,  # a string is a full-match regex in PEFT
             modules_to_save=lora.modules_to_save,
+            # DeepSeek-OCR-2's routed experts are fused 3-D Parameters, out of target_modules' reach;
+            # v1's are nn.Linear modules, which its target_modules already cover (the seed's list).
+            target_parameters=expert_targets(model, lora),
             task_type="CAUSAL_LM",
         )
-        model = get_peft_model(model, peft_config)
+        with peft_sees_packed_experts(model):
+            model = get_peft_model(model, peft_config)
     else:
         # Full fine-tuning of everything after the frozen vision tower.
         base = model.model
@@ -105,9 +110,18 @@ def prepare_for_training(
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     trainable, total = count_parameters(model)
     log.info(
-        "trainable parameters: %s of %s (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total
+        "trainable parameters: %s of %s (%.2f%%)%s",
+        f"{trainable:,}",
+        f"{total:,}",
+        100 * trainable / total,
+        ", routed experts included" if adapted_expert_parameters(model) else "",
     )
     return model
+
+
+def expert_targets(model: torch.nn.Module, lora: LoraConfig) -> list[str] | None:
+    """PEFT target_parameters for the routed experts (lora.experts), DeepSeek-OCR-2 only."""
+    return EXPERT_PARAMETERS if lora.experts and model_family(model) == "ocr2" else None
 
 
 def keep_frozen_tower_out_of_autograd(model: torch.nn.Module) -> bool:
@@ -153,4 +167,5 @@ def attach_adapter(model: PreTrainedModel, adapter_dir: Path) -> PeftModel:
         require_safetensors(adapter_dir, "adapter")  # refuses a pickled adapter_model.bin
     except CheckpointError as error:
         raise ModelLoadError(str(error)) from error
-    return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
+    with peft_sees_packed_experts(model):  # an adapter with target_parameters on NF4 experts
+        return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)

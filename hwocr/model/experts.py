@@ -70,11 +70,22 @@ class QuantizedExpertsMixin:
         from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
 
         gate_up, down = self.dequantized(hidden_states.dtype)
+        # LoRA factors handed over by PEFT's wrappers (model/expert_lora.py), folded in per expert as
+        # PEFT folds them into a 16-bit Parameter: W + scaling * lhs @ rhs.
+        factors = self._hwocr_lora_factors
+        gate_up = _with_lora(gate_up, factors.get("gate_up_proj", ()))
+        down = _with_lora(down, factors.get("down_proj", ()))
         view = _DequantizedView(self, gate_up, down)
         implementation = ALL_EXPERTS_FUNCTIONS.get_interface(
             self.config._experts_implementation, self._hwocr_eager_forward
         )
         return implementation(view, hidden_states, top_k_index, top_k_weights)
+
+
+def _with_lora(weight: torch.Tensor, factors) -> torch.Tensor:
+    for lhs, rhs, scaling in factors:
+        weight = torch.baddbmm(weight, lhs.to(weight.dtype), rhs.to(weight.dtype), alpha=scaling)
+    return weight
 
 
 _SUBCLASSES: dict[type, type] = {}
@@ -90,7 +101,8 @@ def _quantized_class(cls: type) -> type:
 def quantize_experts(model: nn.Module, compress_statistics: bool = True) -> int:
     """Store every fused-experts module's weights as NF4 in place; returns the weights packed.
 
-    Frozen weights only: quantized experts cannot be trained (LoRA does not target them).
+    Frozen weights only: the packed weights themselves never train; a LoRA on them goes through
+    model/expert_lora.py.
     """
     import bitsandbytes.functional as bnbf
 
@@ -114,6 +126,7 @@ def quantize_experts(model: nn.Module, compress_statistics: bool = True) -> int:
             module.register_buffer(f"{weight_name}_nf4", packed, persistent=False)
             states[weight_name] = state
         module._hwocr_quant_states = states
+        module._hwocr_lora_factors = {}  # weight name -> [(lhs, rhs, scaling)] while a LoRA is active
         module._hwocr_eager_forward = eager
         module.__class__ = _quantized_class(cls)
         if module.gate_up_proj_nf4.is_cuda:

@@ -9,6 +9,7 @@ from transformers import AutoProcessor, BitsAndBytesConfig, PreTrainedModel, Pro
 
 from hwocr.config import DTYPES, HardwareConfig, ModelConfig, is_local_dir
 from hwocr.errors import ModelLoadError
+from hwocr.model.bos import with_one_bos
 from hwocr.model.official import is_official, native_config, native_processor, read_config
 from hwocr.model.views import follow_pil_centering, squash, upright
 from hwocr.preflight import require_ocr1_transformers
@@ -37,7 +38,7 @@ def image_mode_settings(cfg: ModelConfig) -> dict:
         side, tile, crop = cfg.image_size, cfg.image_size, False
     elif cfg.image_mode == "small":
         side, tile, crop = cfg.tile_size, cfg.tile_size, False
-    else:  # gundam: a global view plus tile crops of wide images
+    else:  # dynamic (gundam): a global view plus tile crops of wide images, as DeepSeek's code does
         side, tile, crop = cfg.image_size, cfg.tile_size, True
     return {"size": {"height": side, "width": side}, "tile_size": tile, "crop_to_patches": crop}
 
@@ -80,8 +81,17 @@ def load_processor(cfg: ModelConfig) -> ProcessorMixin:
     processor.image_processor.tile_size = settings["tile_size"]
     processor.image_processor.crop_to_patches = settings["crop_to_patches"]
     # ...but the processor's class-level default crop_to_patches=True beats the instance attribute,
-    # so it must be passed on every call: encode() does that.
-    processor.hwocr_call_kwargs = {"crop_to_patches": settings["crop_to_patches"]}
+    # so it must be passed on every call: encode() does that. The tokenizer adds no special tokens:
+    # encode() puts exactly one BOS in front, as DeepSeek's code does (model/bos.py).
+    processor.hwocr_call_kwargs = {
+        "crop_to_patches": settings["crop_to_patches"],
+        "add_special_tokens": False,
+    }
+    if processor.tokenizer.bos_token_id is None:
+        raise ModelLoadError(
+            f"the tokenizer of model.source={cfg.source!r} names no BOS token; DeepSeek-OCR-2 prompts "
+            "start with one (DeepSeek's code hard-codes id 0)"
+        )
     # infer(image_size=768, crop_mode=False) squashes; base (image_size 1024) pads as the port does
     processor.hwocr_squash = settings["size"]["height"] if cfg.image_mode == "small" else None
     processor.tokenizer.padding_side = "left"  # batched generation
@@ -90,7 +100,8 @@ def load_processor(cfg: ModelConfig) -> ProcessorMixin:
 
 def encode(processor: ProcessorMixin, images: list, texts: list[str], **kwargs):
     """Run the processor with the image mode chosen in load_processor, on the views DeepSeek's own
-    code builds where the port's differ (hwocr/model/views.py)."""
+    code builds where the port's differ (hwocr/model/views.py); for DeepSeek-OCR-2, each prompt
+    starts with exactly one BOS (hwocr/model/bos.py; v1's Ocr1Processor puts its own BOS first)."""
     images = upright(images)
     if side := getattr(processor, "hwocr_squash", None):
         images = squash(images, side)
@@ -99,6 +110,10 @@ def encode(processor: ProcessorMixin, images: list, texts: list[str], **kwargs):
         side = processor.image_processor.size["height"]  # the global view's side in every hwocr mode
         encoded["pixel_values"] = follow_pil_centering(
             encoded["pixel_values"], [im.size for im in images], side
+        )
+        tokenizer = processor.tokenizer
+        encoded = with_one_bos(
+            encoded, tokenizer.bos_token_id, tokenizer.pad_token_id, tokenizer.padding_side
         )
     return encoded
 

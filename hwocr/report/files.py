@@ -34,6 +34,7 @@ PREDICTION_COLUMNS = (
     "deletions",
     "insertions",
     "error",
+    "guarded",  # the repetition guard changed a token of this transcription
 )
 TOP_CONFUSIONS = 30
 PREDICTIONS_TABLE = "predictions_table.json"
@@ -53,6 +54,7 @@ def prediction_rows(preds: list[Prediction]) -> list[dict]:
             "deletions": sample.deletions,
             "insertions": sample.insertions,
             "error": pred.error,
+            "guarded": pred.guarded,
         }
         for pred, sample in zip(preds, score_all(preds), strict=True)
     ]
@@ -104,6 +106,7 @@ def read_predictions(csv_path: Path) -> list[Prediction]:
                 reference=row["reference"],
                 prediction=row["prediction"],
                 error=row["error"],
+                guarded=row.get("guarded") == "True",  # absent from files written before the guard
             )
             for row in csv.DictReader(file)
         ]

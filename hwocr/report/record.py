@@ -26,6 +26,7 @@ TABLE_KEYS = [
     ("vi_cer_no_diacritics", "CER ignoring all diacritics", "{:.2%}"),
     ("n_samples", "samples", "{:.0f}"),
     ("n_failed", "failed samples", "{:.0f}"),
+    ("n_repetition_guarded", "samples the repetition guard changed", "{:.0f}"),
     ("images_per_s", "images/s", "{:.1f}"),
 ]
 
