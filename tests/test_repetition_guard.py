@@ -13,6 +13,7 @@ from hwocr.evaluate.generate import GenerationSettings, transcribe
 from hwocr.evaluate.guard import WindowedNoRepeatNGram
 from hwocr.evaluate.stage import evaluate_checkpoint
 from hwocr.model import load_model, load_processor
+from hwocr.tracking.client import NullTracker
 from tests.conftest import composed
 
 PROMPT = "<image>\nFree OCR."
@@ -173,18 +174,12 @@ def test_untouched_samples_are_unchanged_on_the_tiny_model(tiny_model_config, li
     assert touched == [0, len(lines)]  # both cases occur
 
 
-class _Tracker:
-    def log_metrics(self, metrics):
-        self.metrics = metrics
-
-    def log_artifact(self, *args):
-        pass
-
-
 @pytest.mark.parametrize("n, expected", [(0, 0), (2, 3)])
 def test_metrics_json_counts_the_samples_the_guard_changed(stuck_model, lines, tmp_path, n, expected):
     model, processor = stuck_model
-    result = evaluate_checkpoint("base", model, processor, lines, settings(n), tmp_path / str(n), _Tracker())
+    result = evaluate_checkpoint(
+        "base", model, processor, lines, settings(n), tmp_path / str(n), NullTracker()
+    )
     written = json.loads((tmp_path / str(n) / "eval" / "base" / "metrics.json").read_text())
     assert written["n_repetition_guarded"] == result.metrics["n_repetition_guarded"] == expected
     rows = (tmp_path / str(n) / "eval" / "base" / "predictions.csv").read_text().splitlines()
