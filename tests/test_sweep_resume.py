@@ -289,9 +289,12 @@ def test_dot_hydra_copies_are_written_with_secrets_masked(tmp_path, monkeypatch)
 
 
 def test_predict_skips_bombs_and_oversized_files_with_a_counted_reason(tmp_path, monkeypatch, caplog):
+    from types import SimpleNamespace
+
     from PIL import Image
 
     import hwocr.predict as predict_module
+    from hwocr.config import RepetitionGuardConfig
     from tests.test_hostile_data import png_header_only
 
     Image.new("RGB", (40, 12), "white").save(tmp_path / "1.png")
@@ -311,10 +314,11 @@ def test_predict_skips_bombs_and_oversized_files_with_a_counted_reason(tmp_path,
         return preds, EvalStats(1.0, 1.0, 1, 0)
 
     monkeypatch.setattr(predict_module, "check_hardware", lambda hw: None)
-    monkeypatch.setattr(predict_module, "load_processor", lambda cfg: None)
+    monkeypatch.setattr(predict_module, "load_processor", lambda cfg: SimpleNamespace(tokenizer=None))
     monkeypatch.setattr(predict_module, "load_model", lambda *a, **k: None)
     monkeypatch.setattr(predict_module, "transcribe", fake_transcribe)
-    cfg = predict_module.PredictConfig(images=str(tmp_path))
+    # the stub processor has no tokenizer to look the repetition guard's whitelist up in
+    cfg = predict_module.PredictConfig(images=str(tmp_path), repetition_guard=RepetitionGuardConfig(ngram=0))
     with caplog.at_level(logging.WARNING, logger="hwocr.predict"):
         predictions = predict_module.predict(cfg)
     assert seen == ["1.png"]  # the model never sees the others
