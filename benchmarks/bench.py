@@ -433,11 +433,9 @@ def run_product_trainer(args, mcfg, hw, lora, processor, samples, result) -> Non
         torch.cuda.empty_cache()
 
 
-def time_collator(processor, samples, dtype) -> float:
-    """One batch through OcrCollator in this process (one core's share of the workers' work)."""
-    from hwocr.train.collator import OcrCollator
-
-    collator = OcrCollator(processor, DEFAULT_PROMPT, pixel_dtype=dtype)
+def time_collator(args, processor, samples, dtype) -> float:
+    """One batch through the benchmark's collator in this process (one core's share of the workers' work)."""
+    collator = make_collator(args, processor, dtype)
     collator(samples[:1])
     started = time.perf_counter()
     collator(samples)
