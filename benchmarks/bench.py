@@ -427,7 +427,7 @@ def run_product_trainer(args, mcfg, hw, lora, processor, samples, result) -> Non
         result["run"]["ratio_to_bare_step"] = round(
             result["run"]["samples_per_s"] / result["train"]["samples_per_s"], 3
         )
-    result["collate_s_per_batch"] = time_collator(processor, samples[: args.batch], torch_dtype(hw))
+    result["collate_s_per_batch"] = time_collator(args, processor, samples[: args.batch], torch_dtype(hw))
     model = None
     if cuda:
         torch.cuda.empty_cache()
