@@ -506,9 +506,23 @@ def run_generate(args, mcfg, hw, processor, samples, result, lora) -> None:
         torch.cuda.synchronize()
     if args.profile and cuda:
         result["generate_profile"] = profile_generate(model, processor, samples, settings, args)
+    if args.gen_compile_backend:
+        from transformers import CompileConfig
+
+        mode = "reduce-overhead" if args.gen_compile_backend == "inductor" else None
+        model.generation_config.compile_config = CompileConfig(backend=args.gen_compile_backend, mode=mode)
     predictions, stats = transcribe(model, processor, samples, settings, desc="bench")
     if cuda:
         torch.cuda.synchronize()
+    if args.gen_cache == "static":  # the first pass compiles; a second shows the warm rate
+        again, warm_stats = transcribe(model, processor, samples, settings, desc="bench again")
+        result["generate_second_pass"] = {
+            "images_per_s": round(warm_stats.images_per_s, 2),
+            "seconds": round(warm_stats.seconds, 2),
+            "identical_texts": sum(
+                a.prediction == b.prediction for a, b in zip(predictions, again, strict=True)
+            ),
+        }
     result["generate"] = {
         "images": len(samples),
         "new_tokens": args.new_tokens,
@@ -635,6 +649,9 @@ def profile_generate(model, processor, samples, settings, args) -> dict:
         e.self_device_time_total for e in events if e.device_type == torch.autograd.DeviceType.CUDA
     )
     print(events.table(sort_by="self_device_time_total", row_limit=25))
+    with profile(activities=[ProfilerActivity.CUDA]) as prefill_prof:
+        timed(lambda: generate(1))
+    prefill_table = prefill_prof.key_averages().table(sort_by="self_device_time_total", row_limit=30)
     out = {
         "batch": len(batch),
         "load_images_s": round(t_load, 3),
@@ -644,8 +661,59 @@ def profile_generate(model, processor, samples, settings, args) -> dict:
         "generate_s": round(t_full, 3),
         "seconds_by_new_tokens": {n: round(t, 3) for n, t in seconds_by_tokens.items()},
         "gpu_kernel_share": round(kernel_us / 1e6 / t_prof, 3),
+        "prefill_ms_by_module": prefill_by_module(model, lambda: generate(1)),
+        "prefill_top_kernels": prefill_table,
     }
     print("generate profile:", json.dumps(out))
+    return out
+
+
+def prefill_by_module(model, run) -> dict:
+    """GPU milliseconds of one prefill in each part of the model (CUDA events around each call)."""
+    from hwocr.model.adapt import unwrap
+
+    core = unwrap(model).model
+    tower = core.vision_tower
+    parts = {
+        "sam_encoder": tower.sam_encoder,
+        "vision_encoder": tower.vision_encoder,
+        "projector": core.multi_modal_projector,
+        "language_model": core.language_model,
+        "lm_head": unwrap(model).lm_head,
+    }
+    parts.update({f"sam_layer_{i}": layer for i, layer in enumerate(tower.sam_encoder.layers[:3])})
+    parts["sam_neck"] = getattr(tower.sam_encoder, "neck", None)
+    events: dict[str, list] = {name: [] for name in parts}
+    handles = []
+    for name, module in parts.items():
+        if module is None:
+            continue
+
+        def before(_m, _a, name=name):
+            start = torch.cuda.Event(enable_timing=True)
+            start.record()
+            events[name].append([start, None])
+
+        def after(_m, _a, _o, name=name):
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            events[name][-1][1] = end
+
+        handles += [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    try:
+        run()
+    finally:
+        for handle in handles:
+            handle.remove()
+    torch.cuda.synchronize()
+    out = {
+        name: round(sum(a.elapsed_time(b) for a, b in pairs), 1) for name, pairs in events.items() if pairs
+    }
+    out["calls"] = {name: len(pairs) for name, pairs in events.items() if pairs}
+    out["wall_ms"] = round((time.perf_counter() - start) * 1000, 1)
+    print("prefill by module (ms):", json.dumps(out))
     return out
 
 
@@ -715,6 +783,11 @@ def parse_args(argv=None):
     p.add_argument("--gen-images", type=int, default=128)
     p.add_argument("--gen-batch", type=int, default=0, help="0 = transcribe's automatic batch size")
     p.add_argument("--gen-cache", choices=["dynamic", "static"], default="dynamic", help="KV cache kind")
+    p.add_argument(
+        "--gen-compile-backend",
+        choices=["inductor", "cudagraphs"],
+        help="with --gen-cache static: the torch.compile backend of transformers' compiled decoding",
+    )
     p.add_argument("--new-tokens", type=int, default=48)
     p.add_argument("--gen-lora", action="store_true", help="generate through a fresh LoRA (tuned eval)")
     p.add_argument("--no-repeat-ngram", type=int, default=0, help="repetition guard n (0 = off)")

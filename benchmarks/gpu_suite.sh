@@ -72,5 +72,11 @@ for phase in "$@"; do case $phase in
     b h200_generate_dynamic_b256_lora --task generate --dtype bf16 --gen-images 256 --gen-batch 256 --new-tokens 48 --image-mode dynamic --gen-lora
     b h200_generate_dynamic_b256_guard_lora $G --image-mode dynamic --gen-lora
     b h200_generate_dynamic_b256_guard_lora_noexperts $G --image-mode dynamic --gen-lora --no-lora-experts ;;
+  prefill)  # where a prefill's GPU time goes, by module and by kernel, base and DeepSeek's crop mode
+    b h200_generate_prefill_base_b256 --task generate --dtype bf16 --gen-images 256 --gen-batch 256 --new-tokens 48 --profile
+    b h200_generate_prefill_dynamic_b256 --task generate --dtype bf16 --image-mode dynamic --gen-images 256 --gen-batch 256 --new-tokens 48 --profile ;;
+  genstatic2)  # transformers' static cache + compiled decoding on today's grouped_mm path; 2 passes
+    b h200_generate_static_inductor_base_b256 --task generate --dtype bf16 --gen-images 512 --gen-batch 256 --new-tokens 48 --gen-cache static --gen-compile-backend inductor
+    b h200_generate_static_cudagraphs_base_b256 --task generate --dtype bf16 --gen-images 512 --gen-batch 256 --new-tokens 48 --gen-cache static --gen-compile-backend cudagraphs ;;
   *) echo "unknown phase $phase" ;;
 esac; done
