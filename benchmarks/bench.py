@@ -602,6 +602,7 @@ def profile_generate(model, processor, samples, settings, args) -> dict:
     from hwocr.evaluate.generate import _floating_dtype, _grouped_experts_while_decoding
     from hwocr.model.load import encode
     from hwocr.model.ocr1 import move_images
+    from hwocr.model.pixels import pixels_to_device
 
     batch = samples[: settings.batch_size or 128]
     dtype = _floating_dtype(model)
@@ -614,13 +615,11 @@ def profile_generate(model, processor, samples, settings, args) -> dict:
         return out, time.perf_counter() - start
 
     images, t_load = timed(lambda: [load_image(s.image) for s in batch])
+    prompts = [settings.prompt] * len(batch)
     inputs, t_encode = timed(
-        lambda: encode(processor, images, [settings.prompt] * len(batch), padding=True, return_tensors="pt")
+        lambda: encode(processor, images, prompts, raw_pixels=True, padding=True, return_tensors="pt")
     )
-    inputs = inputs.to("cuda")
-    for key in ("pixel_values", "pixel_values_local"):
-        if key in inputs:
-            inputs[key] = inputs[key].to(dtype)
+    inputs, t_to_device = timed(lambda: pixels_to_device(inputs, processor, "cuda", dtype))
     move_images(inputs, "cuda", dtype)
     kwargs = dict(
         do_sample=False,
@@ -651,11 +650,24 @@ def profile_generate(model, processor, samples, settings, args) -> dict:
     print(events.table(sort_by="self_device_time_total", row_limit=25))
     with profile(activities=[ProfilerActivity.CUDA]) as prefill_prof:
         timed(lambda: generate(1))
-    prefill_table = prefill_prof.key_averages().table(sort_by="self_device_time_total", row_limit=30)
+    prefill_events = prefill_prof.key_averages()
+    prefill_table = prefill_events.table(sort_by="self_device_time_total", row_limit=30)
+    # the decoding steps' kernels: a whole generate's kernel time less one prefill's, by kernel
+    decode_us: dict[str, float] = {}
+    for sign, table in ((1, events), (-1, prefill_events)):
+        for e in table:
+            if e.device_type == torch.autograd.DeviceType.CUDA:
+                decode_us[e.key[:100]] = decode_us.get(e.key[:100], 0.0) + sign * e.self_device_time_total
+    steps = max(1, args.new_tokens - 1)
+    decode_top = {
+        name: round(us / steps / 1000, 3)
+        for name, us in sorted(decode_us.items(), key=lambda kv: -kv[1])[:25]
+    }
     out = {
         "batch": len(batch),
         "load_images_s": round(t_load, 3),
         "processor_s": round(t_encode, 3),
+        "to_device_s": round(t_to_device, 3),
         "prefill_s": round(t_prefill, 3),
         "decode_step_ms": round(per_step * 1000, 2),
         "generate_s": round(t_full, 3),
@@ -663,6 +675,8 @@ def profile_generate(model, processor, samples, settings, args) -> dict:
         "gpu_kernel_share": round(kernel_us / 1e6 / t_prof, 3),
         "prefill_ms_by_module": prefill_by_module(model, lambda: generate(1)),
         "prefill_top_kernels": prefill_table,
+        "decode_ms_per_step_by_kernel": decode_top,
+        "decode_kernel_ms_per_step": round(sum(decode_us.values()) / steps / 1000, 2),
     }
     print("generate profile:", json.dumps(out))
     return out

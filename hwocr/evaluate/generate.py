@@ -22,6 +22,7 @@ from hwocr.metrics import Prediction
 from hwocr.model.adapt import unwrap, vision_tower
 from hwocr.model.load import encode
 from hwocr.model.ocr1 import move_images
+from hwocr.model.pixels import pixels_to_device
 from hwocr.text import normalize_text
 
 log = logging.getLogger(__name__)
@@ -157,7 +158,8 @@ def _one_by_one(model, processor, batch, settings, device, dtype, batch_error) -
 
 def _encode(processor, batch: Sequence[Sample], settings: GenerationSettings):
     images = [load_image(sample.image) for sample in batch]
-    return encode(processor, images, [settings.prompt] * len(batch), padding=True, return_tensors="pt")
+    prompts = [settings.prompt] * len(batch)
+    return encode(processor, images, prompts, raw_pixels=True, padding=True, return_tensors="pt")
 
 
 @torch.inference_mode()
@@ -165,10 +167,7 @@ def _generate(
     model, processor, inputs, settings: GenerationSettings, device, dtype
 ) -> tuple[list[str], list[bool]]:
     """Texts, and per text whether the repetition guard changed a token greedy decoding chose."""
-    inputs = inputs.to(device)
-    for key in ("pixel_values", "pixel_values_local"):
-        if key in inputs:
-            inputs[key] = inputs[key].to(dtype)
+    inputs = pixels_to_device(inputs, processor, device, dtype)
     move_images(inputs, device, dtype)  # DeepSeek-OCR v1's per-sample (tiles, global view) pairs
     tokenizer = processor.tokenizer
     prompt_length = inputs["input_ids"].shape[1]

@@ -11,6 +11,7 @@ from hwocr.config import DTYPES, HardwareConfig, ModelConfig, is_local_dir
 from hwocr.errors import ModelLoadError
 from hwocr.model.bos import with_one_bos
 from hwocr.model.official import is_official, native_config, native_processor, read_config
+from hwocr.model.pixels import RAW_PIXELS, supports_raw_pixels
 from hwocr.model.views import follow_pil_centering, squash, upright
 from hwocr.preflight import require_ocr1_transformers
 
@@ -98,13 +99,17 @@ def load_processor(cfg: ModelConfig) -> ProcessorMixin:
     return processor
 
 
-def encode(processor: ProcessorMixin, images: list, texts: list[str], **kwargs):
+def encode(processor: ProcessorMixin, images: list, texts: list[str], raw_pixels: bool = False, **kwargs):
     """Run the processor with the image mode chosen in load_processor, on the views DeepSeek's own
     code builds where the port's differ (hwocr/model/views.py); for DeepSeek-OCR-2, each prompt
-    starts with exactly one BOS (hwocr/model/bos.py; v1's Ocr1Processor puts its own BOS first)."""
+    starts with exactly one BOS (hwocr/model/bos.py; v1's Ocr1Processor puts its own BOS first).
+
+    raw_pixels: DeepSeek-OCR-2's views stay 8-bit, for model/pixels.py to normalise on the GPU."""
     images = upright(images)
     if side := getattr(processor, "hwocr_squash", None):
         images = squash(images, side)
+    if raw_pixels and supports_raw_pixels(processor):
+        kwargs = {**kwargs, **RAW_PIXELS}
     encoded = processor(images=images, text=texts, **getattr(processor, "hwocr_call_kwargs", {}), **kwargs)
     if "hwocr_call_kwargs" in vars(processor):  # an ocr2 processor set up by load_processor
         side = processor.image_processor.size["height"]  # the global view's side in every hwocr mode

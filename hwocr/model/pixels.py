@@ -1,0 +1,70 @@
+"""Send DeepSeek-OCR-2's image views to the GPU as 8-bit pixels and normalise them there.
+
+The processor's rescale and normalize run in numpy on the CPU, in float32: in DeepSeek's crop mode
+they are most of the processor's time, and the float32 views are 4x the bytes of the pixels they
+come from, both in host memory and on the way to the GPU. Generation asks the processor for the
+8-bit views instead and maps them through a 256-entry table per channel that the processor's own
+rescale and normalize computed, so the model sees the same values bit for bit
+(tests/test_pixels.py).
+"""
+
+import numpy as np
+import torch
+
+PIXEL_KEYS = ("pixel_values", "pixel_values_local")
+RAW_PIXELS = {"do_rescale": False, "do_normalize": False}
+_CHUNK = 32  # views per lookup: bounds the int64 index tensor's size
+
+
+def supports_raw_pixels(processor) -> bool:
+    """Only DeepSeek-OCR-2 processors set up by load_processor (v1's processor normalises itself)."""
+    return "hwocr_call_kwargs" in vars(processor)
+
+
+def normalization_table(image_processor) -> torch.Tensor:
+    """(channels, 256) float32: every 8-bit value through the processor's own rescale + normalize
+    (numpy in the PIL backend, torch in the torchvision one; both elementwise, so a ramp of the 256
+    values gets what any image gets)."""
+    from transformers.image_processing_backends import TorchvisionBackend
+
+    ip = image_processor
+    channels = len(ip.image_mean)
+    ramp = np.tile(np.arange(256, dtype=np.uint8), (channels, 1))[:, None, :]  # (C, 1, 256)
+    if isinstance(ip, TorchvisionBackend):
+        values = ip.rescale_and_normalize(
+            torch.from_numpy(ramp)[None], True, ip.rescale_factor, True, ip.image_mean, ip.image_std
+        )[0].numpy()
+    else:
+        values = ip.normalize(ip.rescale(ramp, ip.rescale_factor), ip.image_mean, ip.image_std)
+    return torch.from_numpy(np.ascontiguousarray(values[:, 0, :], dtype=np.float32))
+
+
+def pixels_to_device(inputs, processor, device, dtype: torch.dtype):
+    """Move a processor batch to `device`; its image views become `dtype`, 8-bit ones normalised
+    on the way (the table is built once per processor)."""
+    inputs = inputs.to(device)
+    for key in PIXEL_KEYS:
+        if key not in inputs:
+            continue
+        if inputs[key].dtype == torch.uint8:
+            table = vars(processor).get("hwocr_pixel_table")
+            if table is None:
+                table = processor.hwocr_pixel_table = normalization_table(processor.image_processor)
+            inputs[key] = normalize_on_device(inputs[key], table, device, dtype)
+        else:
+            inputs[key] = inputs[key].to(dtype)
+    return inputs
+
+
+def normalize_on_device(
+    pixels: torch.Tensor, table: torch.Tensor, device, dtype: torch.dtype
+) -> torch.Tensor:
+    """(views, channels, h, w) uint8 -> the processor's normalised values, on `device`, in `dtype`."""
+    table = table.to(device=device, dtype=dtype)
+    out = torch.empty(pixels.shape, dtype=dtype, device=device)
+    offsets = torch.arange(table.shape[0], device=device).view(1, -1, 1, 1) * table.shape[1]
+    flat = table.reshape(-1)
+    for start in range(0, pixels.shape[0], _CHUNK):
+        part = pixels[start : start + _CHUNK].to(device)
+        out[start : start + _CHUNK] = flat[part.long() + offsets]
+    return out
