@@ -83,5 +83,11 @@ for phase in "$@"; do case $phase in
   rawpix)  # 8-bit views normalised on the GPU (hwocr/model/pixels.py), automatic batch, several batches
     b h200_generate_rawpixels_dynamic_auto --task generate --dtype bf16 --image-mode dynamic --gen-images 512 --new-tokens 48 --profile
     b h200_generate_rawpixels_base_auto --task generate --dtype bf16 --gen-images 1024 --new-tokens 48 --profile ;;
+  compiled)  # issue 14: the product's generation (8-bit views, compiled tower) against the eager tower
+    G="--task generate --dtype bf16 --new-tokens 48 --compare-eager-vision"
+    LIMIT=280 b h200_generate_compiled_vs_eager_dynamic_auto $G --image-mode dynamic --gen-images 512
+    LIMIT=170 b h200_generate_compiled_vs_eager_base_auto $G --gen-images 1024
+    LIMIT=150 b h200_generate_identity_fp32_compiled --task generate --dtype fp32 --gen-images 16 --gen-batch 16 --new-tokens 48 --check-unbatched 16
+    LIMIT=120 b h200_generate_identity_fp32_eager --task generate --dtype fp32 --gen-images 16 --gen-batch 16 --new-tokens 48 --check-unbatched 16 --eager-vision ;;
   *) echo "unknown phase $phase" ;;
 esac; done

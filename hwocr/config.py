@@ -136,6 +136,9 @@ class EvalConfig:
     max_new_tokens_margin: int = 16
     # the same guard for base and tuned evaluation (and hwocr.predict)
     repetition_guard: RepetitionGuardConfig = field(default_factory=RepetitionGuardConfig)
+    # GPU only: compile the vision tower's layers for evaluation (a one-off compile per view size,
+    # then a faster prefill; benchmarks/README.md has both figures). false = eager, as in training
+    compile_vision: bool = True
     bootstrap_samples: int = 2000
     gallery_rows: int = 50  # samples per section of eval/gallery.html
 

@@ -88,6 +88,58 @@ def test_chunked_vision_tower_gives_the_same_features(tiny_model_config):
     torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-6)
 
 
+def test_compiled_vision_pads_every_chunk_and_restores_the_eager_layers(tiny_model_config, monkeypatch):
+    """compiled_vision hands its compiled layers one batch size only (tails padded with blank views)
+    and gives the same features; afterwards the layers are the class's eager forward again."""
+    import hwocr.model.vision as vision
+
+    tower = load_model(tiny_model_config, PLAIN).model.vision_tower
+    pixels = torch.randn(5, 3, 128, 128)
+    seen = []
+
+    def fake_compile(forward, dynamic):  # records the batch sizes the "compiled" layers see
+        assert dynamic is False
+
+        def compiled(hidden_states, *args, **kwargs):
+            seen.append(hidden_states.shape[0])
+            return forward(hidden_states, *args, **kwargs)
+
+        return compiled
+
+    monkeypatch.setattr(vision.torch, "compile", fake_compile)
+    with torch.no_grad():
+        reference = tower(pixels).last_hidden_state
+        assert chunk_vision_tower(tower, 2)
+        with vision.compiled_vision(tower):
+            out = tower(pixels).last_hidden_state
+            small = tower(pixels[:1]).last_hidden_state
+        assert not tower._hwocr_pad_chunks
+        assert all("forward" not in vars(layer) for layer in tower.sam_encoder.layers)
+        seen_inside = len(seen)
+        again = tower(pixels).last_hidden_state
+    layers = len(tower.sam_encoder.layers) + len(tower.vision_encoder.layers)
+    assert seen_inside == layers * (3 + 1)  # 5 views in 3 chunks of 2, then 1 view in 1 chunk
+    assert set(seen) == {2}
+    assert len(seen) == seen_inside  # outside the context nothing goes through the compiled layers
+    torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(small, reference[:1], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(again, reference, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_really_compiled_vision_tower_gives_the_same_features(tiny_model_config):
+    import hwocr.model.vision as vision
+
+    tower = load_model(tiny_model_config, PLAIN).model.vision_tower
+    pixels = torch.randn(3, 3, 128, 128)
+    with torch.no_grad():
+        reference = tower(pixels).last_hidden_state
+        chunk_vision_tower(tower, 2)
+        with vision.compiled_vision(tower):
+            out = tower(pixels).last_hidden_state
+    torch.testing.assert_close(out, reference, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.slow
 def test_quantized_experts_equal_nf4_rounded_weights(tiny_model_config, lines):
     """Packed NF4 experts compute what the same model computes with NF4-rounded expert weights."""

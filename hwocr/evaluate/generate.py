@@ -23,6 +23,7 @@ from hwocr.model.adapt import unwrap, vision_tower
 from hwocr.model.load import encode
 from hwocr.model.ocr1 import move_images
 from hwocr.model.pixels import pixels_to_device
+from hwocr.model.vision import compiled_vision
 from hwocr.text import normalize_text
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class GenerationSettings:
     no_repeat_ngram: int = 0
     no_repeat_window: int = 0
     no_repeat_whitelist: tuple[int, ...] = ()
+    compile_vision: bool = True  # on CUDA: the vision tower's layers compiled (model/vision.py)
 
     def generate_kwargs(self) -> dict:
         return {} if self.cache == "dynamic" else {"cache_implementation": self.cache}
@@ -100,9 +102,11 @@ def transcribe(
     model.eval()
     prepared: dict[tuple[int, int], Future] = {}  # (start, size) -> encoded inputs, one batch ahead
 
+    compiled = settings.compile_vision and device.type == "cuda"
     with (
         ThreadPoolExecutor(max_workers=1) as pool,
         tqdm(total=len(samples), desc=desc, unit="img") as progress,
+        compiled_vision(vision_tower(model)) if compiled else nullcontext(),
     ):
 
         def encode_soon(start: int, size: int) -> Future:

@@ -51,6 +51,7 @@ def generation_settings(cfg: Config, processor, test: list[Sample]) -> Generatio
             [s.text for s in test], processor.tokenizer, cfg.eval.max_new_tokens_margin
         ),
         batch_size=cfg.eval.batch_size or cfg.hardware.eval_batch,
+        compile_vision=cfg.eval.compile_vision,
         **guard_settings(cfg.eval.repetition_guard, processor.tokenizer),
     )
 

@@ -7,6 +7,7 @@ adapt.keep_frozen_tower_out_of_autograd) the tower's output does not depend on h
 split, so chunks give the same features with a peak that no longer grows with the batch.
 """
 
+import contextlib
 import functools
 import types
 
@@ -26,14 +27,66 @@ def chunk_vision_tower(tower: torch.nn.Module, chunk: int) -> bool:
 
     @functools.wraps(forward)
     def forward_in_chunks(pixel_values, *args, **kwargs):
-        if pixel_values.shape[0] <= tower._hwocr_chunk:
+        size = tower._hwocr_chunk
+        if tower._hwocr_pad_chunks:  # compiled layers: every call has the one shape they were built for
+            return BaseModelOutput(
+                last_hidden_state=torch.cat(
+                    [_padded_call(forward, part, size, args, kwargs) for part in pixel_values.split(size)]
+                )
+            )
+        if pixel_values.shape[0] <= size:
             return forward(pixel_values, *args, **kwargs)
-        outputs = [forward(part, *args, **kwargs) for part in pixel_values.split(tower._hwocr_chunk)]
+        outputs = [forward(part, *args, **kwargs) for part in pixel_values.split(size)]
         return BaseModelOutput(last_hidden_state=torch.cat([o.last_hidden_state for o in outputs]))
 
     tower.forward = forward_in_chunks
     tower._hwocr_chunk = chunk
+    tower._hwocr_pad_chunks = False
     return True
+
+
+def _padded_call(forward, part: torch.Tensor, size: int, args, kwargs) -> torch.Tensor:
+    """The tower on `part` padded with blank views to `size` (views never see each other)."""
+    n = part.shape[0]
+    if n < size:
+        part = torch.cat([part, part.new_zeros((size - n, *part.shape[1:]))])
+    return forward(part, *args, **kwargs).last_hidden_state[:n]
+
+
+@contextlib.contextmanager
+def compiled_vision(tower: torch.nn.Module):
+    """Run the frozen tower's SAM and encoder layers compiled (torch.compile, static shapes).
+
+    Eager, the tower is mostly copies and elementwise kernels between its matmuls; inductor fuses
+    them. Chunks are padded to VISION_CHUNK views so that each view size compiles once (the
+    measured speed-up and compile time: benchmarks/README.md). Compiled layers are kept on the
+    module and reused by later evaluations; outside this context the layers run eagerly, as in
+    training.
+    """
+    if not getattr(tower, "_hwocr_chunk", 0):
+        yield
+        return
+    layers = [*tower.sam_encoder.layers, *tower.vision_encoder.layers]
+    eager = [vars(layer).get("forward") for layer in layers]  # None: the class's own forward
+    for layer in layers:
+        if "_hwocr_compiled_forward" not in vars(layer):
+            layer._hwocr_compiled_forward = torch.compile(layer.forward, dynamic=False)
+        layer.forward = layer._hwocr_compiled_forward
+    tower._hwocr_pad_chunks = True
+    # a compiler that fails (no Triton for this GPU, no C compiler) must not fail the evaluation:
+    # dynamo then warns and runs those layers eagerly
+    suppress = torch._dynamo.config.suppress_errors
+    torch._dynamo.config.suppress_errors = True
+    try:
+        yield
+    finally:
+        torch._dynamo.config.suppress_errors = suppress
+        tower._hwocr_pad_chunks = False
+        for layer, forward in zip(layers, eager, strict=True):
+            if forward is None:
+                del layer.forward
+            else:
+                layer.forward = forward
 
 
 def folded_rel_pos_attention(self, hidden_states: torch.Tensor, output_attentions=False):
