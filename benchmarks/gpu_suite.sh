@@ -53,9 +53,6 @@ for phase in "$@"; do case $phase in
     b h200_t4settings_generate_gundam_b32 --task generate --dtype fp16 --load-in-4bit --image-mode gundam --gen-images 128 --gen-batch 32 --new-tokens 48
     b h200_t4settings_generate_base_b32 --task generate --dtype fp16 --load-in-4bit --gen-images 128 --gen-batch 32 --new-tokens 48
     b h200_generate_gundam_auto --task generate --dtype bf16 --image-mode gundam --gen-images 512 --new-tokens 48 ;;
-  gencompile)  # the vision tower's layers compiled (hwocr/model/vision.py), against the same process uncompiled
-    b h200_generate_compiled_vision_gundam_b256 --task generate --dtype bf16 --image-mode gundam --gen-images 256 --gen-batch 256 --new-tokens 48 --compile-vision
-    b h200_generate_compiled_vision_base_b256 --task generate --dtype bf16 --gen-images 256 --gen-batch 256 --new-tokens 48 --compile-vision ;;
   recipe)  # issue 13: DeepSeek's crop mode (dynamic) vs base, LoRA on the routed experts or not
     T4="--dtype fp16 --load-in-4bit --steps 6 --memory-profile"
     b h200_t4_dynamic_b8 $T4 --image-mode dynamic --batch 8
@@ -89,5 +86,7 @@ for phase in "$@"; do case $phase in
     LIMIT=170 b h200_generate_compiled_vs_eager_base_auto $G --gen-images 1024
     LIMIT=150 b h200_generate_identity_fp32_compiled --task generate --dtype fp32 --gen-images 16 --gen-batch 16 --new-tokens 48 --check-unbatched 16
     LIMIT=120 b h200_generate_identity_fp32_eager --task generate --dtype fp32 --gen-images 16 --gen-batch 16 --new-tokens 48 --check-unbatched 16 --eager-vision ;;
+  compiledlora)  # tuned evaluation's path: a LoRA (experts on) and the presets' guard, eager vs compiled tower
+    LIMIT=230 b h200_generate_compiled_vs_eager_dynamic_guard_lora --task generate --dtype bf16 --new-tokens 48 --compare-eager-vision --image-mode dynamic --gen-images 256 --gen-lora --no-repeat-ngram 20 --no-repeat-window 90 ;;
   *) echo "unknown phase $phase" ;;
 esac; done

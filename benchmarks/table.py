@@ -29,6 +29,15 @@ def rows(folder: Path = RESULTS) -> list[str]:
             )
         if gen.get("unbatched_identical"):
             note = f"batch-1 token ids identical {gen['unbatched_identical']}"
+        if compared := gen.get("eager_vs_compiled_vision"):
+            note = (note + "; " if note else "") + (
+                f"tower eager {compared['eager']['images_per_s']}, compiled {compared['compiled_again']['images_per_s']}"
+                f" images/s ({compared['compiled_first']['images_per_s']} in the pass that compiled)"
+            )
+        if second := r.get("generate_second_pass"):
+            note = (note + "; " if note else "") + (
+                f"static cache, compile backend {s.get('gen_compile_backend')}: second pass {second['images_per_s']}"
+            )
         if s.get("no_grad_ckpt"):
             note = (note + "; " if note else "") + "no grad. checkpointing"
         if s.get("no_repeat_ngram"):
