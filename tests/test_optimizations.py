@@ -78,6 +78,14 @@ def test_folded_rel_pos_attention_equals_stock_attention(tiny_model_config):
     torch.testing.assert_close(out, reference, rtol=1e-4, atol=1e-5)
 
 
+def test_the_tiny_models_vision_features_depend_on_the_image(tiny_model_config):
+    """Else every vision-path test here compares constants (transformers' init leaves SAM at ~0)."""
+    tower = load_model(tiny_model_config, PLAIN).model.vision_tower
+    with torch.no_grad():
+        out = tower(torch.randn(2, 3, 128, 128)).last_hidden_state
+    assert float((out[0] - out[1]).abs().max()) > 1e-2
+
+
 def test_chunked_vision_tower_gives_the_same_features(tiny_model_config):
     tower = load_model(tiny_model_config, PLAIN).model.vision_tower
     pixels = torch.randn(5, 3, 128, 128)

@@ -97,11 +97,13 @@ def test_full_finetuning_trains_the_language_model_not_the_tower(tiny_model_conf
     assert not any("vision_tower" in n for n in names)
 
 
-def _trained_lora_model(model_config, samples, steps: int, lr: float):
+def _trained_lora_model(model_config, samples, steps: int, lr: float, lora: LoraConfig | None = None):
     """A LoRA model after `steps` AdamW steps on one batch, and its losses."""
     torch.manual_seed(0)
     processor = load_processor(model_config)
-    model = prepare_for_training(load_model(model_config, HardwareConfig()), LoraConfig(), HardwareConfig())
+    model = prepare_for_training(
+        load_model(model_config, HardwareConfig()), lora or LoraConfig(), HardwareConfig()
+    )
     batch = OcrCollator(processor, PROMPT)(samples)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     losses = []
@@ -115,8 +117,11 @@ def _trained_lora_model(model_config, samples, steps: int, lr: float):
 
 
 def test_a_few_training_steps_lower_the_loss(tiny_model_config, line_samples):
-    _, _, losses = _trained_lora_model(tiny_model_config, line_samples, steps=8, lr=1e-2)
-    assert losses[-1] < losses[0] - 0.5, losses
+    # LoRA and the output head, as the demo trains them: the tiny model's random head alone keeps the
+    # logits near uniform (6.95 -> 6.71 in 8 steps with LoRA only; 6.95 -> 2.72 with the head)
+    head = LoraConfig(modules_to_save=["lm_head"])
+    _, _, losses = _trained_lora_model(tiny_model_config, line_samples, steps=8, lr=1e-2, lora=head)
+    assert losses[-1] < losses[0] - 2.0, losses
 
 
 def _settings(processor, samples, batch_size):

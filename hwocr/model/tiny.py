@@ -92,6 +92,7 @@ def save_random_checkpoint(
         torch.set_default_dtype(previous)
     for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
         setattr(model.generation_config, key, getattr(tokenizer, key))
+    live_sam_weights(model)
     processor = DeepseekOcr2Processor(
         image_processor=image_processor, tokenizer=tokenizer, patch_size=patch_size, downsample_ratio=4
     )
@@ -100,6 +101,24 @@ def save_random_checkpoint(
         processor.save_pretrained(staging)
     log.info("built a random-weight DeepSeek-OCR-2 (%d parameters) at %s", model.num_parameters(), path)
     return path
+
+
+@torch.no_grad()
+def live_sam_weights(model: DeepseekOcr2ForConditionalGeneration) -> None:
+    """Give SAM weights at which image features depend on the image.
+
+    transformers' init draws SAM's linear and conv weights at std ~1e-10 and zeroes its rel-pos and
+    position tables, so a random model's SAM output is ~1e-36 and its vision features are the same
+    for every image: tests of the vision path could not fail, and no training could learn to
+    read. PyTorch's default init for those layers (as in DeepSeek's own SAM code) and small random
+    tables instead."""
+    sam = model.model.vision_tower.sam_encoder
+    for module in sam.modules():
+        if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+            module.reset_parameters()
+    for name, param in sam.named_parameters():
+        if "rel_pos" in name or name == "pos_embed":
+            param.normal_(0.0, 0.02)
 
 
 def ensure_tiny_checkpoint(path: Path) -> Path:
