@@ -47,3 +47,22 @@ def test_the_table_is_the_processors_arithmetic(tiny_model_config):
     assert table.shape == (3, 256)
     assert torch.equal(table[:, 37], torch.from_numpy(expected[:, 0, 0]))
     assert float(table[0, 0]) == pytest.approx(-1.0) and float(table[0, 255]) == pytest.approx(1.0)
+
+
+def test_a_table_that_cannot_be_built_leaves_normalising_to_the_processor(
+    tiny_model_config, monkeypatch, caplog
+):
+    import hwocr.model.pixels as pixels
+
+    def broken(image_processor):
+        raise TypeError("unhashable type: 'list'")
+
+    monkeypatch.setattr(pixels, "normalization_table", broken)
+    processor = load_processor(tiny_model_config)
+    raw = encode(
+        processor, pictures(), [PROMPT] * len(SIZES), raw_pixels=True, padding=True, return_tensors="pt"
+    )
+    assert raw["pixel_values"].dtype == torch.float32  # the processor's own normalised views
+    assert "8-bit views off" in caplog.text and "unhashable" in caplog.text
+    moved = pixels_to_device(raw, processor, "cpu", torch.bfloat16)
+    assert moved["pixel_values"].dtype == torch.bfloat16

@@ -8,8 +8,12 @@ rescale and normalize computed, so the model sees the same values bit for bit
 (tests/test_pixels.py).
 """
 
+import logging
+
 import numpy as np
 import torch
+
+log = logging.getLogger(__name__)
 
 PIXEL_KEYS = ("pixel_values", "pixel_values_local")
 RAW_PIXELS = {"do_rescale": False, "do_normalize": False}
@@ -17,8 +21,26 @@ _CHUNK = 32  # views per lookup: bounds the int64 index tensor's size
 
 
 def supports_raw_pixels(processor) -> bool:
-    """Only DeepSeek-OCR-2 processors set up by load_processor (v1's processor normalises itself)."""
-    return "hwocr_call_kwargs" in vars(processor)
+    """DeepSeek-OCR-2 processors set up by load_processor, with one of transformers' two image
+    backends (v1's processor normalises itself). The table is built here, once: if that fails, the
+    processor keeps normalising (a warning says why) rather than every batch failing later."""
+    from transformers.image_processing_backends import PilBackend, TorchvisionBackend
+
+    if "hwocr_pixel_table" in vars(processor):
+        return processor.hwocr_pixel_table is not None
+    image_processor = getattr(processor, "image_processor", None)
+    if "hwocr_call_kwargs" not in vars(processor) or not isinstance(
+        image_processor, (PilBackend, TorchvisionBackend)
+    ):
+        return False
+    try:
+        processor.hwocr_pixel_table = normalization_table(image_processor)
+    except Exception as error:  # noqa: BLE001 - any failure means: keep the processor's own path
+        log.warning(
+            "8-bit views off, the processor normalises on the CPU (%s: %s)", type(error).__name__, error
+        )
+        processor.hwocr_pixel_table = None
+    return processor.hwocr_pixel_table is not None
 
 
 def normalization_table(image_processor) -> torch.Tensor:
@@ -28,29 +50,27 @@ def normalization_table(image_processor) -> torch.Tensor:
     from transformers.image_processing_backends import TorchvisionBackend
 
     ip = image_processor
-    channels = len(ip.image_mean)
-    ramp = np.tile(np.arange(256, dtype=np.uint8), (channels, 1))[:, None, :]  # (C, 1, 256)
+    mean, std = tuple(ip.image_mean), tuple(ip.image_std)  # tuples: the torchvision path caches on them
+    ramp = np.tile(np.arange(256, dtype=np.uint8), (len(mean), 1))[:, None, :]  # (C, 1, 256)
     if isinstance(ip, TorchvisionBackend):
         values = ip.rescale_and_normalize(
-            torch.from_numpy(ramp)[None], True, ip.rescale_factor, True, ip.image_mean, ip.image_std
-        )[0].numpy()
+            torch.from_numpy(ramp)[None], True, ip.rescale_factor, True, mean, std
+        )
+        values = values[0].numpy()
     else:
-        values = ip.normalize(ip.rescale(ramp, ip.rescale_factor), ip.image_mean, ip.image_std)
+        values = ip.normalize(ip.rescale(ramp, ip.rescale_factor), mean, std)
     return torch.from_numpy(np.ascontiguousarray(values[:, 0, :], dtype=np.float32))
 
 
 def pixels_to_device(inputs, processor, device, dtype: torch.dtype):
     """Move a processor batch to `device`; its image views become `dtype`, 8-bit ones normalised
-    on the way (the table is built once per processor)."""
+    on the way."""
     inputs = inputs.to(device)
     for key in PIXEL_KEYS:
         if key not in inputs:
             continue
-        if inputs[key].dtype == torch.uint8:
-            table = vars(processor).get("hwocr_pixel_table")
-            if table is None:
-                table = processor.hwocr_pixel_table = normalization_table(processor.image_processor)
-            inputs[key] = normalize_on_device(inputs[key], table, device, dtype)
+        if inputs[key].dtype == torch.uint8:  # encode(raw_pixels=True) built the table
+            inputs[key] = normalize_on_device(inputs[key], processor.hwocr_pixel_table, device, dtype)
         else:
             inputs[key] = inputs[key].to(dtype)
     return inputs
