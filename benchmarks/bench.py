@@ -522,9 +522,7 @@ def run_generate(args, mcfg, hw, processor, samples, result, lora) -> None:
         result["generate_second_pass"] = {
             "images_per_s": round(warm_stats.images_per_s, 2),
             "seconds": round(warm_stats.seconds, 2),
-            "identical_texts": sum(
-                a.prediction == b.prediction for a, b in zip(predictions, again, strict=True)
-            ),
+            "identical_texts": _identical_texts(predictions, again),
         }
     result["generate"] = {
         "images": len(samples),
@@ -546,9 +544,7 @@ def run_generate(args, mcfg, hw, processor, samples, result, lora) -> None:
             runs[run] = {
                 "images_per_s": round(stats.images_per_s, 2),
                 "seconds": round(stats.seconds, 2),
-                "identical_texts_to_eager": sum(
-                    a.prediction == b.prediction for a, b in zip(predictions, texts, strict=True)
-                ),
+                "identical_texts_to_eager": _identical_texts(predictions, texts),
             }
         runs["speedup_warm"] = round(
             runs["compiled_again"]["images_per_s"] / runs["eager"]["images_per_s"], 3
@@ -691,12 +687,10 @@ def prefill_by_module(model, run) -> dict:
         "lm_head": unwrap(model).lm_head,
     }
     parts.update({f"sam_layer_{i}": layer for i, layer in enumerate(tower.sam_encoder.layers[:3])})
-    parts["sam_neck"] = getattr(tower.sam_encoder, "neck", None)
+    parts["sam_neck"] = tower.sam_encoder.neck
     events: dict[str, list] = {name: [] for name in parts}
     handles = []
     for name, module in parts.items():
-        if module is None:
-            continue
 
         def before(_m, _a, name=name):
             start = torch.cuda.Event(enable_timing=True)
@@ -724,6 +718,11 @@ def prefill_by_module(model, run) -> dict:
     out["wall_ms"] = round((time.perf_counter() - start) * 1000, 1)
     print("prefill by module (ms):", json.dumps(out))
     return out
+
+
+def _identical_texts(first: list, second: list) -> int:
+    """How many of two transcriptions of the same samples are the same text."""
+    return sum(a.prediction == b.prediction for a, b in zip(first, second, strict=True))
 
 
 def _common_prefix(a: list, b: list) -> int:
