@@ -109,9 +109,9 @@ def live_sam_weights(model: DeepseekOcr2ForConditionalGeneration) -> None:
 
     transformers' init draws SAM's linear and conv weights at std ~1e-10 and zeroes its rel-pos and
     position tables, so a random model's SAM output is ~1e-36 and its vision features are the same
-    for every image: tests of the vision path could not fail, and no training could learn to
-    read. PyTorch's default init for those layers (as in DeepSeek's own SAM code) and small random
-    tables instead."""
+    for every image: tests of the vision path could not fail, and training started from features
+    that ignore the image. PyTorch's default init for those layers (as in DeepSeek's own SAM code)
+    and small random tables instead."""
     sam = model.model.vision_tower.sam_encoder
     for module in sam.modules():
         if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
