@@ -498,98 +498,125 @@ def run_generate(args, mcfg, hw, processor, samples, result, lora) -> None:
         cache=args.gen_cache,
         no_repeat_ngram=args.no_repeat_ngram,
         no_repeat_window=args.no_repeat_window,
-        compile_vision=not (args.eager_vision or args.compare_eager_vision),
+        compile_vision=not args.eager_vision,
+        graph_decoding=not args.eager_decoding,
     )
     # warm-up: CUDA context, kernels, autotuning
     warm = GenerationSettings(
         prompt=DEFAULT_PROMPT, max_new_tokens=4, batch_size=min(4, len(samples)), compile_vision=False
     )
-    transcribe(model, processor, samples[:4], warm, desc="warm-up")
-    if cuda:
-        torch.cuda.synchronize()
-    if args.profile and cuda:
-        result["generate_profile"] = profile_generate(model, processor, samples, settings, args)
-    if args.gen_compile_backend:
-        from transformers import CompileConfig
+    # A random model's ids mostly lie beyond the bench tokenizer's 1,024 tokens and would decode to
+    # "": transcriptions are compared as token ids.
+    tokenizer = processor.tokenizer
+    decode = tokenizer.batch_decode
+    tokenizer.batch_decode = lambda ids, **kw: [" ".join(map(str, row.tolist())) for row in ids]
+    try:
+        transcribe(model, processor, samples[:4], warm, desc="warm-up")
+        if cuda:
+            torch.cuda.synchronize()
+        if args.profile and cuda:
+            result["generate_profile"] = profile_generate(model, processor, samples, settings, args)
+        if args.gen_compile_backend:
+            from transformers import CompileConfig
 
-        mode = "reduce-overhead" if args.gen_compile_backend == "inductor" else None
-        model.generation_config.compile_config = CompileConfig(backend=args.gen_compile_backend, mode=mode)
-    predictions, stats = transcribe(model, processor, samples, settings, desc="bench")
-    if cuda:
-        torch.cuda.synchronize()
-    if args.gen_cache == "static":  # the first pass compiles; a second shows the warm rate
-        again, warm_stats = transcribe(model, processor, samples, settings, desc="bench again")
-        result["generate_second_pass"] = {
-            "images_per_s": round(warm_stats.images_per_s, 2),
-            "seconds": round(warm_stats.seconds, 2),
-            "identical_texts": _identical_texts(predictions, again),
-        }
-    result["generate"] = {
-        "images": len(samples),
-        "new_tokens": args.new_tokens,
-        "images_per_s": round(stats.images_per_s, 2),
-        "seconds": round(stats.seconds, 2),
-        "batch_size": stats.batch_size,
-        "failed": stats.n_failed,
-        "repetition_guarded": sum(p.guarded for p in predictions),
-    }
-    if cuda:
-        result["generate"]["peak_gib"] = gib(torch.cuda.max_memory_allocated())
-    if args.compare_eager_vision:  # the pass above had the tower eager: now compiled, twice
-        runs = {"eager": {k: result["generate"][k] for k in ("images_per_s", "seconds")}}
-        for run in ("compiled_first", "compiled_again"):
-            texts, stats = transcribe(
-                model, processor, samples, replace(settings, compile_vision=True), desc=run
-            )
-            runs[run] = {
+            mode = "reduce-overhead" if args.gen_compile_backend == "inductor" else None
+            model.generation_config.compile_config = CompileConfig(backend=args.gen_compile_backend, mode=mode)
+        if args.compare:
+            result["generate_passes"] = compare_passes(model, processor, samples, settings, args.compare, cuda)
+            predictions, stats = None, None
+        else:
+            predictions, stats = transcribe(model, processor, samples, settings, desc="bench")
+        if cuda:
+            torch.cuda.synchronize()
+        if args.gen_cache == "static":  # the first pass compiles; a second shows the warm rate
+            again, warm_stats = transcribe(model, processor, samples, settings, desc="bench again")
+            result["generate_second_pass"] = {
+                "images_per_s": round(warm_stats.images_per_s, 2),
+                "seconds": round(warm_stats.seconds, 2),
+                "identical_transcriptions": _identical_texts(predictions, again),
+            }
+        if stats is not None:
+            result["generate"] = {
+                "images": len(samples),
+                "new_tokens": args.new_tokens,
                 "images_per_s": round(stats.images_per_s, 2),
                 "seconds": round(stats.seconds, 2),
-                "identical_texts_to_eager": _identical_texts(predictions, texts),
+                "batch_size": stats.batch_size,
+                "failed": stats.n_failed,
+                "repetition_guarded": sum(p.guarded for p in predictions),
             }
-        runs["speedup_warm"] = round(
-            runs["compiled_again"]["images_per_s"] / runs["eager"]["images_per_s"], 3
-        )
-        result["generate"]["eager_vs_compiled_vision"] = runs
-    if args.check_unbatched:
-        # Compare token ids, not text: a random full-size model emits ids the small bench tokenizer
-        # cannot decode (they would all decode to "" and compare equal).
-        tokenizer = processor.tokenizer
-        decode = tokenizer.batch_decode
-        tokenizer.batch_decode = lambda ids, **kw: [" ".join(map(str, row.tolist())) for row in ids]
-        try:
+            if cuda:
+                result["generate"]["peak_gib"] = gib(torch.cuda.max_memory_allocated())
+        if args.check_unbatched:
             check = samples[: args.check_unbatched]
             batched, _ = transcribe(
-                model,
-                processor,
-                check,
-                replace(settings, batch_size=len(check)),
-                desc="batched",
+                model, processor, check, replace(settings, batch_size=len(check)), desc="batched"
             )
-            alone, _ = transcribe(
-                model,
-                processor,
-                check,
-                replace(settings, batch_size=1),
-                desc="unbatched",
-            )
-        finally:
-            tokenizer.batch_decode = decode
-        same = [a.prediction == b.prediction for a, b in zip(alone, batched, strict=True)]
-        agree = [
-            _common_prefix(a.prediction.split(), b.prediction.split())
-            for a, b in zip(alone, batched, strict=True)
-        ]
-        result["generate"]["unbatched_identical"] = f"{sum(same)}/{len(same)}"
-        result["generate"]["unbatched_common_prefix_tokens"] = agree
+            alone, _ = transcribe(model, processor, check, replace(settings, batch_size=1), desc="unbatched")
+            same = [a.prediction == b.prediction for a, b in zip(alone, batched, strict=True)]
+            agree = [
+                _common_prefix(a.prediction.split(), b.prediction.split())
+                for a, b in zip(alone, batched, strict=True)
+            ]
+            result.setdefault("generate", {})["unbatched_identical"] = f"{sum(same)}/{len(same)}"
+            result["generate"]["unbatched_common_prefix_tokens"] = agree
+    finally:
+        tokenizer.batch_decode = decode
     del model
     if cuda:
         torch.cuda.empty_cache()
+
+
+# Named generation passes for --compare, each a change of GenerationSettings. "start" is the path
+# issue 14 measured from (the tower eager, transformers' generate); the first pass with the tower
+# compiled includes its one-off compile.
+PASSES = {
+    "start": {"compile_vision": False, "graph_decoding": False},
+    "compiled_tower": {"compile_vision": True, "graph_decoding": False},
+    "graphed": {"compile_vision": True, "graph_decoding": True},
+    "graphed_eager_tower": {"compile_vision": False, "graph_decoding": True},
+}
+
+
+def compare_passes(model, processor, samples, settings, names: list[str], cuda: bool) -> dict:
+    """The same images through each named pass, in order; images/s, peak memory and how many
+    transcriptions (token ids) equal the first pass's. A name given twice is timed twice."""
+    from hwocr.evaluate.generate import transcribe
+
+    out, first = {}, None
+    for i, name in enumerate(names):
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        predictions, stats = transcribe(
+            model, processor, samples, replace(settings, **PASSES[name]), desc=name
+        )
+        record = {
+            "images_per_s": round(stats.images_per_s, 2),
+            "seconds": round(stats.seconds, 2),
+            "batch_size": stats.batch_size,
+            "failed": stats.n_failed,
+            "repetition_guarded": sum(p.guarded for p in predictions),
+        }
+        if cuda:
+            record["peak_gib"] = gib(torch.cuda.max_memory_allocated())
+        if first is None:
+            first = predictions
+        else:
+            record[f"identical_to_{names[0]}"] = _identical_texts(first, predictions)
+        out[name if name not in out else f"{name}_{i}"] = record
+        print(f"pass {name}: {json.dumps(record)}")
+    base = out[names[0]]["images_per_s"]
+    out["speedup_over_first"] = {k: round(v["images_per_s"] / base, 3) for k, v in out.items() if k != names[0]}
+    out["images"] = len(samples)
+    return out
 
 
 def profile_generate(model, processor, samples, settings, args) -> dict:
     """Where one batch's time goes: image loading, the processor, prefill (vision + prompt) and each
     decoding step; and how busy the GPU is while decoding (kernel time / wall time)."""
     from hwocr.data import load_image
+    from hwocr.evaluate.decode import can_graph, greedy_generate
     from hwocr.evaluate.generate import _floating_dtype, _grouped_experts_while_decoding
     from hwocr.model.load import encode
     from hwocr.model.ocr1 import move_images
@@ -669,6 +696,15 @@ def profile_generate(model, processor, samples, settings, args) -> dict:
         "decode_ms_per_step_by_kernel": decode_top,
         "decode_kernel_ms_per_step": round(sum(decode_us.values()) / steps / 1000, 2),
     }
+    if can_graph(model):  # the same batch with each step replayed as a CUDA graph (eos None: never stops)
+
+        def graphed(n):
+            return greedy_generate(model, inputs, n, eos_token_id=-1, pad_token_id=kwargs["pad_token_id"])
+
+        graphed(2)
+        t_one, t_all = (timed(lambda n=n: graphed(n))[1] for n in (1, args.new_tokens))
+        out["graphed_prefill_s"] = round(t_one, 3)
+        out["graphed_decode_step_ms"] = round((t_all - t_one) / steps * 1000, 2)
     print("generate profile:", json.dumps(out))
     return out
 
@@ -773,9 +809,13 @@ def parse_args(argv=None):
     p.add_argument("--pad-multiple", type=int, default=None, help="collator padding (default: the product's)")
     p.add_argument("--eager-vision", action="store_true", help="generate with the vision tower uncompiled")
     p.add_argument(
-        "--compare-eager-vision",
-        action="store_true",
-        help="--task generate: transcribe with the tower eager, then compiled (twice)",
+        "--eager-decoding", action="store_true", help="generate with transformers' generate, not graphed steps"
+    )
+    p.add_argument(
+        "--compare",
+        nargs="+",
+        choices=["start", "compiled_tower", "graphed", "graphed_eager_tower"],
+        help="--task generate: the same images through these passes, in order (a name twice: timed twice)",
     )
     p.add_argument("--recipe", choices=["baseline", "optimized"], default="optimized")
     p.add_argument("--no-grad-ckpt", action="store_true", help="train without gradient checkpointing")

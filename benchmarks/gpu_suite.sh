@@ -81,12 +81,21 @@ for phase in "$@"; do case $phase in
     b h200_generate_rawpixels_dynamic_auto --task generate --dtype bf16 --image-mode dynamic --gen-images 512 --new-tokens 48 --profile
     b h200_generate_rawpixels_base_auto --task generate --dtype bf16 --gen-images 1024 --new-tokens 48 --profile ;;
   compiled)  # issue 14: the product's generation (8-bit views, compiled tower) against the eager tower
-    G="--task generate --dtype bf16 --new-tokens 48 --compare-eager-vision"
+    G="--task generate --dtype bf16 --new-tokens 48 --eager-decoding --compare start compiled_tower compiled_tower"
     LIMIT=280 b h200_generate_compiled_vs_eager_dynamic_auto $G --image-mode dynamic --gen-images 512
     LIMIT=170 b h200_generate_compiled_vs_eager_base_auto $G --gen-images 1024
-    LIMIT=150 b h200_generate_identity_fp32_compiled --task generate --dtype fp32 --gen-images 16 --gen-batch 16 --new-tokens 48 --check-unbatched 16
-    LIMIT=120 b h200_generate_identity_fp32_eager --task generate --dtype fp32 --gen-images 16 --gen-batch 16 --new-tokens 48 --check-unbatched 16 --eager-vision ;;
+    LIMIT=150 b h200_generate_identity_fp32_compiled --task generate --dtype fp32 --gen-images 16 --gen-batch 16 --new-tokens 48 --check-unbatched 16 --eager-decoding
+    LIMIT=120 b h200_generate_identity_fp32_eager --task generate --dtype fp32 --gen-images 16 --gen-batch 16 --new-tokens 48 --check-unbatched 16 --eager-vision --eager-decoding ;;
   compiledlora)  # tuned evaluation's path: a LoRA (experts on) and the presets' guard, eager vs compiled tower
-    LIMIT=230 b h200_generate_compiled_vs_eager_dynamic_guard_lora --task generate --dtype bf16 --new-tokens 48 --compare-eager-vision --image-mode dynamic --gen-images 256 --gen-lora --no-repeat-ngram 20 --no-repeat-window 90 ;;
+    LIMIT=230 b h200_generate_compiled_vs_eager_dynamic_guard_lora --task generate --dtype bf16 --new-tokens 48 --compare start compiled_tower compiled_tower --image-mode dynamic --gen-images 256 --gen-lora --no-repeat-ngram 20 --no-repeat-window 90 ;;
+  graphprobe)  # one batch: a decoding step through generate and replayed as a CUDA graph (evaluate/decode.py)
+    LIMIT=200 b h200_generate_graphed_profile_base_b256 --task generate --dtype bf16 --gen-images 256 --gen-batch 256 --new-tokens 48 --profile ;;
+  graphed)  # issue 14's start, the compiled tower, then graphed decoding too; same images, one process each
+    G="--task generate --dtype bf16 --new-tokens 48 --compare start compiled_tower compiled_tower graphed graphed"
+    LIMIT=200 b h200_generate_graphed_base_auto $G --gen-images 1024
+    LIMIT=330 b h200_generate_graphed_dynamic_auto $G --image-mode dynamic --gen-images 512 ;;
+  graphedcheck)  # batch-1 identity in fp32 with graphed decoding; tuned evaluation's path (LoRA + guard)
+    LIMIT=150 b h200_generate_identity_fp32_graphed --task generate --dtype fp32 --gen-images 16 --gen-batch 16 --new-tokens 48 --check-unbatched 16
+    LIMIT=300 b h200_generate_graphed_dynamic_guard_lora --task generate --dtype bf16 --new-tokens 48 --compare start compiled_tower graphed graphed --image-mode dynamic --gen-images 256 --gen-lora --no-repeat-ngram 20 --no-repeat-window 90 ;;
   *) echo "unknown phase $phase" ;;
 esac; done

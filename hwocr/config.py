@@ -139,6 +139,9 @@ class EvalConfig:
     # GPU only: compile the vision tower's layers for evaluation (a one-off compile per view size,
     # then a faster prefill; benchmarks/README.md has both figures). false = eager, as in training
     compile_vision: bool = True
+    # GPU only (compute capability 8.0+): each decoding step replayed as a CUDA graph
+    # (hwocr/evaluate/decode.py); false = transformers' generate, step by step
+    graph_decoding: bool = True
     bootstrap_samples: int = 2000
     gallery_rows: int = 50  # samples per section of eval/gallery.html
 

@@ -46,6 +46,7 @@ class PredictConfig:
     repetition_guard: RepetitionGuardConfig = field(default_factory=RepetitionGuardConfig)
     batch_size: int = 0  # 0 = hardware.eval_batch, or the largest that fits
     compile_vision: bool = True  # GPU only: as eval.compile_vision
+    graph_decoding: bool = True  # GPU only: as eval.graph_decoding
 
 
 def find_images(spec: str) -> list[Path]:
@@ -98,6 +99,7 @@ def predict(cfg: PredictConfig) -> list:
         max_new_tokens=cfg.max_new_tokens,
         batch_size=cfg.batch_size or cfg.hardware.eval_batch,
         compile_vision=cfg.compile_vision,
+        graph_decoding=cfg.graph_decoding,
         **guard_settings(cfg.repetition_guard, processor.tokenizer),
     )
     usable = [samples[p] for p in images if p not in skipped]

@@ -17,6 +17,7 @@ from transformers import LogitsProcessorList
 
 from hwocr.config import RepetitionGuardConfig
 from hwocr.data import Sample, load_image
+from hwocr.evaluate.decode import can_graph, greedy_generate
 from hwocr.evaluate.guard import WindowedNoRepeatNGram, token_ids
 from hwocr.metrics import Prediction
 from hwocr.model.adapt import unwrap, vision_tower
@@ -45,6 +46,7 @@ class GenerationSettings:
     no_repeat_window: int = 0
     no_repeat_whitelist: tuple[int, ...] = ()
     compile_vision: bool = True  # on CUDA: the vision tower's layers compiled (model/vision.py)
+    graph_decoding: bool = True  # on CUDA: each decoding step replayed as a CUDA graph (evaluate/decode.py)
 
     def generate_kwargs(self) -> dict:
         return {} if self.cache == "dynamic" else {"cache_implementation": self.cache}
@@ -176,20 +178,30 @@ def _generate(
     tokenizer = processor.tokenizer
     prompt_length = inputs["input_ids"].shape[1]
     guard = settings.guard(prompt_length, (tokenizer.eos_token_id,))
+    processors = LogitsProcessorList([guard] if guard else [])
+    if settings.graph_decoding and settings.cache == "dynamic" and can_graph(model):
+        output = greedy_generate(
+            model, inputs, settings.max_new_tokens, tokenizer.eos_token_id, tokenizer.pad_token_id, processors
+        )
+    else:
+        output = _hf_generate(model, inputs, settings, tokenizer, processors)
+    texts = tokenizer.batch_decode(output[:, prompt_length:], skip_special_tokens=True)
+    changed = guard.changed if guard is not None else None  # None too if it never ran
+    return texts, changed.tolist() if changed is not None else [False] * len(texts)
+
+
+def _hf_generate(model, inputs, settings: GenerationSettings, tokenizer, processors) -> torch.Tensor:
     with _grouped_experts_while_decoding(model):
-        output = model.generate(
+        return model.generate(
             **inputs,
             max_new_tokens=settings.max_new_tokens,
             do_sample=False,
             num_beams=1,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
-            logits_processor=LogitsProcessorList([guard] if guard else []),
+            logits_processor=processors,
             **settings.generate_kwargs(),
         )
-    texts = tokenizer.batch_decode(output[:, prompt_length:], skip_special_tokens=True)
-    changed = guard.changed if guard is not None else None  # None too if it never ran
-    return texts, changed.tolist() if changed is not None else [False] * len(texts)
 
 
 @contextmanager

@@ -52,6 +52,7 @@ def generation_settings(cfg: Config, processor, test: list[Sample]) -> Generatio
         ),
         batch_size=cfg.eval.batch_size or cfg.hardware.eval_batch,
         compile_vision=cfg.eval.compile_vision,
+        graph_decoding=cfg.eval.graph_decoding,
         **guard_settings(cfg.eval.repetition_guard, processor.tokenizer),
     )
 
