@@ -614,7 +614,31 @@ def compare_passes(model, processor, samples, settings, names: list[str], cuda: 
 
 def profile_generate(model, processor, samples, settings, args) -> dict:
     """Where one batch's time goes: image loading, the processor, prefill (vision + prompt) and each
-    decoding step; and how busy the GPU is while decoding (kernel time / wall time)."""
+    decoding step; and how busy the GPU is while decoding (kernel time / wall time). The tower is
+    compiled as settings say; decoding is timed through generate and, where it can be, graphed."""
+    import logging
+    from contextlib import nullcontext
+
+    from hwocr.model.adapt import vision_tower
+    from hwocr.model.vision import compiled_vision
+
+    warnings: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: warnings.append(record.getMessage())
+    logging.getLogger("hwocr.evaluate.decode").addHandler(handler)
+    tower = compiled_vision(vision_tower(model)) if settings.compile_vision else nullcontext()
+    try:
+        with tower:
+            out = _profile_batch(model, processor, samples, settings, args)
+    finally:
+        logging.getLogger("hwocr.evaluate.decode").removeHandler(handler)
+    out["compiled_tower"] = settings.compile_vision
+    out["decode_warnings"] = warnings
+    print("generate profile:", json.dumps({k: v for k, v in out.items() if "top_kernels" not in k}))
+    return out
+
+
+def _profile_batch(model, processor, samples, settings, args) -> dict:
     from hwocr.data import load_image
     from hwocr.evaluate.decode import can_graph, greedy_generate
     from hwocr.evaluate.generate import _floating_dtype, _grouped_experts_while_decoding
@@ -696,7 +720,7 @@ def profile_generate(model, processor, samples, settings, args) -> dict:
         "decode_ms_per_step_by_kernel": decode_top,
         "decode_kernel_ms_per_step": round(sum(decode_us.values()) / steps / 1000, 2),
     }
-    if can_graph(model):  # the same batch with each step replayed as a CUDA graph (eos None: never stops)
+    if can_graph(model):  # the same batch with each step replayed as a CUDA graph (eos -1: never stops)
 
         def graphed(n):
             return greedy_generate(model, inputs, n, eos_token_id=-1, pad_token_id=kwargs["pad_token_id"])
@@ -705,7 +729,18 @@ def profile_generate(model, processor, samples, settings, args) -> dict:
         t_one, t_all = (timed(lambda n=n: graphed(n))[1] for n in (1, args.new_tokens))
         out["graphed_prefill_s"] = round(t_one, 3)
         out["graphed_decode_step_ms"] = round((t_all - t_one) / steps * 1000, 2)
-    print("generate profile:", json.dumps(out))
+        kernel_ms = {}
+        for n in (1, args.new_tokens):
+            with profile(activities=[ProfilerActivity.CUDA]) as graphed_prof:
+                timed(lambda n=n: graphed(n))
+            kernel_ms[n] = sum(
+                e.self_device_time_total
+                for e in graphed_prof.key_averages()
+                if e.device_type == torch.autograd.DeviceType.CUDA
+            )
+        out["graphed_decode_kernel_ms_per_step"] = round(
+            (kernel_ms[args.new_tokens] - kernel_ms[1]) / steps / 1000, 2
+        )
     return out
 
 
