@@ -17,7 +17,7 @@ from transformers import LogitsProcessorList
 
 from hwocr.config import RepetitionGuardConfig
 from hwocr.data import Sample, load_image
-from hwocr.evaluate.decode import can_graph, greedy_generate
+from hwocr.evaluate.decode import GreedyDecoder, can_graph
 from hwocr.evaluate.guard import WindowedNoRepeatNGram, token_ids
 from hwocr.metrics import Prediction
 from hwocr.model.adapt import unwrap, vision_tower
@@ -105,6 +105,8 @@ def transcribe(
     prepared: dict[tuple[int, int], Future] = {}  # (start, size) -> encoded inputs, one batch ahead
 
     compiled = settings.compile_vision and device.type == "cuda"
+    graphed = settings.graph_decoding and settings.cache == "dynamic" and can_graph(model)
+    decoder = GreedyDecoder(model) if graphed else None  # keeps its captured step between batches
     with (
         ThreadPoolExecutor(max_workers=1) as pool,
         tqdm(total=len(samples), desc=desc, unit="img") as progress,
@@ -122,7 +124,9 @@ def transcribe(
             if following < len(samples):
                 prepared[(following, batch_size)] = encode_soon(following, batch_size)
             try:
-                texts, guarded = _generate(model, processor, inputs.result(), settings, device, dtype)
+                texts, guarded = _generate(
+                    model, processor, inputs.result(), settings, device, dtype, decoder
+                )
                 results = [
                     _prediction(s, t, guarded=g) for s, t, g in zip(batch, texts, guarded, strict=True)
                 ]
@@ -130,12 +134,14 @@ def transcribe(
                 if batch_size == 1:
                     raise
                 prepared.clear()
+                if decoder is not None:
+                    decoder.release()
                 torch.cuda.empty_cache()
                 batch_size = max(1, batch_size // 2)
                 log.warning("out of memory: evaluation batch size lowered to %d", batch_size)
                 continue
             except Exception as error:  # one bad sample must not take its batch down with it
-                results = list(_one_by_one(model, processor, batch, settings, device, dtype, error))
+                results = list(_one_by_one(model, processor, batch, settings, device, dtype, decoder, error))
             predictions.extend(results)
             if on_batch:
                 on_batch(results)
@@ -149,12 +155,14 @@ def transcribe(
     return predictions, stats
 
 
-def _one_by_one(model, processor, batch, settings, device, dtype, batch_error) -> Iterator[Prediction]:
+def _one_by_one(
+    model, processor, batch, settings, device, dtype, decoder, batch_error
+) -> Iterator[Prediction]:
     log.warning("batch failed (%s); retrying its %d samples one by one", batch_error, len(batch))
     for sample in batch:
         try:
             inputs = _encode(processor, [sample], settings)
-            (text,), (guarded,) = _generate(model, processor, inputs, settings, device, dtype)
+            (text,), (guarded,) = _generate(model, processor, inputs, settings, device, dtype, decoder)
             yield _prediction(sample, text, guarded=guarded)
         except torch.OutOfMemoryError:
             raise
@@ -170,7 +178,13 @@ def _encode(processor, batch: Sequence[Sample], settings: GenerationSettings):
 
 @torch.inference_mode()
 def _generate(
-    model, processor, inputs, settings: GenerationSettings, device, dtype
+    model,
+    processor,
+    inputs,
+    settings: GenerationSettings,
+    device,
+    dtype,
+    decoder: GreedyDecoder | None = None,
 ) -> tuple[list[str], list[bool]]:
     """Texts, and per text whether the repetition guard changed a token greedy decoding chose."""
     inputs = pixels_to_device(inputs, processor, device, dtype)
@@ -179,9 +193,9 @@ def _generate(
     prompt_length = inputs["input_ids"].shape[1]
     guard = settings.guard(prompt_length, (tokenizer.eos_token_id,))
     processors = LogitsProcessorList([guard] if guard else [])
-    if settings.graph_decoding and settings.cache == "dynamic" and can_graph(model):
-        output = greedy_generate(
-            model, inputs, settings.max_new_tokens, tokenizer.eos_token_id, tokenizer.pad_token_id, processors
+    if decoder is not None:
+        output = decoder(
+            inputs, settings.max_new_tokens, tokenizer.eos_token_id, tokenizer.pad_token_id, processors
         )
     else:
         output = _hf_generate(model, inputs, settings, tokenizer, processors)

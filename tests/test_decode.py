@@ -1,0 +1,195 @@
+"""GreedyDecoder (hwocr/evaluate/decode.py) decodes what model.generate(do_sample=False) decodes.
+
+CPU tests run its steps eagerly on the tiny DeepSeek-OCR-2: the static cache, masks, positions,
+stopping and logits processors are the same code the graph captures. The `gpu` tests capture it.
+"""
+
+import logging
+from dataclasses import replace
+
+import pytest
+import torch
+from transformers import LogitsProcessorList
+
+import hwocr.evaluate.generate as generate_module
+from hwocr.config import DEFAULT_PROMPT, HardwareConfig
+from hwocr.evaluate.decode import GreedyDecoder
+from hwocr.evaluate.generate import GenerationSettings, transcribe
+from hwocr.evaluate.guard import WindowedNoRepeatNGram
+from hwocr.model import load_model, load_processor
+from hwocr.model.load import encode
+
+NEW_TOKENS = 24
+
+
+@pytest.fixture(scope="module")
+def crops(tiny_model_config):
+    """DeepSeek's crop mode: the number of crops, so the prompt's length, varies with the width."""
+    return replace(tiny_model_config, image_mode="dynamic")
+
+
+@pytest.fixture(scope="module")
+def tiny(crops):
+    processor = load_processor(crops)
+    model = load_model(crops, HardwareConfig(device="cpu", dtype="fp32")).eval()
+    _decode_apart(model)
+    return model, processor
+
+
+def _decode_apart(model):
+    """Redraw the language model's matrices: the tiny model's own weights decode the same tokens for
+    every image, and rows that differ are what tests of padding and stopping need."""
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for weight in model.model.language_model.parameters():
+            if weight.dim() > 1:
+                weight.copy_(torch.randn(weight.shape, generator=generator) * 0.2)
+
+
+@pytest.fixture(scope="module")
+def lines(render_lines):
+    """Different widths: prompts of different lengths, so the batch is left-padded."""
+    return render_lines([(300, 64), (1600, 120), (900, 80), (1200, 60), (640, 120)])
+
+
+def _inputs(processor, samples, device="cpu"):
+    from PIL import Image
+
+    images = [Image.open(s.image).convert("RGB") for s in samples]
+    inputs = encode(processor, images, [DEFAULT_PROMPT] * len(images), padding=True, return_tensors="pt")
+    return {k: v.to(device) if hasattr(v, "to") else v for k, v in inputs.items()}
+
+
+def _generate(model, inputs, eos, pad, processors=()):
+    with torch.inference_mode():
+        return model.generate(
+            **inputs,
+            max_new_tokens=NEW_TOKENS,
+            do_sample=False,
+            num_beams=1,
+            eos_token_id=eos,
+            pad_token_id=pad,
+            logits_processor=LogitsProcessorList(list(processors)),
+        )
+
+
+def test_the_batch_is_left_padded(tiny, lines):
+    # the premise of the tests below: rows of different prompt lengths
+    lengths = _inputs(tiny[1], lines)["attention_mask"].sum(dim=1)
+    assert len(set(lengths.tolist())) > 1
+
+
+def test_decoder_equals_generate_on_a_left_padded_batch(tiny, lines):
+    model, processor = tiny
+    tokenizer = processor.tokenizer
+    inputs = _inputs(processor, lines)
+    expected = _generate(model, inputs, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    got = GreedyDecoder(model)(inputs, NEW_TOKENS, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    assert torch.equal(got, expected)
+
+
+def test_rows_that_finish_early_are_padded_and_decoding_stops_as_generate_stops(tiny, lines):
+    model, processor = tiny
+    tokenizer = processor.tokenizer
+    inputs = _inputs(processor, lines)
+    prompt = inputs["input_ids"].shape[1]
+    free = _generate(model, inputs, tokenizer.eos_token_id, tokenizer.pad_token_id)[:, prompt:]
+    # a token some rows produce early and others later (or never) plays EOS
+    eos = int(free[0, 2])
+    first_at = [(row == eos).nonzero()[0, 0].item() if (row == eos).any() else None for row in free]
+    assert len(set(first_at)) > 1, first_at
+    expected = _generate(model, inputs, eos, tokenizer.pad_token_id)
+    got = GreedyDecoder(model)(inputs, NEW_TOKENS, eos, tokenizer.pad_token_id)
+    assert torch.equal(got, expected)
+    if all(at is not None for at in first_at):  # every row stopped: so did decoding
+        assert got.shape[1] == prompt + max(first_at) + 1
+
+
+def test_logits_processors_see_what_they_see_under_generate(tiny, lines):
+    model, processor = tiny
+    tokenizer = processor.tokenizer
+    inputs = _inputs(processor, lines)
+    prompt = inputs["input_ids"].shape[1]
+    guards = [WindowedNoRepeatNGram(4, 8, prompt) for _ in range(2)]  # the tiny model loops: it bans
+    expected = _generate(model, inputs, tokenizer.eos_token_id, tokenizer.pad_token_id, [guards[0]])
+    got = GreedyDecoder(model)(
+        inputs, NEW_TOKENS, tokenizer.eos_token_id, tokenizer.pad_token_id, LogitsProcessorList([guards[1]])
+    )
+    assert bool(guards[0].changed.any())
+    assert torch.equal(got, expected)
+    assert torch.equal(guards[1].changed, guards[0].changed)
+
+
+def test_a_kept_step_is_emptied_for_the_next_batch(tiny, lines):
+    model, processor = tiny
+    tokenizer = processor.tokenizer
+    ids = tokenizer.eos_token_id, tokenizer.pad_token_id
+    first, second = _inputs(processor, lines), _inputs(processor, lines[::-1])
+    assert first["input_ids"].shape == second["input_ids"].shape  # the same shape: the step is reused
+    decoder = GreedyDecoder(model)
+    decoder(first, NEW_TOKENS, *ids)
+    kept = decoder._step
+    again = decoder(second, NEW_TOKENS, *ids)
+    assert decoder._step is kept
+    assert torch.equal(again, GreedyDecoder(model)(second, NEW_TOKENS, *ids))
+
+
+def test_transcribe_through_the_decoder_gives_generates_texts(tiny, lines, monkeypatch):
+    model, processor = tiny
+    settings = GenerationSettings(
+        DEFAULT_PROMPT, max_new_tokens=NEW_TOKENS, batch_size=2, no_repeat_ngram=2, no_repeat_window=0
+    )
+    plain, _ = transcribe(
+        model, processor, lines, GenerationSettings(**{**vars(settings), "graph_decoding": False})
+    )
+    monkeypatch.setattr(generate_module, "can_graph", lambda model: True)  # eager steps on the CPU
+    decoded, _ = transcribe(model, processor, lines, settings)
+    assert [(p.prediction, p.guarded) for p in decoded] == [(p.prediction, p.guarded) for p in plain]
+    assert any(p.guarded for p in plain)
+
+
+# ------------------------------------------------------------------------------------------------
+# captured on a GPU
+
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture(scope="module")
+def tiny_cuda(crops):
+    processor = load_processor(crops)
+    model = load_model(crops, HardwareConfig(device="cuda", dtype="fp32")).eval()
+    _decode_apart(model)
+    return model, processor
+
+
+@pytest.mark.gpu
+@gpu
+def test_graphed_steps_equal_generate_on_a_gpu(tiny_cuda, lines):
+    model, processor = tiny_cuda
+    tokenizer = processor.tokenizer
+    ids = tokenizer.eos_token_id, tokenizer.pad_token_id
+    inputs = _inputs(processor, lines, "cuda")
+    decoder = GreedyDecoder(model)
+    got = decoder(inputs, NEW_TOKENS, *ids)
+    assert decoder._step.graph is not None  # it really was captured
+    assert torch.equal(got, _generate(model, inputs, *ids))
+    assert torch.equal(decoder(inputs, NEW_TOKENS, *ids), got)  # replayed from the kept graph
+
+
+@pytest.mark.gpu
+@gpu
+def test_a_step_that_cannot_be_captured_runs_eagerly_and_says_so(tiny_cuda, lines, monkeypatch, caplog):
+    model, processor = tiny_cuda
+    tokenizer = processor.tokenizer
+    ids = tokenizer.eos_token_id, tokenizer.pad_token_id
+    inputs = _inputs(processor, lines, "cuda")
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(torch.cuda, "graph", refuse)
+    decoder = GreedyDecoder(model)
+    with caplog.at_level(logging.WARNING, logger="hwocr.evaluate.decode"):
+        got = decoder(inputs, NEW_TOKENS, *ids)
+    assert "could not be captured" in caplog.text and not decoder.graph
+    assert torch.equal(got, _generate(model, inputs, *ids))
