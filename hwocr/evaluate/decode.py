@@ -31,16 +31,18 @@ log = logging.getLogger(__name__)
 
 
 def can_graph(model: torch.nn.Module) -> bool:
-    """Whether a step can be captured: DeepSeek-OCR-2 on a GPU whose MoE kernel never syncs.
+    """Whether a step can be captured: DeepSeek-OCR-2 in bf16 on a GPU of compute capability 8.0+.
 
-    Below compute capability 8.0 transformers' grouped_mm falls back to a per-expert loop that reads
-    the expert offsets on the host, which a graph cannot hold.
+    The MoE's grouped_mm runs its fused kernel only there; in other dtypes or on older GPUs the
+    experts go through a fallback that copies the expert offsets to the host, which a graph cannot
+    hold (a capture then fails and the steps run eagerly, with a warning).
     """
     base = unwrap(model)
     device = base.device
     return (
         getattr(base.config, "model_type", "") == "deepseek_ocr2"
         and device.type == "cuda"
+        and base.lm_head.weight.dtype == torch.bfloat16
         and torch.cuda.get_device_capability(device) >= (8, 0)
     )
 
