@@ -34,6 +34,19 @@ def rows(folder: Path = RESULTS) -> list[str]:
                 f"tower eager {compared['eager']['images_per_s']}, compiled {compared['compiled_again']['images_per_s']}"
                 f" images/s ({compared['compiled_first']['images_per_s']} in the pass that compiled)"
             )
+        if passes := r.get("generate_passes"):  # bench.py --compare: the same images, pass by pass
+            timed = {k: v for k, v in passes.items() if isinstance(v, dict) and "images_per_s" in v}
+            first = next(iter(timed))
+            note = (
+                (note + "; " if note else "")
+                + ", ".join(
+                    f"{k} {v['images_per_s']}"
+                    + (f" ({v[f'identical_to_{first}']} = {first})" if k != first else "")
+                    for k, v in timed.items()
+                )
+                + f" images/s over {passes['images']}"
+            )
+            gen = {**gen, **timed[list(timed)[-1]], "images": passes["images"]}  # the last pass's figures
         if second := r.get("generate_second_pass"):
             note = (note + "; " if note else "") + (
                 f"static cache, compile backend {s.get('gen_compile_backend')}: second pass {second['images_per_s']}"

@@ -1,4 +1,4 @@
-"""GreedyDecoder (hwocr/evaluate/decode.py) decodes what model.generate(do_sample=False) decodes.
+"""greedy_generate (hwocr/evaluate/decode.py) decodes what model.generate(do_sample=False) decodes.
 
 CPU tests run its steps eagerly on the tiny DeepSeek-OCR-2: the static cache, masks, positions,
 stopping and logits processors are the same code the graph captures. The `gpu` tests capture it.
@@ -13,7 +13,7 @@ from transformers import LogitsProcessorList
 
 import hwocr.evaluate.generate as generate_module
 from hwocr.config import DEFAULT_PROMPT, HardwareConfig
-from hwocr.evaluate.decode import GreedyDecoder, can_graph
+from hwocr.evaluate.decode import can_graph, greedy_generate
 from hwocr.evaluate.generate import GenerationSettings, transcribe
 from hwocr.evaluate.guard import WindowedNoRepeatNGram
 from hwocr.model import load_model, load_processor
@@ -84,7 +84,7 @@ def test_decoder_equals_generate_on_a_left_padded_batch(tiny, lines):
     tokenizer = processor.tokenizer
     inputs = _inputs(processor, lines)
     expected = _generate(model, inputs, tokenizer.eos_token_id, tokenizer.pad_token_id)
-    got = GreedyDecoder(model)(inputs, NEW_TOKENS, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    got = greedy_generate(model, inputs, NEW_TOKENS, tokenizer.eos_token_id, tokenizer.pad_token_id)
     assert torch.equal(got, expected)
 
 
@@ -99,7 +99,7 @@ def test_rows_that_finish_early_are_padded_and_decoding_stops_as_generate_stops(
     first_at = [(row == eos).nonzero()[0, 0].item() if (row == eos).any() else None for row in free]
     assert len(set(first_at)) > 1, first_at
     expected = _generate(model, inputs, eos, tokenizer.pad_token_id)
-    got = GreedyDecoder(model)(inputs, NEW_TOKENS, eos, tokenizer.pad_token_id)
+    got = greedy_generate(model, inputs, NEW_TOKENS, eos, tokenizer.pad_token_id)
     assert torch.equal(got, expected)
     if all(at is not None for at in first_at):  # every row stopped: so did decoding
         assert got.shape[1] == prompt + max(first_at) + 1
@@ -112,26 +112,17 @@ def test_logits_processors_see_what_they_see_under_generate(tiny, lines):
     prompt = inputs["input_ids"].shape[1]
     guards = [WindowedNoRepeatNGram(4, 8, prompt) for _ in range(2)]  # the tiny model loops: it bans
     expected = _generate(model, inputs, tokenizer.eos_token_id, tokenizer.pad_token_id, [guards[0]])
-    got = GreedyDecoder(model)(
-        inputs, NEW_TOKENS, tokenizer.eos_token_id, tokenizer.pad_token_id, LogitsProcessorList([guards[1]])
+    got = greedy_generate(
+        model,
+        inputs,
+        NEW_TOKENS,
+        tokenizer.eos_token_id,
+        tokenizer.pad_token_id,
+        LogitsProcessorList([guards[1]]),
     )
     assert bool(guards[0].changed.any())
     assert torch.equal(got, expected)
     assert torch.equal(guards[1].changed, guards[0].changed)
-
-
-def test_a_kept_step_is_emptied_for_the_next_batch(tiny, lines):
-    model, processor = tiny
-    tokenizer = processor.tokenizer
-    ids = tokenizer.eos_token_id, tokenizer.pad_token_id
-    first, second = _inputs(processor, lines), _inputs(processor, lines[::-1])
-    assert first["input_ids"].shape == second["input_ids"].shape  # the same shape: the step is reused
-    decoder = GreedyDecoder(model)
-    decoder(first, NEW_TOKENS, *ids)
-    kept = decoder._step
-    again = decoder(second, NEW_TOKENS, *ids)
-    assert decoder._step is kept
-    assert torch.equal(again, GreedyDecoder(model)(second, NEW_TOKENS, *ids))
 
 
 def test_transcribe_through_the_decoder_gives_generates_texts(tiny, lines, monkeypatch):
@@ -164,18 +155,20 @@ def tiny_cuda(crops):
 
 @pytest.mark.gpu
 @gpu
-def test_graphed_steps_equal_the_eager_steps_on_a_gpu(tiny_cuda, lines):
+def test_graphed_steps_equal_the_eager_steps_on_a_gpu(tiny_cuda, lines, monkeypatch, caplog):
     model, processor = tiny_cuda
     tokenizer = processor.tokenizer
     ids = tokenizer.eos_token_id, tokenizer.pad_token_id
     inputs = _inputs(processor, lines, "cuda")
     assert can_graph(model)
-    decoder = GreedyDecoder(model)
-    got = decoder(inputs, NEW_TOKENS, *ids)
-    assert decoder._step.graph is not None  # it really was captured
+    captures = []
+    real_graph = torch.cuda.graph
+    monkeypatch.setattr(torch.cuda, "graph", lambda *a, **k: captures.append(1) or real_graph(*a, **k))
+    with caplog.at_level(logging.WARNING, logger="hwocr.evaluate.decode"):
+        got = greedy_generate(model, inputs, NEW_TOKENS, *ids)
+    assert captures and "could not be captured" not in caplog.text  # it really was captured
     # the same kernels as the eager steps, which the CPU tests hold to generate's output
-    assert torch.equal(got, GreedyDecoder(model, graph=False)(inputs, NEW_TOKENS, *ids))
-    assert torch.equal(decoder(inputs, NEW_TOKENS, *ids), got)  # replayed from the kept graph
+    assert torch.equal(got, greedy_generate(model, inputs, NEW_TOKENS, *ids, graph=False))
 
 
 @pytest.mark.gpu
@@ -190,8 +183,7 @@ def test_a_step_that_cannot_be_captured_runs_eagerly_and_says_so(tiny_cuda, line
         raise RuntimeError("operation not permitted when stream is capturing")
 
     monkeypatch.setattr(torch.cuda, "graph", refuse)
-    decoder = GreedyDecoder(model)
     with caplog.at_level(logging.WARNING, logger="hwocr.evaluate.decode"):
-        got = decoder(inputs, NEW_TOKENS, *ids)
-    assert "could not be captured" in caplog.text and not decoder.graph
-    assert torch.equal(got, GreedyDecoder(model, graph=False)(inputs, NEW_TOKENS, *ids))
+        got = greedy_generate(model, inputs, NEW_TOKENS, *ids)
+    assert "could not be captured" in caplog.text
+    assert torch.equal(got, greedy_generate(model, inputs, NEW_TOKENS, *ids, graph=False))

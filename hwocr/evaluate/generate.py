@@ -17,7 +17,7 @@ from transformers import LogitsProcessorList
 
 from hwocr.config import RepetitionGuardConfig
 from hwocr.data import Sample, load_image
-from hwocr.evaluate.decode import GreedyDecoder, can_graph
+from hwocr.evaluate.decode import can_graph, greedy_generate
 from hwocr.evaluate.guard import WindowedNoRepeatNGram, token_ids
 from hwocr.metrics import Prediction
 from hwocr.model.adapt import unwrap, vision_tower
@@ -46,7 +46,7 @@ class GenerationSettings:
     no_repeat_window: int = 0
     no_repeat_whitelist: tuple[int, ...] = ()
     compile_vision: bool = True  # on CUDA: the vision tower's layers compiled (model/vision.py)
-    graph_decoding: bool = True  # on CUDA: each decoding step replayed as a CUDA graph (evaluate/decode.py)
+    graph_decoding: bool = True  # bf16 on CUDA: decoding steps replayed as a CUDA graph (evaluate/decode.py)
 
     def generate_kwargs(self) -> dict:
         return {} if self.cache == "dynamic" else {"cache_implementation": self.cache}
@@ -105,8 +105,6 @@ def transcribe(
     prepared: dict[tuple[int, int], Future] = {}  # (start, size) -> encoded inputs, one batch ahead
 
     compiled = settings.compile_vision and device.type == "cuda"
-    graphed = settings.graph_decoding and settings.cache == "dynamic" and can_graph(model)
-    decoder = GreedyDecoder(model) if graphed else None  # keeps its captured step between batches
     with (
         ThreadPoolExecutor(max_workers=1) as pool,
         tqdm(total=len(samples), desc=desc, unit="img") as progress,
@@ -124,9 +122,7 @@ def transcribe(
             if following < len(samples):
                 prepared[(following, batch_size)] = encode_soon(following, batch_size)
             try:
-                texts, guarded = _generate(
-                    model, processor, inputs.result(), settings, device, dtype, decoder
-                )
+                texts, guarded = _generate(model, processor, inputs.result(), settings, device, dtype)
                 results = [
                     _prediction(s, t, guarded=g) for s, t, g in zip(batch, texts, guarded, strict=True)
                 ]
@@ -134,14 +130,12 @@ def transcribe(
                 if batch_size == 1:
                     raise
                 prepared.clear()
-                if decoder is not None:
-                    decoder.release()
                 torch.cuda.empty_cache()
                 batch_size = max(1, batch_size // 2)
                 log.warning("out of memory: evaluation batch size lowered to %d", batch_size)
                 continue
             except Exception as error:  # one bad sample must not take its batch down with it
-                results = list(_one_by_one(model, processor, batch, settings, device, dtype, decoder, error))
+                results = list(_one_by_one(model, processor, batch, settings, device, dtype, error))
             predictions.extend(results)
             if on_batch:
                 on_batch(results)
@@ -155,14 +149,12 @@ def transcribe(
     return predictions, stats
 
 
-def _one_by_one(
-    model, processor, batch, settings, device, dtype, decoder, batch_error
-) -> Iterator[Prediction]:
+def _one_by_one(model, processor, batch, settings, device, dtype, batch_error) -> Iterator[Prediction]:
     log.warning("batch failed (%s); retrying its %d samples one by one", batch_error, len(batch))
     for sample in batch:
         try:
             inputs = _encode(processor, [sample], settings)
-            (text,), (guarded,) = _generate(model, processor, inputs, settings, device, dtype, decoder)
+            (text,), (guarded,) = _generate(model, processor, inputs, settings, device, dtype)
             yield _prediction(sample, text, guarded=guarded)
         except torch.OutOfMemoryError:
             raise
@@ -178,13 +170,7 @@ def _encode(processor, batch: Sequence[Sample], settings: GenerationSettings):
 
 @torch.inference_mode()
 def _generate(
-    model,
-    processor,
-    inputs,
-    settings: GenerationSettings,
-    device,
-    dtype,
-    decoder: GreedyDecoder | None = None,
+    model, processor, inputs, settings: GenerationSettings, device, dtype
 ) -> tuple[list[str], list[bool]]:
     """Texts, and per text whether the repetition guard changed a token greedy decoding chose."""
     inputs = pixels_to_device(inputs, processor, device, dtype)
@@ -193,9 +179,9 @@ def _generate(
     prompt_length = inputs["input_ids"].shape[1]
     guard = settings.guard(prompt_length, (tokenizer.eos_token_id,))
     processors = LogitsProcessorList([guard] if guard else [])
-    if decoder is not None:
-        output = decoder(
-            inputs, settings.max_new_tokens, tokenizer.eos_token_id, tokenizer.pad_token_id, processors
+    if settings.graph_decoding and settings.cache == "dynamic" and can_graph(model):
+        output = greedy_generate(
+            model, inputs, settings.max_new_tokens, tokenizer.eos_token_id, tokenizer.pad_token_id, processors
         )
     else:
         output = _hf_generate(model, inputs, settings, tokenizer, processors)
