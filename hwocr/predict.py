@@ -46,7 +46,7 @@ class PredictConfig:
     repetition_guard: RepetitionGuardConfig = field(default_factory=RepetitionGuardConfig)
     batch_size: int = 0  # 0 = hardware.eval_batch, or the largest that fits
     compile_vision: bool = True  # GPU only: as eval.compile_vision
-    graph_decoding: bool = True  # GPU only: as eval.graph_decoding
+    graph_decoding: bool = True  # bf16 on GPUs: as eval.graph_decoding
 
 
 def find_images(spec: str) -> list[Path]:
