@@ -137,6 +137,8 @@ class _Steps:
             with torch.cuda.graph(graph, stream=stream):
                 self.output = self.step()
             self.captured = graph
+        except torch.OutOfMemoryError:  # transcribe lowers the batch size
+            raise
         except Exception as error:  # an op that syncs with the host, or one capture does not allow
             log.warning("decoding step could not be captured as a CUDA graph (%s); decoding eagerly", error)
             self.graph = False
