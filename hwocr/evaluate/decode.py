@@ -30,17 +30,20 @@ log = logging.getLogger(__name__)
 
 
 def can_graph(model: torch.nn.Module) -> bool:
-    """Whether a step can be captured: DeepSeek-OCR-2 in bf16 on a GPU of compute capability 8.0+.
+    """Whether a step is captured: DeepSeek-OCR-2, 16-bit weights in bf16, on a GPU of compute
+    capability 8.0+.
 
     The MoE's grouped_mm runs its fused kernel only there; in other dtypes or on older GPUs the
     experts go through a fallback that copies the expert offsets to the host, which a graph cannot
-    hold (a capture then fails and the steps run eagerly, with a warning).
+    hold (a capture then fails and the steps run eagerly, with a warning). 4-bit models decode
+    step by step: a capture through bitsandbytes' kernels has not been checked.
     """
     base = unwrap(model)
     device = base.device
     return (
         getattr(base.config, "model_type", "") == "deepseek_ocr2"
         and device.type == "cuda"
+        and getattr(base, "hf_quantizer", None) is None
         and base.lm_head.weight.dtype == torch.bfloat16
         and torch.cuda.get_device_capability(device) >= (8, 0)
     )
