@@ -22,6 +22,7 @@ from its remote code); this repo does not build v1.
 """
 
 import argparse
+import contextlib
 import importlib.metadata
 import json
 import math
@@ -505,12 +506,7 @@ def run_generate(args, mcfg, hw, processor, samples, result, lora) -> None:
     warm = GenerationSettings(
         prompt=DEFAULT_PROMPT, max_new_tokens=4, batch_size=min(4, len(samples)), compile_vision=False
     )
-    # A random model's ids mostly lie beyond the bench tokenizer's 1,024 tokens and would decode to
-    # "": transcriptions are compared as token ids.
-    tokenizer = processor.tokenizer
-    decode = tokenizer.batch_decode
-    tokenizer.batch_decode = lambda ids, **kw: [" ".join(map(str, row.tolist())) for row in ids]
-    try:
+    with ids_as_text(processor.tokenizer):
         transcribe(model, processor, samples[:4], warm, desc="warm-up")
         if cuda:
             torch.cuda.synchronize()
@@ -527,19 +523,8 @@ def run_generate(args, mcfg, hw, processor, samples, result, lora) -> None:
             result["generate_passes"] = compare_passes(
                 model, processor, samples, settings, args.compare, cuda
             )
-            predictions, stats = None, None
         else:
             predictions, stats = transcribe(model, processor, samples, settings, desc="bench")
-        if cuda:
-            torch.cuda.synchronize()
-        if args.gen_cache == "static":  # the first pass compiles; a second shows the warm rate
-            again, warm_stats = transcribe(model, processor, samples, settings, desc="bench again")
-            result["generate_second_pass"] = {
-                "images_per_s": round(warm_stats.images_per_s, 2),
-                "seconds": round(warm_stats.seconds, 2),
-                "identical_transcriptions": _identical_texts(predictions, again),
-            }
-        if stats is not None:
             result["generate"] = {
                 "images": len(samples),
                 "new_tokens": args.new_tokens,
@@ -551,24 +536,46 @@ def run_generate(args, mcfg, hw, processor, samples, result, lora) -> None:
             }
             if cuda:
                 result["generate"]["peak_gib"] = gib(torch.cuda.max_memory_allocated())
+            if args.gen_cache == "static":  # the first pass compiles; a second shows the warm rate
+                again, warm_stats = transcribe(model, processor, samples, settings, desc="bench again")
+                result["generate_second_pass"] = {
+                    "images_per_s": round(warm_stats.images_per_s, 2),
+                    "seconds": round(warm_stats.seconds, 2),
+                    "identical_transcriptions": _identical_texts(predictions, again),
+                }
         if args.check_unbatched:
-            check = samples[: args.check_unbatched]
-            batched, _ = transcribe(
-                model, processor, check, replace(settings, batch_size=len(check)), desc="batched"
+            result.setdefault("generate", {}).update(
+                unbatched_check(model, processor, samples[: args.check_unbatched], settings)
             )
-            alone, _ = transcribe(model, processor, check, replace(settings, batch_size=1), desc="unbatched")
-            same = [a.prediction == b.prediction for a, b in zip(alone, batched, strict=True)]
-            agree = [
-                _common_prefix(a.prediction.split(), b.prediction.split())
-                for a, b in zip(alone, batched, strict=True)
-            ]
-            result.setdefault("generate", {})["unbatched_identical"] = f"{sum(same)}/{len(same)}"
-            result["generate"]["unbatched_common_prefix_tokens"] = agree
-    finally:
-        tokenizer.batch_decode = decode
     del model
     if cuda:
         torch.cuda.empty_cache()
+
+
+@contextlib.contextmanager
+def ids_as_text(tokenizer):
+    """Transcriptions as space-separated token ids: a random model's ids mostly lie beyond the
+    bench tokenizer's 1,024 tokens and would all decode to "" (and compare equal)."""
+    decode = tokenizer.batch_decode
+    tokenizer.batch_decode = lambda ids, **kw: [" ".join(map(str, row.tolist())) for row in ids]
+    try:
+        yield
+    finally:
+        tokenizer.batch_decode = decode
+
+
+def unbatched_check(model, processor, check: list, settings) -> dict:
+    """The same lines in one batch and one at a time: how many token ids agree."""
+    from hwocr.evaluate.generate import transcribe
+
+    batched, _ = transcribe(model, processor, check, replace(settings, batch_size=len(check)), desc="batched")
+    alone, _ = transcribe(model, processor, check, replace(settings, batch_size=1), desc="unbatched")
+    same = [a.prediction == b.prediction for a, b in zip(alone, batched, strict=True)]
+    agree = [
+        _common_prefix(a.prediction.split(), b.prediction.split())
+        for a, b in zip(alone, batched, strict=True)
+    ]
+    return {"unbatched_identical": f"{sum(same)}/{len(same)}", "unbatched_common_prefix_tokens": agree}
 
 
 # Named generation passes for --compare, each a change of GenerationSettings. "start" is the path
@@ -975,11 +982,17 @@ def summary(result: dict) -> str:
         )
     if "loss_match" in result:
         rows.append("loss match: " + json.dumps(result["loss_match"]))
-    gen = result.get("generate")
-    if gen:
+    gen = result.get("generate", {})
+    if "images_per_s" in gen:
         rows.append(
-            f"generate: {gen['images_per_s']} images/s, batch {gen['batch_size']}, "
-            f"peak {gen.get('peak_gib')} GiB, unbatched identical {gen.get('unbatched_identical', '-')}"
+            f"generate: {gen['images_per_s']} images/s, batch {gen['batch_size']}, peak {gen.get('peak_gib')} GiB"
+        )
+    if "unbatched_identical" in gen:
+        rows.append(f"batch-1 token ids identical to batched: {gen['unbatched_identical']}")
+    if passes := result.get("generate_passes"):
+        rows.append(
+            "generate passes, speed-up over the first: "
+            + json.dumps(passes["speedup_over_first"] | {"over": passes["images"]})
         )
     return "\n".join(rows)
 
