@@ -139,6 +139,15 @@ def test_transcribe_through_the_decoder_gives_generates_texts(tiny, lines, monke
     assert any(p.guarded for p in plain)
 
 
+@pytest.mark.parametrize("backend,graphed", [("hf", True), ("unsloth", False)])
+def test_evaluation_graphs_decoding_only_through_transformers_own_forward(tiny, backend, graphed):
+    from hwocr.config import Config, LoraConfig
+    from hwocr.evaluate.stage import generation_settings
+
+    cfg = Config(backend=backend, lora=LoraConfig(experts=False))
+    assert generation_settings(cfg, tiny[1], []).graph_decoding is graphed
+
+
 # ------------------------------------------------------------------------------------------------
 # captured on a GPU
 

@@ -52,7 +52,8 @@ def generation_settings(cfg: Config, processor, test: list[Sample]) -> Generatio
         ),
         batch_size=cfg.eval.batch_size or cfg.hardware.eval_batch,
         compile_vision=cfg.eval.compile_vision,
-        graph_decoding=cfg.eval.graph_decoding,
+        # Unsloth patches the model's forward for its own inference path: never captured or checked
+        graph_decoding=cfg.eval.graph_decoding and cfg.backend == "hf",
         **guard_settings(cfg.eval.repetition_guard, processor.tokenizer),
     )
 
