@@ -139,8 +139,9 @@ class EvalConfig:
     # GPU only: compile the vision tower's layers for evaluation (a one-off compile per view size,
     # then a faster prefill; benchmarks/README.md has both figures). false = eager, as in training
     compile_vision: bool = True
-    # 16-bit bf16 weights on a GPU of compute capability 8.0+ (elsewhere ignored: T4s, 4-bit): each
-    # decoding step replayed as a CUDA graph (hwocr/evaluate/decode.py); false = transformers' generate
+    # 16-bit bf16 weights on a GPU of compute capability 8.0+, backend=hf (elsewhere ignored: T4s,
+    # 4-bit, Unsloth): each decoding step replayed as a CUDA graph (hwocr/evaluate/decode.py);
+    # false = transformers' generate
     graph_decoding: bool = True
     bootstrap_samples: int = 2000
     gallery_rows: int = 50  # samples per section of eval/gallery.html
