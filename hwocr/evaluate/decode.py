@@ -25,6 +25,7 @@ import torch
 from transformers import DynamicCache, LogitsProcessorList, StaticCache
 
 from hwocr.model.adapt import unwrap
+from hwocr.model.experts import is_fused_experts
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +41,14 @@ def can_graph(model: torch.nn.Module) -> bool:
     """
     base = unwrap(model)
     device = base.device
+    if getattr(base.config, "model_type", "") != "deepseek_ocr2" or device.type != "cuda":
+        return False
+    # the routed experts' own weights (a trained head may be an fp32 copy; NF4 experts are buffers)
+    experts = next((module for module in base.modules() if is_fused_experts(module)), None)
     return (
-        getattr(base.config, "model_type", "") == "deepseek_ocr2"
-        and device.type == "cuda"
-        and getattr(base, "hf_quantizer", None) is None
-        and base.lm_head.weight.dtype == torch.bfloat16
+        getattr(base, "hf_quantizer", None) is None
+        and experts is not None
+        and experts.gate_up_proj.dtype == torch.bfloat16
         and torch.cuda.get_device_capability(device) >= (8, 0)
     )
 
