@@ -139,6 +139,7 @@ class _Steps:
         with torch.cuda.stream(stream):
             logits = self.step()
         torch.cuda.current_stream().wait_stream(stream)
+        logits.record_stream(torch.cuda.current_stream())  # read there: not reused before that
         try:  # capturing records the kernels without running them: the state stays as it is
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, stream=stream):
