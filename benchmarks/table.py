@@ -51,6 +51,8 @@ def rows(folder: Path = RESULTS) -> list[str]:
             note = (note + "; " if note else "") + (
                 f"static cache, compile backend {s.get('gen_compile_backend')}: second pass {second['images_per_s']}"
             )
+        if r.get("note_added_later"):  # a correction written into the record after the run
+            note = (note + "; " if note else "") + "see the note in the file"
         if s.get("no_grad_ckpt"):
             note = (note + "; " if note else "") + "no grad. checkpointing"
         if s.get("no_repeat_ngram"):
