@@ -106,5 +106,7 @@ for phase in "$@"; do case $phase in
   graphedcheck)  # batch-1 identity in fp32 with graphed decoding; tuned evaluation's path (LoRA + guard)
     LIMIT=150 b h200_generate_identity_fp32_graphed --task generate --dtype fp32 --gen-images 16 --gen-batch 16 --new-tokens 48 --check-unbatched 16
     LIMIT=300 b h200_generate_graphed_dynamic_guard_lora --task generate --dtype bf16 --new-tokens 48 --compare start compiled_tower graphed graphed --image-mode dynamic --gen-images 256 --gen-lora --no-repeat-ngram 20 --no-repeat-window 90 ;;
+  gil)  # CPU only: does the processor thread slow a launch-bound main thread? (benchmarks/README.md)
+    for i in 1 2 3; do timeout ${LIMIT:-120} python3 benchmarks/gil_contention.py --json "$RES/gpuhost_gil_contention_$i.json" 2>&1 | grep -v "Warning\|warn(" ; done ;;
   *) echo "unknown phase $phase" ;;
 esac; done
