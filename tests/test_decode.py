@@ -52,12 +52,13 @@ def lines(render_lines):
     return render_lines([(300, 64), (1600, 120), (900, 80), (1200, 60), (640, 120)])
 
 
-def _inputs(processor, samples, device="cpu"):
+def _inputs(processor, samples, device="cpu", dtype=torch.float32):
+    """The processor's batch on `device`, its pixel views in the model's `dtype`."""
     from PIL import Image
 
     images = [Image.open(s.image).convert("RGB") for s in samples]
     inputs = encode(processor, images, [DEFAULT_PROMPT] * len(images), padding=True, return_tensors="pt")
-    return {k: v.to(device) if hasattr(v, "to") else v for k, v in inputs.items()}
+    return {k: v.to(device, dtype) if v.is_floating_point() else v.to(device) for k, v in inputs.items()}
 
 
 def _generate(model, inputs, eos, pad, processors=()):
@@ -168,7 +169,7 @@ def test_graphed_steps_equal_the_eager_steps_on_a_gpu(tiny_cuda, lines, monkeypa
     model, processor = tiny_cuda
     tokenizer = processor.tokenizer
     ids = tokenizer.eos_token_id, tokenizer.pad_token_id
-    inputs = _inputs(processor, lines, "cuda")
+    inputs = _inputs(processor, lines, "cuda", torch.bfloat16)
     assert can_graph(model)
     captures = []
     real_graph = torch.cuda.graph
@@ -186,7 +187,7 @@ def test_a_step_that_cannot_be_captured_runs_eagerly_and_says_so(tiny_cuda, line
     model, processor = tiny_cuda
     tokenizer = processor.tokenizer
     ids = tokenizer.eos_token_id, tokenizer.pad_token_id
-    inputs = _inputs(processor, lines, "cuda")
+    inputs = _inputs(processor, lines, "cuda", torch.bfloat16)
 
     def refuse(*args, **kwargs):
         raise RuntimeError("operation not permitted when stream is capturing")
