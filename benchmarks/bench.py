@@ -528,14 +528,8 @@ def run_generate(args, mcfg, hw, processor, samples, result, lora) -> None:
             result["generate"] = {
                 "images": len(samples),
                 "new_tokens": args.new_tokens,
-                "images_per_s": round(stats.images_per_s, 2),
-                "seconds": round(stats.seconds, 2),
-                "batch_size": stats.batch_size,
-                "failed": stats.n_failed,
-                "repetition_guarded": sum(p.guarded for p in predictions),
+                **_generation_record(stats, predictions, cuda),
             }
-            if cuda:
-                result["generate"]["peak_gib"] = gib(torch.cuda.max_memory_allocated())
             if args.gen_cache == "static":  # the first pass compiles; a second shows the warm rate
                 again, warm_stats = transcribe(model, processor, samples, settings, desc="bench again")
                 result["generate_second_pass"] = {
@@ -578,6 +572,20 @@ def unbatched_check(model, processor, check: list, settings) -> dict:
     return {"unbatched_identical": f"{sum(same)}/{len(same)}", "unbatched_common_prefix_tokens": agree}
 
 
+def _generation_record(stats, predictions: list, cuda: bool) -> dict:
+    """One transcription pass's figures: rate, time, batch, failures, guard changes, peak memory."""
+    record = {
+        "images_per_s": round(stats.images_per_s, 2),
+        "seconds": round(stats.seconds, 2),
+        "batch_size": stats.batch_size,
+        "failed": stats.n_failed,
+        "repetition_guarded": sum(p.guarded for p in predictions),
+    }
+    if cuda:
+        record["peak_gib"] = gib(torch.cuda.max_memory_allocated())
+    return record
+
+
 # Named generation passes for --compare, each a change of GenerationSettings. "start" is the path
 # issue 14 measured from (the tower eager, transformers' generate); the first pass with the tower
 # compiled includes its one-off compile.
@@ -601,15 +609,7 @@ def compare_passes(model, processor, samples, settings, names: list[str], cuda: 
         predictions, stats = transcribe(
             model, processor, samples, replace(settings, **PASSES[name]), desc=name
         )
-        record = {
-            "images_per_s": round(stats.images_per_s, 2),
-            "seconds": round(stats.seconds, 2),
-            "batch_size": stats.batch_size,
-            "failed": stats.n_failed,
-            "repetition_guarded": sum(p.guarded for p in predictions),
-        }
-        if cuda:
-            record["peak_gib"] = gib(torch.cuda.max_memory_allocated())
+        record = _generation_record(stats, predictions, cuda)
         if first is None:
             first = predictions
         else:

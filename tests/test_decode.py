@@ -156,20 +156,20 @@ gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU
 
 
 @pytest.fixture(scope="module")
-def tiny_cuda(crops):
+def on_gpu(crops, lines):
+    """(model, inputs, (eos, pad)): the tiny model in bf16 on the GPU and the left-padded batch."""
     processor = load_processor(crops)
     model = load_model(crops, HardwareConfig(device="cuda", dtype="bf16")).eval()
     _decode_apart(model)
-    return model, processor
+    tokenizer = processor.tokenizer
+    inputs = _inputs(processor, lines, "cuda", torch.bfloat16)
+    return model, inputs, (tokenizer.eos_token_id, tokenizer.pad_token_id)
 
 
 @pytest.mark.gpu
 @gpu
-def test_graphed_steps_equal_the_eager_steps_on_a_gpu(tiny_cuda, lines, monkeypatch, caplog):
-    model, processor = tiny_cuda
-    tokenizer = processor.tokenizer
-    ids = tokenizer.eos_token_id, tokenizer.pad_token_id
-    inputs = _inputs(processor, lines, "cuda", torch.bfloat16)
+def test_graphed_steps_equal_the_eager_steps_on_a_gpu(on_gpu, monkeypatch, caplog):
+    model, inputs, ids = on_gpu
     assert can_graph(model)
     captures = []
     real_graph = torch.cuda.graph
@@ -183,11 +183,8 @@ def test_graphed_steps_equal_the_eager_steps_on_a_gpu(tiny_cuda, lines, monkeypa
 
 @pytest.mark.gpu
 @gpu
-def test_a_step_that_cannot_be_captured_runs_eagerly_and_says_so(tiny_cuda, lines, monkeypatch, caplog):
-    model, processor = tiny_cuda
-    tokenizer = processor.tokenizer
-    ids = tokenizer.eos_token_id, tokenizer.pad_token_id
-    inputs = _inputs(processor, lines, "cuda", torch.bfloat16)
+def test_a_step_that_cannot_be_captured_runs_eagerly_and_says_so(on_gpu, monkeypatch, caplog):
+    model, inputs, ids = on_gpu
 
     def refuse(*args, **kwargs):
         raise RuntimeError("operation not permitted when stream is capturing")
