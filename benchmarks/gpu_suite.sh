@@ -98,13 +98,12 @@ for phase in "$@"; do case $phase in
     G="--task generate --dtype bf16 --new-tokens 48 --compare start compiled_tower compiled_tower graphed graphed"
     LIMIT=200 b h200_generate_graphed_base_auto $G --gen-images 1024
     LIMIT=330 b h200_generate_graphed_dynamic_auto $G --image-mode dynamic --gen-images 512 ;;
-  graphfinal)  # the kept graph (one capture per shape per evaluation): issue 14's start against graphed decoding, 1,024 lines; tuned evaluation's path
+  graphfinal)  # the *_kept_* records: measured at 2ee7361/aadc343, whose step was kept between batches; today's code captures per batch
     G="--task generate --dtype bf16 --new-tokens 48 --compare start compiled_tower graphed graphed"
     LIMIT=170 b h200_generate_graphed_kept_base_auto $G --gen-images 1024
     LIMIT=260 b h200_generate_graphed_kept_dynamic_auto $G --image-mode dynamic --gen-images 1024
     LIMIT=170 b h200_generate_graphed_kept_dynamic_guard_lora $G --image-mode dynamic --gen-images 256 --gen-lora --no-repeat-ngram 20 --no-repeat-window 90 ;;
-  graphedcheck)  # batch-1 identity in fp32 with graphed decoding; tuned evaluation's path (LoRA + guard)
-    LIMIT=150 b h200_generate_identity_fp32_graphed --task generate --dtype fp32 --gen-images 16 --gen-batch 16 --new-tokens 48 --check-unbatched 16
+  graphedcheck)  # not run yet: tuned evaluation's path (LoRA + guard) with per-batch capture
     LIMIT=300 b h200_generate_graphed_dynamic_guard_lora --task generate --dtype bf16 --new-tokens 48 --compare start compiled_tower graphed graphed --image-mode dynamic --gen-images 256 --gen-lora --no-repeat-ngram 20 --no-repeat-window 90 ;;
   gil)  # CPU only: does the processor thread slow a launch-bound main thread? (benchmarks/README.md)
     for i in 1 2 3; do timeout ${LIMIT:-120} python3 benchmarks/gil_contention.py --json "$RES/gpuhost_gil_contention_$i.json" 2>&1 | grep -v "Warning\|warn(" ; done ;;

@@ -7,6 +7,12 @@ from pathlib import Path
 RESULTS = Path(__file__).parent / "results"
 
 
+def timed_passes(result: dict) -> dict:
+    """bench.py --compare's passes, in the order run (the record also holds their summary keys)."""
+    passes = result.get("generate_passes", {})
+    return {k: v for k, v in passes.items() if isinstance(v, dict) and "images_per_s" in v}
+
+
 def rows(folder: Path = RESULTS) -> list[str]:
     out = [
         "| result | device | recipe | dtype | 4-bit | mode | expert LoRA | batch | weights GiB | peak GiB "
@@ -34,8 +40,8 @@ def rows(folder: Path = RESULTS) -> list[str]:
                 f"tower eager {compared['eager']['images_per_s']}, compiled {compared['compiled_again']['images_per_s']}"
                 f" images/s ({compared['compiled_first']['images_per_s']} in the pass that compiled)"
             )
-        if passes := r.get("generate_passes"):  # bench.py --compare: the same images, pass by pass
-            timed = {k: v for k, v in passes.items() if isinstance(v, dict) and "images_per_s" in v}
+        if timed := timed_passes(r):  # bench.py --compare: the same images, pass by pass
+            passes = r["generate_passes"]
             first = next(iter(timed))
             note = (
                 (note + "; " if note else "")
