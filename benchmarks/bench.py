@@ -521,7 +521,7 @@ def run_generate(args, mcfg, hw, processor, samples, result, lora) -> None:
             )
         if args.compare:
             result["generate_passes"] = compare_passes(
-                model, processor, samples, settings, args.compare, cuda
+                model, processor, samples, settings, args.compare, cuda, args.timeline
             )
         else:
             predictions, stats = transcribe(model, processor, samples, settings, desc="bench")
@@ -596,9 +596,12 @@ PASSES = {
 }
 
 
-def compare_passes(model, processor, samples, settings, names: list[str], cuda: bool) -> dict:
+def compare_passes(
+    model, processor, samples, settings, names: list[str], cuda: bool, timeline: bool = False
+) -> dict:
     """The same images through each named pass, in order; images/s, peak memory and how many
-    transcriptions (token ids) equal the first pass's. A name given twice is timed twice."""
+    transcriptions (token ids) equal the first pass's. A name given twice is timed twice.
+    timeline: each pass also records where each batch's time went (batch_timeline)."""
     from hwocr.evaluate.generate import transcribe
 
     out, first = {}, None
@@ -606,10 +609,14 @@ def compare_passes(model, processor, samples, settings, names: list[str], cuda: 
         if cuda:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
-        predictions, stats = transcribe(
-            model, processor, samples, replace(settings, **PASSES[name]), desc=name
-        )
+        batches: list[dict] = []
+        with batch_timeline(batches) if timeline else contextlib.nullcontext():
+            predictions, stats = transcribe(
+                model, processor, samples, replace(settings, **PASSES[name]), desc=name
+            )
         record = _generation_record(stats, predictions, cuda)
+        if timeline:
+            record["timeline"] = batches
         if first is None:
             first = predictions
         else:
@@ -622,6 +629,80 @@ def compare_passes(model, processor, samples, settings, names: list[str], cuda: 
     }
     out["images"] = len(samples)
     return out
+
+
+@contextlib.contextmanager
+def batch_timeline(batches: list[dict]):
+    """Where each batch of transcribe goes, in seconds from the batch's call to _generate: the
+    wait before it (the main thread between batches: waiting for the encoding, bookkeeping),
+    the copy to the GPU, the prefill, the first decoding step (with its capture, when graphed),
+    the rest of the steps; and how long the batch's encoding took in its thread. CUDA is
+    synchronised at each mark, which adds a little to the run being measured."""
+    from hwocr.evaluate import decode, generate
+
+    encode, to_device, generate_batch, steps = (
+        generate._encode,
+        generate.pixels_to_device,
+        generate._generate,
+        decode._Steps,
+    )
+    encoded: list[float] = []  # encoding seconds, in the order the batches were submitted
+    state: dict = {"last_end": None}
+
+    def sync() -> float:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def timed_encode(*a, **kw):
+        start = time.perf_counter()
+        out = encode(*a, **kw)
+        encoded.append(time.perf_counter() - start)
+        return out
+
+    def timed_to_device(*a, **kw):
+        out = to_device(*a, **kw)
+        state["row"]["to_device_s"] = sync() - state["start"]
+        return out
+
+    class TimedSteps(steps):
+        def __init__(self, *a, **kw):
+            state["row"]["prefill_done_s"] = sync() - state["start"]
+            super().__init__(*a, **kw)
+            self.calls = 0
+
+        def __call__(self):
+            out = super().__call__()
+            self.calls += 1
+            if self.calls == 1:
+                state["row"]["first_step_done_s"] = sync() - state["start"]
+            return out
+
+    def timed_generate(*a, **kw):
+        start = sync()
+        state["start"], state["row"] = start, {}
+        if state["last_end"] is not None:
+            state["row"]["waited_before_s"] = start - state["last_end"]
+        out = generate_batch(*a, **kw)
+        end = sync()
+        state["row"]["generate_s"] = end - start
+        state["last_end"] = end
+        batches.append({k: round(v, 3) for k, v in state["row"].items()})
+        return out
+
+    generate._encode, generate.pixels_to_device, generate._generate = (
+        timed_encode,
+        timed_to_device,
+        timed_generate,
+    )
+    decode._Steps = TimedSteps
+    try:
+        yield
+    finally:
+        generate._encode, generate.pixels_to_device, generate._generate = encode, to_device, generate_batch
+        decode._Steps = steps
+        for row, seconds in zip(batches, encoded, strict=False):
+            row["encode_s"] = round(seconds, 3)
 
 
 def profile_generate(model, processor, samples, settings, args) -> dict:
@@ -866,6 +947,7 @@ def parse_args(argv=None):
         choices=["start", "compiled_tower", "graphed"],
         help="--task generate: the same images through these passes, in order (a name twice: timed twice)",
     )
+    p.add_argument("--timeline", action="store_true", help="--compare: per batch, where its time went")
     p.add_argument("--recipe", choices=["baseline", "optimized"], default="optimized")
     p.add_argument("--no-grad-ckpt", action="store_true", help="train without gradient checkpointing")
     p.add_argument(

@@ -105,6 +105,7 @@ def transcribe(
     prepared: dict[tuple[int, int], Future] = {}  # (start, size) -> encoded inputs, one batch ahead
 
     compiled = settings.compile_vision and device.type == "cuda"
+    pin = device.type == "cuda"  # page-locked views copy to the GPU without the main thread's time
     with (
         ThreadPoolExecutor(max_workers=1) as pool,
         tqdm(total=len(samples), desc=desc, unit="img") as progress,
@@ -112,7 +113,7 @@ def transcribe(
     ):
 
         def encode_soon(start: int, size: int) -> Future:
-            return pool.submit(_encode, processor, samples[start : start + size], settings)
+            return pool.submit(_encode, processor, samples[start : start + size], settings, pin)
 
         start = 0
         while start < len(samples):
@@ -142,6 +143,8 @@ def transcribe(
             progress.update(len(batch))
             start += len(batch)
     seconds = time.perf_counter() - started
+    if pin and hasattr(torch.accelerator, "empty_host_cache"):  # torch >= 2.9
+        torch.accelerator.empty_host_cache()  # the cached page-locked batches: GBs in crop mode
     n_failed = sum(1 for p in predictions if p.error)
     if n_failed:
         log.warning("%d of %d samples failed and are scored as empty predictions", n_failed, len(predictions))
@@ -162,10 +165,15 @@ def _one_by_one(model, processor, batch, settings, device, dtype, batch_error) -
             yield _prediction(sample, "", error=f"{type(error).__name__}: {error}")
 
 
-def _encode(processor, batch: Sequence[Sample], settings: GenerationSettings):
+def _encode(processor, batch: Sequence[Sample], settings: GenerationSettings, pin: bool = False):
     images = [load_image(sample.image) for sample in batch]
     prompts = [settings.prompt] * len(batch)
-    return encode(processor, images, prompts, raw_pixels=True, padding=True, return_tensors="pt")
+    inputs = encode(processor, images, prompts, raw_pixels=True, padding=True, return_tensors="pt")
+    if pin:  # in the encoding thread, so that the main thread's copy is asynchronous
+        for key, value in inputs.items():
+            if isinstance(value, torch.Tensor):
+                inputs[key] = value.pin_memory()
+    return inputs
 
 
 @torch.inference_mode()
