@@ -482,6 +482,7 @@ def loss_match(args, mcfg, hw, lora, processor, samples, result) -> None:
 
 
 def run_generate(args, mcfg, hw, processor, samples, result, lora) -> None:
+    from hwocr.evaluate.encoding import encode_workers
     from hwocr.evaluate.generate import GenerationSettings, transcribe
     from hwocr.model import load_model, prepare_for_training
 
@@ -501,6 +502,7 @@ def run_generate(args, mcfg, hw, processor, samples, result, lora) -> None:
         no_repeat_window=args.no_repeat_window,
         compile_vision=not args.eager_vision,
         graph_decoding=not args.eager_decoding,
+        encode_workers=encode_workers(args.encode_workers, "cuda" if cuda else "cpu"),
     )
     # warm-up: CUDA context, kernels, autotuning
     warm = GenerationSettings(
@@ -590,9 +592,10 @@ def _generation_record(stats, predictions: list, cuda: bool) -> dict:
 # issue 14 measured from (the tower eager, transformers' generate); the first pass with the tower
 # compiled includes its one-off compile.
 PASSES = {
-    "start": {"compile_vision": False, "graph_decoding": False},
-    "compiled_tower": {"compile_vision": True, "graph_decoding": False},
-    "graphed": {"compile_vision": True, "graph_decoding": True},
+    "start": {"compile_vision": False, "graph_decoding": False, "encode_workers": 0},
+    "compiled_tower": {"compile_vision": True, "graph_decoding": False, "encode_workers": 0},
+    "graphed": {"compile_vision": True, "graph_decoding": True, "encode_workers": 0},
+    "workers": {"compile_vision": True, "graph_decoding": True},  # + encoding workers as settings say
 }
 
 
@@ -636,17 +639,14 @@ def batch_timeline(batches: list[dict]):
     """Where each batch of transcribe goes, in seconds from the batch's call to _generate: the
     wait before it (the main thread between batches: waiting for the encoding, bookkeeping),
     the copy to the GPU, the prefill, the first decoding step (with its capture, when graphed),
-    the rest of the steps; and how long the batch's encoding took in its thread. CUDA is
-    synchronised at each mark, which adds a little to the run being measured."""
-    from hwocr.evaluate import decode, generate
+    the rest of the steps; and how long the batch's encoding took, and where (the thread alone,
+    or worker processes joined by it). CUDA is synchronised at each mark, which adds a little to
+    the run being measured."""
+    from hwocr.evaluate import decode, encoding, generate
 
-    encode, to_device, generate_batch, steps = (
-        generate._encode,
-        generate.pixels_to_device,
-        generate._generate,
-        decode._Steps,
-    )
-    encoded: list[float] = []  # encoding seconds, in the order the batches were submitted
+    to_device, generate_batch, steps = generate.pixels_to_device, generate._generate, decode._Steps
+    here, in_workers = encoding.BatchEncoder._here, encoding.BatchEncoder._in_workers
+    encoded: list[tuple[str, float]] = []  # (where, seconds), in the order the batches were submitted
     state: dict = {"last_end": None}
 
     def sync() -> float:
@@ -654,11 +654,14 @@ def batch_timeline(batches: list[dict]):
             torch.cuda.synchronize()
         return time.perf_counter()
 
-    def timed_encode(*a, **kw):
-        start = time.perf_counter()
-        out = encode(*a, **kw)
-        encoded.append(time.perf_counter() - start)
-        return out
+    def timed(where, encode):
+        def run(self, samples):
+            start = time.perf_counter()
+            out = encode(self, samples)
+            encoded.append((where, time.perf_counter() - start))
+            return out
+
+        return run
 
     def timed_to_device(*a, **kw):
         out = to_device(*a, **kw)
@@ -690,19 +693,16 @@ def batch_timeline(batches: list[dict]):
         batches.append({k: round(v, 3) for k, v in state["row"].items()})
         return out
 
-    generate._encode, generate.pixels_to_device, generate._generate = (
-        timed_encode,
-        timed_to_device,
-        timed_generate,
-    )
-    decode._Steps = TimedSteps
+    generate.pixels_to_device, generate._generate, decode._Steps = timed_to_device, timed_generate, TimedSteps
+    encoding.BatchEncoder._here = timed("thread", here)
+    encoding.BatchEncoder._in_workers = timed("workers", in_workers)
     try:
         yield
     finally:
-        generate._encode, generate.pixels_to_device, generate._generate = encode, to_device, generate_batch
-        decode._Steps = steps
-        for row, seconds in zip(batches, encoded, strict=False):
-            row["encode_s"] = round(seconds, 3)
+        generate.pixels_to_device, generate._generate, decode._Steps = to_device, generate_batch, steps
+        encoding.BatchEncoder._here, encoding.BatchEncoder._in_workers = here, in_workers
+        for row, (where, seconds) in zip(batches, encoded, strict=False):
+            row[f"encode_s_{where}"] = round(seconds, 3)
 
 
 def profile_generate(model, processor, samples, settings, args) -> dict:
@@ -940,6 +940,9 @@ def parse_args(argv=None):
         "--eager-decoding",
         action="store_true",
         help="generate with transformers' generate, not graphed steps",
+    )
+    p.add_argument(
+        "--encode-workers", type=int, default=None, help="encoding processes (default: the product's choice)"
     )
     p.add_argument(
         "--compare",

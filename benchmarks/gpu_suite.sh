@@ -103,18 +103,20 @@ for phase in "$@"; do case $phase in
     LIMIT=170 b h200_generate_graphed_kept_base_auto $G --gen-images 1024
     LIMIT=260 b h200_generate_graphed_kept_dynamic_auto $G --image-mode dynamic --gen-images 1024
     LIMIT=170 b h200_generate_graphed_kept_dynamic_guard_lora $G --image-mode dynamic --gen-images 256 --gen-lora --no-repeat-ngram 20 --no-repeat-window 90 ;;
-  graphedcheck)  # not run yet: tuned evaluation's path (LoRA + guard) with per-batch capture
-    LIMIT=300 b h200_generate_graphed_dynamic_guard_lora --task generate --dtype bf16 --new-tokens 48 --compare start compiled_tower graphed graphed --image-mode dynamic --gen-images 256 --gen-lora --no-repeat-ngram 20 --no-repeat-window 90 ;;
   gil)  # CPU only: does the processor thread slow a launch-bound main thread? (benchmarks/README.md)
     for i in 1 2 3; do timeout ${LIMIT:-120} python3 benchmarks/gil_contention.py --json "$RES/gpuhost_gil_contention_$i.json" 2>&1 | grep -v "Warning\|warn(" ; done ;;
   gputests)  # the GPU-marked tests (CI has no GPU)
     timeout ${LIMIT:-300} python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_decode.py 2>&1 | tail -15 ;;
-  timeline)  # issue 14: where each batch's time goes over several batches (graphed), crop mode and base
+  timeline)  # measured at 9169302 (the batch pinned in the encoding thread; each capture emptied the caches)
     G="--task generate --dtype bf16 --new-tokens 48 --compare graphed graphed --timeline"
     LIMIT=260 b h200_generate_timeline_dynamic $G --image-mode dynamic --gen-images 768
     LIMIT=150 b h200_generate_timeline_base $G --gen-images 1024 ;;
-  encworkers)  # CPU only: a crop-mode batch of 256 encoded by 1 thread, k threads, k processes
-    timeout ${LIMIT:-200} python3 benchmarks/encode_workers.py --lines 256 --json "$RES/gpuhost_encode_workers.json" 2>&1 | grep -v "Warning\|warn(" ;;
+  workers)  # issue 14: one encoding thread against the product's encoding workers, per batch, crop mode and base
+    G="--task generate --dtype bf16 --new-tokens 48 --compare start compiled_tower graphed workers workers --timeline"
+    LIMIT=330 b h200_generate_workers_dynamic_auto $G --image-mode dynamic --gen-images 1024
+    LIMIT=170 b h200_generate_workers_base_auto $G --gen-images 1024 ;;
+  workerslora)  # tuned evaluation's path: a LoRA (experts on) and the presets' guard
+    LIMIT=260 b h200_generate_workers_dynamic_guard_lora --task generate --dtype bf16 --new-tokens 48 --compare start compiled_tower workers workers --timeline --image-mode dynamic --gen-images 384 --gen-lora --no-repeat-ngram 20 --no-repeat-window 90 ;;
   samconvs)  # SAM's convolutions with cuDNN's default algorithms and with cudnn.benchmark
     timeout ${LIMIT:-120} python3 benchmarks/sam_convs.py --json "$RES/h200_sam_convs.json" 2>&1 | grep -v "Warning\|warn(" ;;
   *) echo "unknown phase $phase" ;;

@@ -19,6 +19,7 @@ Each call captures its own step. A step kept for the next batch of the same shap
 static cache beside the next prefill's: more peak memory, for no gain measured (benchmarks/README.md).
 """
 
+import contextlib
 import logging
 
 import torch
@@ -141,9 +142,7 @@ class _Steps:
         torch.cuda.current_stream().wait_stream(stream)
         logits.record_stream(torch.cuda.current_stream())  # read there: not reused before that
         try:  # capturing records the kernels without running them: the state stays as it is
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, stream=stream):
-                self.output = self.step()
+            self.output = _capture(graph := torch.cuda.CUDAGraph(), self.step, stream)
             self.captured = graph
         except torch.OutOfMemoryError:  # transcribe lowers the batch size
             raise
@@ -151,3 +150,21 @@ class _Steps:
             log.warning("decoding step could not be captured as a CUDA graph (%s); decoding eagerly", error)
             self.graph = False
         return logits
+
+
+def _capture(graph: torch.cuda.CUDAGraph, step, stream: torch.cuda.Stream) -> torch.Tensor:
+    """`step`'s kernels recorded into `graph` on `stream`; returns its output buffer.
+
+    torch.cuda.graph() would first empty the allocator's caches, device and page-locked host
+    memory, which the next batch then allocates again (benchmarks/README.md). thread_local: the
+    encoding thread's CUDA calls (page-locked allocations) may run during the capture."""
+    with torch.cuda.stream(stream):
+        graph.capture_begin(capture_error_mode="thread_local")
+        try:
+            output = step()
+        except BaseException:
+            with contextlib.suppress(Exception):  # the step's own error is the one to report
+                graph.capture_end()
+            raise
+        graph.capture_end()
+    return output

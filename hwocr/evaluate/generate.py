@@ -7,7 +7,7 @@ its error text, and is scored like every other.
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
@@ -16,12 +16,12 @@ from tqdm.auto import tqdm
 from transformers import LogitsProcessorList
 
 from hwocr.config import RepetitionGuardConfig
-from hwocr.data import Sample, load_image
+from hwocr.data import Sample
 from hwocr.evaluate.decode import can_graph, greedy_generate
+from hwocr.evaluate.encoding import BatchEncoder, encode_samples
 from hwocr.evaluate.guard import WindowedNoRepeatNGram, token_ids
 from hwocr.metrics import Prediction
 from hwocr.model.adapt import unwrap, vision_tower
-from hwocr.model.load import encode
 from hwocr.model.ocr1 import move_images
 from hwocr.model.pixels import pixels_to_device
 from hwocr.model.vision import compiled_vision
@@ -47,6 +47,9 @@ class GenerationSettings:
     no_repeat_whitelist: tuple[int, ...] = ()
     compile_vision: bool = True  # on CUDA: the vision tower's layers compiled (model/vision.py)
     graph_decoding: bool = True  # bf16 on CUDA: decoding steps replayed as a CUDA graph (evaluate/decode.py)
+    encode_workers: int = (
+        0  # processes encoding the batches after the first (evaluate/encoding.py); 0: a thread
+    )
 
     def generate_kwargs(self) -> dict:
         return {} if self.cache == "dynamic" else {"cache_implementation": self.cache}
@@ -94,7 +97,7 @@ def transcribe(
 ) -> tuple[list[Prediction], EvalStats]:
     """Transcribe `samples` in order. `on_batch` sees each finished batch (for incremental saving).
 
-    The next batch's images are read and encoded in a background thread while the GPU generates.
+    The next batch's images are read and encoded beside the GPU (evaluate/encoding.py).
     """
     device = next(model.parameters()).device
     dtype = _floating_dtype(model)
@@ -105,15 +108,15 @@ def transcribe(
     prepared: dict[tuple[int, int], Future] = {}  # (start, size) -> encoded inputs, one batch ahead
 
     compiled = settings.compile_vision and device.type == "cuda"
-    pin = device.type == "cuda"  # page-locked views copy to the GPU without the main thread's time
+    cuda = device.type == "cuda"
     with (
-        ThreadPoolExecutor(max_workers=1) as pool,
+        BatchEncoder(processor, settings.prompt, settings.encode_workers, pin=cuda) as encoder,
         tqdm(total=len(samples), desc=desc, unit="img") as progress,
         compiled_vision(vision_tower(model)) if compiled else nullcontext(),
     ):
 
         def encode_soon(start: int, size: int) -> Future:
-            return pool.submit(_encode, processor, samples[start : start + size], settings, pin)
+            return encoder.submit(samples[start : start + size])
 
         start = 0
         while start < len(samples):
@@ -143,8 +146,8 @@ def transcribe(
             progress.update(len(batch))
             start += len(batch)
     seconds = time.perf_counter() - started
-    if pin and hasattr(torch.accelerator, "empty_host_cache"):  # torch >= 2.9
-        torch.accelerator.empty_host_cache()  # the cached page-locked batches: GBs in crop mode
+    if cuda and hasattr(torch.accelerator, "empty_host_cache"):  # torch >= 2.9
+        torch.accelerator.empty_host_cache()  # the joined batches' page-locked memory: GBs in crop mode
     n_failed = sum(1 for p in predictions if p.error)
     if n_failed:
         log.warning("%d of %d samples failed and are scored as empty predictions", n_failed, len(predictions))
@@ -156,24 +159,13 @@ def _one_by_one(model, processor, batch, settings, device, dtype, batch_error) -
     log.warning("batch failed (%s); retrying its %d samples one by one", batch_error, len(batch))
     for sample in batch:
         try:
-            inputs = _encode(processor, [sample], settings)
+            inputs = encode_samples(processor, [sample], settings.prompt)
             (text,), (guarded,) = _generate(model, processor, inputs, settings, device, dtype)
             yield _prediction(sample, text, guarded=guarded)
         except torch.OutOfMemoryError:
             raise
         except Exception as error:
             yield _prediction(sample, "", error=f"{type(error).__name__}: {error}")
-
-
-def _encode(processor, batch: Sequence[Sample], settings: GenerationSettings, pin: bool = False):
-    images = [load_image(sample.image) for sample in batch]
-    prompts = [settings.prompt] * len(batch)
-    inputs = encode(processor, images, prompts, raw_pixels=True, padding=True, return_tensors="pt")
-    if pin:  # in the encoding thread, so that the main thread's copy is asynchronous
-        for key, value in inputs.items():
-            if isinstance(value, torch.Tensor):
-                inputs[key] = value.pin_memory()
-    return inputs
 
 
 @torch.inference_mode()

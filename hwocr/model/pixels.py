@@ -65,7 +65,7 @@ def normalization_table(image_processor) -> torch.Tensor:
 def pixels_to_device(inputs, processor, device, dtype: torch.dtype):
     """Move a processor batch to `device`; its image views become `dtype`, 8-bit ones normalised
     on the way."""
-    inputs = inputs.to(device, non_blocking=True)  # asynchronous from page-locked memory only
+    inputs = inputs.to(device, non_blocking=True)  # asynchronous from page-locked memory
     for key in PIXEL_KEYS:
         if key not in inputs:
             continue

@@ -1,0 +1,147 @@
+"""Encode transcription batches (images read, the processor run) beside the GPU.
+
+A thread beside transcribe's main thread encodes the next batch while the GPU works. On a GPU that
+thread got a fraction of the CPU it gets alone, and with the compiled tower and graphed decoding
+it fell behind: the main thread waited for it (benchmarks/README.md has the timeline). With
+`workers` > 0 the batches after the first are encoded by worker processes, each with its own
+interpreter, one slice of the batch each; their tensors come back through shared memory and the
+thread joins the slices into the inputs one processor call would give, bit for bit
+(tests/test_encoding.py). The first batch is encoded by the thread while the workers start.
+"""
+
+import logging
+import multiprocessing
+import os
+from collections.abc import Sequence
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+
+import torch
+from transformers import BatchFeature
+
+from hwocr.data import Sample, load_image
+from hwocr.model.load import encode
+
+log = logging.getLogger(__name__)
+
+# the keys a DeepSeek-OCR-2 processor returns; token rows are padded, the rest stacked per image
+TOKEN_KEYS = ("input_ids", "attention_mask")
+STACKED_KEYS = ("pixel_values", "pixel_values_local", "num_local_patches")
+
+
+def encode_samples(processor, samples: Sequence[Sample], prompt: str) -> BatchFeature:
+    """The processor's inputs for `samples`: 8-bit views where supported, prompts left-padded."""
+    images = [load_image(sample.image) for sample in samples]
+    prompts = [prompt] * len(samples)
+    return encode(processor, images, prompts, raw_pixels=True, padding=True, return_tensors="pt")
+
+
+def encode_workers(configured: int | None, device_type: str) -> int:
+    """Worker processes for encoding: as configured, else none off a GPU (the thread keeps up
+    there) and a quarter of this process's CPUs, 1 to 4, on one."""
+    if configured is not None:
+        return configured
+    if device_type != "cuda":
+        return 0
+    return max(1, min(4, len(os.sched_getaffinity(0)) // 4))
+
+
+class BatchEncoder:
+    """`submit(samples)` -> a Future of their inputs. Use as a context manager."""
+
+    def __init__(self, processor, prompt: str, workers: int = 0, pin: bool = False):
+        self.processor, self.prompt, self.pin = processor, prompt, pin
+        self.thread = ThreadPoolExecutor(max_workers=1)
+        self.workers = workers if workers > 0 and joinable(processor) else 0
+        self.processes: ProcessPoolExecutor | None = None
+        self.submitted = 0
+        if self.workers:
+            self.processes = ProcessPoolExecutor(
+                self.workers,
+                mp_context=multiprocessing.get_context("spawn"),  # fork is unsafe beside CUDA and threads
+                initializer=_start_worker,
+                initargs=(processor,),
+            )
+            for _ in range(self.workers):  # start them now, while the first batch is encoded here
+                self.processes.submit(_ready)
+
+    def __enter__(self) -> "BatchEncoder":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.thread.shutdown(wait=True, cancel_futures=True)
+        if self.processes is not None:
+            self.processes.shutdown(wait=True, cancel_futures=True)
+
+    def submit(self, samples: Sequence[Sample]) -> Future:
+        in_workers = self.processes is not None and self.submitted > 0
+        self.submitted += 1
+        return self.thread.submit(self._in_workers if in_workers else self._here, list(samples))
+
+    def _here(self, samples: list[Sample]) -> BatchFeature:
+        return encode_samples(self.processor, samples, self.prompt)
+
+    def _in_workers(self, samples: list[Sample]) -> BatchFeature:
+        processes = self.processes
+        if processes is None:  # the pool broke on an earlier batch
+            return self._here(samples)
+        size = -(-len(samples) // self.workers)
+        slices = [samples[i : i + size] for i in range(0, len(samples), size)]
+        try:
+            parts = [f.result() for f in [processes.submit(_encode_slice, s, self.prompt) for s in slices]]
+        except BrokenProcessPool as error:  # a worker died (out of memory, shared memory full)
+            log.warning("encoding worker processes failed (%s); encoding in a thread from now on", error)
+            self.processes = None
+            processes.shutdown(wait=False, cancel_futures=True)
+            return self._here(samples)
+        return join_slices(parts, self.processor.tokenizer, self.pin)
+
+
+def joinable(processor) -> bool:
+    """Whether join_slices knows every key this processor returns (DeepSeek-OCR-2's)."""
+    return "hwocr_call_kwargs" in vars(processor) and type(processor).__name__ == "DeepseekOcr2Processor"
+
+
+def join_slices(parts: list[dict], tokenizer, pin: bool = False) -> BatchFeature:
+    """Slices of a batch, encoded apart, as one processor call returns them: token rows padded
+    again to the longest on the tokenizer's side, per-image tensors concatenated. pin: into
+    page-locked memory, so that the copy to the GPU is asynchronous."""
+    unknown = set(parts[0]) - set(TOKEN_KEYS) - set(STACKED_KEYS)
+    if unknown:
+        raise ValueError(f"cannot join processor outputs with keys {sorted(unknown)}")
+    length = max(part["input_ids"].shape[1] for part in parts)
+    joined = {}
+    for key in parts[0]:
+        values = [part[key] for part in parts]
+        if key in TOKEN_KEYS:
+            fill = tokenizer.pad_token_id if key == "input_ids" else 0
+            values = [_pad(v, length, fill, tokenizer.padding_side) for v in values]
+        shape = (sum(v.shape[0] for v in values), *values[0].shape[1:])
+        out = torch.empty(shape, dtype=values[0].dtype, pin_memory=pin)
+        joined[key] = torch.cat(values, out=out)
+    return BatchFeature(data=joined)
+
+
+def _pad(rows: torch.Tensor, length: int, fill: int, side: str) -> torch.Tensor:
+    missing = length - rows.shape[1]
+    if not missing:
+        return rows
+    pad = (missing, 0) if side == "left" else (0, missing)
+    return torch.nn.functional.pad(rows, pad, value=fill)
+
+
+_WORKER_PROCESSOR = None
+
+
+def _start_worker(processor) -> None:
+    global _WORKER_PROCESSOR
+    _WORKER_PROCESSOR = processor
+    torch.set_num_threads(1)  # several workers share the CPUs
+
+
+def _ready() -> None:
+    return None
+
+
+def _encode_slice(samples: list[Sample], prompt: str) -> dict:
+    return dict(encode_samples(_WORKER_PROCESSOR, samples, prompt))
