@@ -552,12 +552,13 @@ def run_generate(args, mcfg, hw, processor, samples, result, lora) -> None:
 def ids_as_text(tokenizer):
     """Transcriptions as space-separated token ids: a random model's ids mostly lie beyond the
     bench tokenizer's 1,024 tokens and would all decode to "" (and compare equal)."""
-    decode = tokenizer.batch_decode
-    tokenizer.batch_decode = lambda ids, **kw: [" ".join(map(str, row.tolist())) for row in ids]
+    cls = type(tokenizer)  # the class, not the instance: the processor still pickles for the workers
+    decode = cls.batch_decode
+    cls.batch_decode = lambda self, ids, **kw: [" ".join(map(str, row.tolist())) for row in ids]
     try:
         yield
     finally:
-        tokenizer.batch_decode = decode
+        cls.batch_decode = decode
 
 
 def unbatched_check(model, processor, check: list, settings) -> dict:
@@ -947,7 +948,7 @@ def parse_args(argv=None):
     p.add_argument(
         "--compare",
         nargs="+",
-        choices=["start", "compiled_tower", "graphed"],
+        choices=list(PASSES),
         help="--task generate: the same images through these passes, in order (a name twice: timed twice)",
     )
     p.add_argument("--timeline", action="store_true", help="--compare: per batch, where its time went")

@@ -1,12 +1,14 @@
 """Batches encoded in worker processes (hwocr/evaluate/encoding.py) are the inputs one processor
 call gives, bit for bit, and transcribe through them predicts what it predicts through a thread."""
 
+import logging
 from dataclasses import replace
 
 import pytest
 import torch
 
 from hwocr.config import ConfigError, HardwareConfig
+from hwocr.evaluate import encoding
 from hwocr.evaluate.encoding import BatchEncoder, encode_samples, encode_workers, join_slices
 from hwocr.evaluate.generate import GenerationSettings, transcribe
 from hwocr.model import load_model, load_processor
@@ -61,11 +63,26 @@ def test_negative_workers_are_a_config_error():
         validate(cfg)
 
 
+def test_a_processor_that_cannot_be_pickled_is_encoded_in_the_thread(tiny_model_config, lines, caplog):
+    processor = load_processor(tiny_model_config)
+    processor.hwocr_unpicklable = lambda: None  # a worker gets the processor pickled
+    with (
+        caplog.at_level(logging.WARNING, logger="hwocr.evaluate.encoding"),
+        BatchEncoder(processor, PROMPT, workers=2) as encoder,
+    ):
+        assert encoder.processes is None
+        encoder.submit(lines[:1]).result()
+        inputs = encoder.submit(lines).result()
+    assert "could not start" in caplog.text
+    _equal(inputs, encode_samples(processor, lines, PROMPT))
+
+
 @pytest.mark.slow
 def test_worker_processes_encode_what_the_thread_encodes(tiny_model_config, lines):
     processor = load_processor(replace(tiny_model_config, image_mode="dynamic"))
     with BatchEncoder(processor, PROMPT, workers=2) as encoder:
         assert encoder.processes is not None
+        [started.result() for started in encoder.ready]
         first, second = encoder.submit(lines[:2]), encoder.submit(lines)  # thread, then workers
         _equal(first.result(), encode_samples(processor, lines[:2], PROMPT))
         _equal(second.result(), encode_samples(processor, lines, PROMPT))
@@ -83,15 +100,20 @@ def test_transcribe_through_workers_predicts_what_it_predicts_through_a_thread(
     samples = [*lines[:3], replace(lines[3], id="test/broken", image=broken), *lines[3:]]
     settings = GenerationSettings(prompt=PROMPT, max_new_tokens=6, batch_size=2)
     in_thread, _ = transcribe(model, processor, samples, settings)
-    joined = []
-    in_workers_method = BatchEncoder._in_workers
+    joined, start = [], BatchEncoder.__init__
+
+    def started(self, *args, **kwargs):  # wait for the workers: else the thread encodes meanwhile
+        start(self, *args, **kwargs)
+        [ready.result() for ready in self.ready]
+
+    monkeypatch.setattr(BatchEncoder, "__init__", started)
     monkeypatch.setattr(
-        BatchEncoder,
-        "_in_workers",
-        lambda self, batch: joined.append(len(batch)) or in_workers_method(self, batch),
+        encoding, "join_slices", lambda parts, *a: joined.append(len(parts)) or join_slices(parts, *a)
     )
     in_workers, _ = transcribe(model, processor, samples, replace(settings, encode_workers=2))
-    assert joined == [2, 2], "the batches after the first should come from the workers"
+    # batches 2 and 3 went to the workers: 2 failed there (the broken image) and was retried one
+    # by one, 3 came back as two slices and was joined
+    assert joined == [2]
     assert [p.prediction for p in in_workers] == [p.prediction for p in in_thread]
     assert [bool(p.error) for p in in_workers] == [p.id == "test/broken" for p in samples]
     assert in_workers[3].error == in_thread[3].error

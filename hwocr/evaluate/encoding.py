@@ -6,7 +6,8 @@ it fell behind: the main thread waited for it (benchmarks/README.md has the time
 `workers` > 0 the batches after the first are encoded by worker processes, each with its own
 interpreter, one slice of the batch each; their tensors come back through shared memory and the
 thread joins the slices into the inputs one processor call would give, bit for bit
-(tests/test_encoding.py). The first batch is encoded by the thread while the workers start.
+(tests/test_encoding.py). The thread encodes the first batch, and any other while the workers
+are still starting (a few seconds: each imports torch and transformers).
 """
 
 import logging
@@ -54,6 +55,7 @@ class BatchEncoder:
         self.thread = ThreadPoolExecutor(max_workers=1)
         self.workers = workers if workers > 0 and joinable(processor) else 0
         self.processes: ProcessPoolExecutor | None = None
+        self.ready: list[Future] = []  # one per worker, done once it has started
         self.submitted = 0
         if self.workers:
             self.processes = ProcessPoolExecutor(
@@ -62,8 +64,12 @@ class BatchEncoder:
                 initializer=_start_worker,
                 initargs=(processor,),
             )
-            for _ in range(self.workers):  # start them now, while the first batch is encoded here
-                self.processes.submit(_ready)
+            try:  # start them now, while the first batch is encoded here
+                self.ready = [self.processes.submit(_ready) for _ in range(self.workers)]
+            except Exception as error:  # noqa: BLE001 - e.g. a processor that cannot be pickled
+                log.warning("encoding worker processes could not start (%s); encoding in a thread", error)
+                self.processes.shutdown(wait=False, cancel_futures=True)
+                self.processes = None
 
     def __enter__(self) -> "BatchEncoder":
         return self
@@ -83,7 +89,7 @@ class BatchEncoder:
 
     def _in_workers(self, samples: list[Sample]) -> BatchFeature:
         processes = self.processes
-        if processes is None:  # the pool broke on an earlier batch
+        if processes is None or not all(f.done() for f in self.ready):  # broken, or still starting
             return self._here(samples)
         size = -(-len(samples) // self.workers)
         slices = [samples[i : i + size] for i in range(0, len(samples), size)]
