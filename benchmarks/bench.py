@@ -656,9 +656,9 @@ def batch_timeline(batches: list[dict]):
         return time.perf_counter()
 
     def timed(where, encode):
-        def run(self, samples):
+        def run(self, *args):
             start = time.perf_counter()
-            out = encode(self, samples)
+            out = encode(self, *args)
             encoded.append((where, time.perf_counter() - start))
             return out
 

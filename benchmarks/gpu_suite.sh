@@ -111,10 +111,14 @@ for phase in "$@"; do case $phase in
     G="--task generate --dtype bf16 --new-tokens 48 --compare graphed graphed --timeline"
     LIMIT=260 b h200_generate_timeline_dynamic $G --image-mode dynamic --gen-images 768
     LIMIT=150 b h200_generate_timeline_base $G --gen-images 1024 ;;
-  workers)  # issue 14: one encoding thread against the product's encoding workers, per batch, crop mode and base
+  workers)  # measured at bf32d52: that commit's workers started with each transcription (slowing its first batch)
     G="--task generate --dtype bf16 --new-tokens 48 --compare start compiled_tower graphed workers workers --timeline"
     LIMIT=330 b h200_generate_workers_dynamic_auto $G --image-mode dynamic --gen-images 1024
     LIMIT=170 b h200_generate_workers_base_auto $G --gen-images 1024 ;;
+  pool)  # issue 14: the product's encoding workers, started after the first batch and kept (2nd pass: kept)
+    G="--task generate --dtype bf16 --new-tokens 48 --compare start graphed workers workers --timeline"
+    LIMIT=300 b h200_generate_pool_dynamic_auto $G --image-mode dynamic --gen-images 1024
+    LIMIT=150 b h200_generate_pool_base_auto $G --gen-images 1024 ;;
   workerslora)  # tuned evaluation's path: a LoRA (experts on) and the presets' guard
     LIMIT=260 b h200_generate_workers_dynamic_guard_lora --task generate --dtype bf16 --new-tokens 48 --compare start compiled_tower workers workers --timeline --image-mode dynamic --gen-images 384 --gen-lora --no-repeat-ngram 20 --no-repeat-window 90 ;;
   samconvs)  # SAM's convolutions with cuDNN's default algorithms and with cudnn.benchmark

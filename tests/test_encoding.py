@@ -70,22 +70,27 @@ def test_a_processor_that_cannot_be_pickled_is_encoded_in_the_thread(tiny_model_
         caplog.at_level(logging.WARNING, logger="hwocr.evaluate.encoding"),
         BatchEncoder(processor, PROMPT, workers=2) as encoder,
     ):
-        assert encoder.processes is None
         encoder.submit(lines[:1]).result()
         inputs = encoder.submit(lines).result()
+        assert encoder.workers == 0
     assert "could not start" in caplog.text
     _equal(inputs, encode_samples(processor, lines, PROMPT))
 
 
 @pytest.mark.slow
-def test_worker_processes_encode_what_the_thread_encodes(tiny_model_config, lines):
+def test_worker_processes_encode_what_the_thread_encodes(tiny_model_config, lines, monkeypatch):
     processor = load_processor(replace(tiny_model_config, image_mode="dynamic"))
+    joined = []
+    monkeypatch.setattr(
+        encoding, "join_slices", lambda parts, *a: joined.append(len(parts)) or join_slices(parts, *a)
+    )
     with BatchEncoder(processor, PROMPT, workers=2) as encoder:
-        assert encoder.processes is not None
-        [started.result() for started in encoder.ready]
-        first, second = encoder.submit(lines[:2]), encoder.submit(lines)  # thread, then workers
-        _equal(first.result(), encode_samples(processor, lines[:2], PROMPT))
-        _equal(second.result(), encode_samples(processor, lines, PROMPT))
+        first = encoder.submit(lines[:2]).result()  # in the thread; the workers start after it
+        [started.result() for started in encoding.start_workers(processor, 2).started]
+        second = encoder.submit(lines).result()
+    _equal(first, encode_samples(processor, lines[:2], PROMPT))
+    _equal(second, encode_samples(processor, lines, PROMPT))
+    assert joined == [2]
 
 
 @pytest.mark.slow
@@ -100,20 +105,16 @@ def test_transcribe_through_workers_predicts_what_it_predicts_through_a_thread(
     samples = [*lines[:3], replace(lines[3], id="test/broken", image=broken), *lines[3:]]
     settings = GenerationSettings(prompt=PROMPT, max_new_tokens=6, batch_size=2)
     in_thread, _ = transcribe(model, processor, samples, settings)
-    joined, start = [], BatchEncoder.__init__
-
-    def started(self, *args, **kwargs):  # wait for the workers: else the thread encodes meanwhile
-        start(self, *args, **kwargs)
-        [ready.result() for ready in self.ready]
-
-    monkeypatch.setattr(BatchEncoder, "__init__", started)
+    joined = []
+    # started and ready beforehand (as after base evaluation): else the thread encodes meanwhile
+    [started.result() for started in encoding.start_workers(processor, 2).started]
     monkeypatch.setattr(
         encoding, "join_slices", lambda parts, *a: joined.append(len(parts)) or join_slices(parts, *a)
     )
     in_workers, _ = transcribe(model, processor, samples, replace(settings, encode_workers=2))
-    # batches 2 and 3 went to the workers: 2 failed there (the broken image) and was retried one
-    # by one, 3 came back as two slices and was joined
-    assert joined == [2]
+    # every batch went to the workers: the second failed there (the broken image) and was retried
+    # one by one, the others came back as two slices each and were joined
+    assert joined == [2, 2]
     assert [p.prediction for p in in_workers] == [p.prediction for p in in_thread]
     assert [bool(p.error) for p in in_workers] == [p.id == "test/broken" for p in samples]
     assert in_workers[3].error == in_thread[3].error

@@ -6,8 +6,10 @@ it fell behind: the main thread waited for it (benchmarks/README.md has the time
 `workers` > 0 the batches after the first are encoded by worker processes, each with its own
 interpreter, one slice of the batch each; their tensors come back through shared memory and the
 thread joins the slices into the inputs one processor call would give, bit for bit
-(tests/test_encoding.py). The thread encodes the first batch, and any other while the workers
-are still starting (a few seconds: each imports torch and transformers).
+(tests/test_encoding.py). The workers start after the thread has encoded the first batch (their
+start, each importing torch and transformers, slowed that batch's encoding fivefold), the thread
+encodes until they are ready, and they stay for the next transcription (tuned after base
+evaluation).
 """
 
 import logging
@@ -47,6 +49,46 @@ def encode_workers(configured: int | None, device_type: str) -> int:
     return max(1, min(4, len(os.sched_getaffinity(0)) // 4))
 
 
+class WorkerPool:
+    """Spawned processes holding a copy of `processor`; `ready` once every one has started."""
+
+    def __init__(self, processor, workers: int):
+        self.processor, self.workers = processor, workers  # the processor kept: it is the pool's key
+        self.executor = ProcessPoolExecutor(
+            workers,
+            mp_context=multiprocessing.get_context("spawn"),  # fork is unsafe beside CUDA and threads
+            initializer=_start_worker,
+            initargs=(processor,),
+        )
+        try:
+            self.started = [self.executor.submit(_ready) for _ in range(workers)]
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def ready(self) -> bool:
+        return all(started.done() for started in self.started)
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+_POOL: dict[str, WorkerPool] = {}  # one pool per process, kept for the next transcription
+
+
+def start_workers(processor, workers: int) -> WorkerPool:
+    """The pool for `processor` (shared by base and tuned evaluation), started if need be."""
+    pool = _POOL.get("pool")
+    if pool is not None and pool.processor is processor and pool.workers == workers:
+        return pool
+    if pool is not None:
+        pool.close()
+        del _POOL["pool"]
+    _POOL["pool"] = pool = WorkerPool(processor, workers)
+    return pool
+
+
 class BatchEncoder:
     """`submit(samples)` -> a Future of their inputs. Use as a context manager."""
 
@@ -54,51 +96,46 @@ class BatchEncoder:
         self.processor, self.prompt, self.pin = processor, prompt, pin
         self.thread = ThreadPoolExecutor(max_workers=1)
         self.workers = workers if workers > 0 and joinable(processor) else 0
-        self.processes: ProcessPoolExecutor | None = None
-        self.ready: list[Future] = []  # one per worker, done once it has started
-        self.submitted = 0
-        if self.workers:
-            self.processes = ProcessPoolExecutor(
-                self.workers,
-                mp_context=multiprocessing.get_context("spawn"),  # fork is unsafe beside CUDA and threads
-                initializer=_start_worker,
-                initargs=(processor,),
-            )
-            try:  # start them now, while the first batch is encoded here
-                self.ready = [self.processes.submit(_ready) for _ in range(self.workers)]
-            except Exception as error:  # noqa: BLE001 - e.g. a processor that cannot be pickled
-                log.warning("encoding worker processes could not start (%s); encoding in a thread", error)
-                self.processes.shutdown(wait=False, cancel_futures=True)
-                self.processes = None
 
     def __enter__(self) -> "BatchEncoder":
         return self
 
     def __exit__(self, *exc) -> None:
         self.thread.shutdown(wait=True, cancel_futures=True)
-        if self.processes is not None:
-            self.processes.shutdown(wait=True, cancel_futures=True)
 
     def submit(self, samples: Sequence[Sample]) -> Future:
-        in_workers = self.processes is not None and self.submitted > 0
-        self.submitted += 1
-        return self.thread.submit(self._in_workers if in_workers else self._here, list(samples))
+        return self.thread.submit(self._encode, list(samples))
+
+    def _encode(self, samples: list[Sample]) -> BatchFeature:
+        pool = _POOL.get("pool") if self.workers else None
+        if pool is not None and pool.processor is self.processor and pool.workers == self.workers:
+            if pool.ready:
+                return self._in_workers(pool, samples)
+            return self._here(samples)  # still starting
+        inputs = self._here(samples)
+        if self.workers:  # started after this batch: their start would slow its encoding
+            try:
+                start_workers(self.processor, self.workers)
+            except Exception as error:  # noqa: BLE001 - e.g. a processor that cannot be pickled
+                log.warning("encoding worker processes could not start (%s); encoding in a thread", error)
+                self.workers = 0
+        return inputs
 
     def _here(self, samples: list[Sample]) -> BatchFeature:
         return encode_samples(self.processor, samples, self.prompt)
 
-    def _in_workers(self, samples: list[Sample]) -> BatchFeature:
-        processes = self.processes
-        if processes is None or not all(f.done() for f in self.ready):  # broken, or still starting
-            return self._here(samples)
+    def _in_workers(self, pool: WorkerPool, samples: list[Sample]) -> BatchFeature:
         size = -(-len(samples) // self.workers)
         slices = [samples[i : i + size] for i in range(0, len(samples), size)]
         try:
-            parts = [f.result() for f in [processes.submit(_encode_slice, s, self.prompt) for s in slices]]
+            futures = [pool.executor.submit(_encode_slice, part, self.prompt) for part in slices]
+            parts = [future.result() for future in futures]
         except BrokenProcessPool as error:  # a worker died (out of memory, shared memory full)
             log.warning("encoding worker processes failed (%s); encoding in a thread from now on", error)
-            self.processes = None
-            processes.shutdown(wait=False, cancel_futures=True)
+            self.workers = 0
+            if _POOL.get("pool") is pool:
+                del _POOL["pool"]
+            pool.close()
             return self._here(samples)
         return join_slices(parts, self.processor.tokenizer, self.pin)
 
