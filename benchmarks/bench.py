@@ -482,7 +482,6 @@ def loss_match(args, mcfg, hw, lora, processor, samples, result) -> None:
 
 
 def run_generate(args, mcfg, hw, processor, samples, result, lora) -> None:
-    from hwocr.evaluate.encoding import encode_workers
     from hwocr.evaluate.generate import GenerationSettings, transcribe
     from hwocr.model import load_model, prepare_for_training
 
@@ -502,7 +501,6 @@ def run_generate(args, mcfg, hw, processor, samples, result, lora) -> None:
         no_repeat_window=args.no_repeat_window,
         compile_vision=not args.eager_vision,
         graph_decoding=not args.eager_decoding,
-        encode_workers=encode_workers(args.encode_workers, "cuda" if cuda else "cpu"),
     )
     # warm-up: CUDA context, kernels, autotuning
     warm = GenerationSettings(
@@ -596,7 +594,8 @@ PASSES = {
     "start": {"compile_vision": False, "graph_decoding": False, "encode_workers": 0},
     "compiled_tower": {"compile_vision": True, "graph_decoding": False, "encode_workers": 0},
     "graphed": {"compile_vision": True, "graph_decoding": True, "encode_workers": 0},
-    "workers": {"compile_vision": True, "graph_decoding": True},  # + encoding workers as settings say
+    # 4 encoding processes (16 CPUs on the H200 host); the pool stays, so a second pass finds it started
+    "workers": {"compile_vision": True, "graph_decoding": True, "encode_workers": 4},
 }
 
 
@@ -941,9 +940,6 @@ def parse_args(argv=None):
         "--eager-decoding",
         action="store_true",
         help="generate with transformers' generate, not graphed steps",
-    )
-    p.add_argument(
-        "--encode-workers", type=int, default=None, help="encoding processes (default: the product's choice)"
     )
     p.add_argument(
         "--compare",

@@ -143,10 +143,11 @@ class EvalConfig:
     # 4-bit, Unsloth): each decoding step replayed as a CUDA graph (hwocr/evaluate/decode.py);
     # false = transformers' generate
     graph_decoding: bool = True
-    # processes that encode (read images, run the processor) the batches after the first while the
-    # GPU works (hwocr/evaluate/encoding.py); null = a quarter of the CPUs, 1-4, on a GPU, none on
-    # a CPU; 0 = a thread in this process
-    encode_workers: int | None = None
+    # processes that encode (read images, run the processor) the batches while the GPU works
+    # (hwocr/evaluate/encoding.py), started after the first batch and kept for the next evaluation;
+    # 0 = a thread in this process. Faster once started, but their start is slow where memory is
+    # slow to grow (benchmarks/README.md), hence off by default
+    encode_workers: int = 0
     bootstrap_samples: int = 2000
     gallery_rows: int = 50  # samples per section of eval/gallery.html
 
@@ -206,8 +207,8 @@ def validate(cfg: Config) -> Config:
         )
     if cfg.hardware.num_devices < 1:
         raise ConfigError("hardware.num_devices must be >= 1")
-    if cfg.eval.encode_workers is not None and cfg.eval.encode_workers < 0:
-        raise ConfigError(f"eval.encode_workers={cfg.eval.encode_workers} must be >= 0 (null = automatic)")
+    if cfg.eval.encode_workers < 0:
+        raise ConfigError(f"eval.encode_workers={cfg.eval.encode_workers} must be >= 0 (0 = a thread)")
     if cfg.hardware.load_in_4bit and not cfg.lora.enabled:
         raise ConfigError(
             "hardware.load_in_4bit=true needs LoRA: 4-bit weights cannot be fine-tuned directly"

@@ -22,7 +22,6 @@ from hwocr.config import HardwareConfig, ModelConfig, RepetitionGuardConfig
 from hwocr.data import Sample
 from hwocr.data.uit_hwdb import IMAGE_SUFFIXES, image_problem
 from hwocr.errors import ConfigError, ModelLoadError, PreflightError
-from hwocr.evaluate.encoding import encode_workers
 from hwocr.evaluate.generate import GenerationSettings, guard_settings, transcribe
 from hwocr.io import write_atomic
 from hwocr.metrics import Prediction
@@ -48,7 +47,7 @@ class PredictConfig:
     batch_size: int = 0  # 0 = hardware.eval_batch, or the largest that fits
     compile_vision: bool = True  # GPU only: as eval.compile_vision
     graph_decoding: bool = True  # bf16 on GPUs: as eval.graph_decoding
-    encode_workers: int | None = None  # as eval.encode_workers
+    encode_workers: int = 0  # as eval.encode_workers
 
 
 def find_images(spec: str) -> list[Path]:
@@ -102,7 +101,7 @@ def predict(cfg: PredictConfig) -> list:
         batch_size=cfg.batch_size or cfg.hardware.eval_batch,
         compile_vision=cfg.compile_vision,
         graph_decoding=cfg.graph_decoding,
-        encode_workers=encode_workers(cfg.encode_workers, cfg.hardware.device),
+        encode_workers=cfg.encode_workers,
         **guard_settings(cfg.repetition_guard, processor.tokenizer),
     )
     usable = [samples[p] for p in images if p not in skipped]

@@ -9,7 +9,7 @@ import torch
 
 from hwocr.config import ConfigError, HardwareConfig
 from hwocr.evaluate import encoding
-from hwocr.evaluate.encoding import BatchEncoder, encode_samples, encode_workers, join_slices
+from hwocr.evaluate.encoding import BatchEncoder, encode_samples, join_slices
 from hwocr.evaluate.generate import GenerationSettings, transcribe
 from hwocr.model import load_model, load_processor
 
@@ -45,13 +45,6 @@ def test_a_key_it_does_not_know_is_refused(tiny_model_config, lines):
     part = dict(encode_samples(processor, lines[:1], PROMPT))
     with pytest.raises(ValueError, match="image_sizes"):
         join_slices([{**part, "image_sizes": torch.zeros(1, 2)}], processor.tokenizer)
-
-
-def test_workers_are_used_on_gpus_unless_configured(monkeypatch):
-    assert encode_workers(None, "cpu") == 0
-    assert 1 <= encode_workers(None, "cuda") <= 4
-    assert encode_workers(3, "cpu") == 3
-    assert encode_workers(0, "cuda") == 0
 
 
 def test_negative_workers_are_a_config_error():

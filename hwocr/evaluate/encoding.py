@@ -1,20 +1,18 @@
 """Encode transcription batches (images read, the processor run) beside the GPU.
 
-A thread beside transcribe's main thread encodes the next batch while the GPU works. On a GPU that
-thread got a fraction of the CPU it gets alone, and with the compiled tower and graphed decoding
-it fell behind: the main thread waited for it (benchmarks/README.md has the timeline). With
-`workers` > 0 the batches after the first are encoded by worker processes, each with its own
-interpreter, one slice of the batch each; their tensors come back through shared memory and the
-thread joins the slices into the inputs one processor call would give, bit for bit
-(tests/test_encoding.py). The workers start after the thread has encoded the first batch (their
-start, each importing torch and transformers, slowed that batch's encoding fivefold), the thread
-encodes until they are ready, and they stay for the next transcription (tuned after base
-evaluation).
+By default a thread beside transcribe's main thread encodes the next batch while the GPU works.
+On the GPU host measured, that thread ran at a fraction of its speed alone, and with the compiled
+tower and graphed decoding the main thread waited for it (benchmarks/README.md has the
+timelines). With `workers` > 0, worker processes encode instead, each with its own interpreter
+and one slice of the batch; their tensors come back through shared memory and the thread joins
+the slices into the inputs one processor call would give, bit for bit (tests/test_encoding.py).
+The workers start once the thread has encoded the first batch, the thread encodes until they are
+ready, and they stay for the next transcription (tuned after base evaluation): their start took
+15-20 s there and slowed the thread meanwhile, so the first transcription gains nothing.
 """
 
 import logging
 import multiprocessing
-import os
 from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -37,16 +35,6 @@ def encode_samples(processor, samples: Sequence[Sample], prompt: str) -> BatchFe
     images = [load_image(sample.image) for sample in samples]
     prompts = [prompt] * len(samples)
     return encode(processor, images, prompts, raw_pixels=True, padding=True, return_tensors="pt")
-
-
-def encode_workers(configured: int | None, device_type: str) -> int:
-    """Worker processes for encoding: as configured, else none off a GPU (the thread keeps up
-    there) and a quarter of this process's CPUs, 1 to 4, on one."""
-    if configured is not None:
-        return configured
-    if device_type != "cuda":
-        return 0
-    return max(1, min(4, len(os.sched_getaffinity(0)) // 4))
 
 
 class WorkerPool:

@@ -47,9 +47,7 @@ class GenerationSettings:
     no_repeat_whitelist: tuple[int, ...] = ()
     compile_vision: bool = True  # on CUDA: the vision tower's layers compiled (model/vision.py)
     graph_decoding: bool = True  # bf16 on CUDA: decoding steps replayed as a CUDA graph (evaluate/decode.py)
-    encode_workers: int = (
-        0  # processes encoding the batches after the first (evaluate/encoding.py); 0: a thread
-    )
+    encode_workers: int = 0  # processes encoding the batches (evaluate/encoding.py); 0: a thread
 
     def generate_kwargs(self) -> dict:
         return {} if self.cache == "dynamic" else {"cache_implementation": self.cache}

@@ -9,7 +9,6 @@ from hwocr import distributed
 from hwocr.config import Config
 from hwocr.data import Sample
 from hwocr.distributed import Rank
-from hwocr.evaluate.encoding import encode_workers
 from hwocr.evaluate.generate import (
     EvalStats,
     GenerationSettings,
@@ -55,7 +54,7 @@ def generation_settings(cfg: Config, processor, test: list[Sample]) -> Generatio
         compile_vision=cfg.eval.compile_vision,
         # Unsloth patches the model's forward for its own inference path: never captured or checked
         graph_decoding=cfg.eval.graph_decoding and cfg.backend == "hf",
-        encode_workers=encode_workers(cfg.eval.encode_workers, cfg.hardware.device),
+        encode_workers=cfg.eval.encode_workers,
         **guard_settings(cfg.eval.repetition_guard, processor.tokenizer),
     )
 
