@@ -119,7 +119,7 @@ for phase in "$@"; do case $phase in
     G="--task generate --dtype bf16 --new-tokens 48 --compare start graphed workers workers --timeline"
     LIMIT=300 b h200_generate_pool_dynamic_auto $G --image-mode dynamic --gen-images 1024
     LIMIT=150 b h200_generate_pool_base_auto $G --gen-images 1024 ;;
-  workerslora)  # tuned evaluation's path: a LoRA (experts on) and the presets' guard
+  workerslora)  # not run yet: tuned evaluation's path (a LoRA, experts on, and the presets' guard) with encoding processes
     LIMIT=260 b h200_generate_workers_dynamic_guard_lora --task generate --dtype bf16 --new-tokens 48 --compare start compiled_tower workers workers --timeline --image-mode dynamic --gen-images 384 --gen-lora --no-repeat-ngram 20 --no-repeat-window 90 ;;
   samconvs)  # SAM's convolutions with cuDNN's default algorithms and with cudnn.benchmark
     timeout ${LIMIT:-120} python3 benchmarks/sam_convs.py --json "$RES/h200_sam_convs.json" 2>&1 | grep -v "Warning\|warn(" ;;
