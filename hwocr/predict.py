@@ -79,6 +79,8 @@ def screen(path: Path) -> str | None:
 
 
 def predict(cfg: PredictConfig) -> list:
+    if cfg.encode_workers < 0:
+        raise ConfigError(f"encode_workers={cfg.encode_workers} must be >= 0 (0 = a thread)")
     images = find_images(cfg.images)
     problems = {path: screen(path) for path in images}
     skipped = {path: why for path, why in problems.items() if why}

@@ -70,6 +70,13 @@ def test_a_processor_that_cannot_be_pickled_is_encoded_in_the_thread(tiny_model_
     _equal(inputs, encode_samples(processor, lines, PROMPT))
 
 
+def test_negative_workers_are_refused_by_predict_too(tmp_path):
+    from hwocr.predict import PredictConfig, predict
+
+    with pytest.raises(ConfigError, match="encode_workers"):
+        predict(PredictConfig(images=str(tmp_path), encode_workers=-2))
+
+
 @pytest.mark.slow
 def test_worker_processes_encode_what_the_thread_encodes(tiny_model_config, lines, monkeypatch):
     processor = load_processor(replace(tiny_model_config, image_mode="dynamic"))
