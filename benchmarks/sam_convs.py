@@ -8,6 +8,7 @@ per shape). They run outside the compiled layers (hwocr/model/vision.py).
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -28,7 +29,12 @@ def main() -> None:
 
     tower = DeepseekOcr2VisionModel._from_config(full_size_config().vision_config, torch_dtype=torch.bfloat16)
     sam = tower.sam_encoder.cuda().eval()
-    result = {"name": Path(args.json).stem if args.json else "sam_convs", **environment_info(), "ms": {}}
+    result = {
+        "name": Path(args.json).stem if args.json else "sam_convs",
+        **environment_info(),
+        "command": "python " + " ".join(sys.argv),
+        "ms": {},
+    }
     for side in (768, 1024):
         pixels = torch.randn(args.chunk, 3, side, side, device="cuda", dtype=torch.bfloat16)
         with torch.inference_mode():
