@@ -710,7 +710,6 @@ def profile_generate(model, processor, samples, settings, args) -> dict:
     decoding step; and how busy the GPU is while decoding (kernel time / wall time). The tower is
     compiled as settings say; decoding is timed through generate and, where it can be, graphed."""
     import logging
-    from contextlib import nullcontext
 
     from hwocr.model.adapt import vision_tower
     from hwocr.model.vision import compiled_vision
@@ -719,7 +718,7 @@ def profile_generate(model, processor, samples, settings, args) -> dict:
     handler = logging.Handler()
     handler.emit = lambda record: warnings.append(record.getMessage())
     logging.getLogger("hwocr.evaluate.decode").addHandler(handler)
-    tower = compiled_vision(vision_tower(model)) if settings.compile_vision else nullcontext()
+    tower = compiled_vision(vision_tower(model)) if settings.compile_vision else contextlib.nullcontext()
     try:
         with tower:
             out = _profile_batch(model, processor, samples, settings, args)

@@ -186,6 +186,12 @@ def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
         raise ConfigError(f"{key}={value!r} is not one of {', '.join(choices)}")
 
 
+def check_encode_workers(key: str, workers: int) -> None:
+    """eval.encode_workers (and predict's) is a process count; 0 = a thread."""
+    if workers < 0:
+        raise ConfigError(f"{key}={workers} must be >= 0 (0 = a thread)")
+
+
 def validate(cfg: Config) -> Config:
     """Checks that go beyond types; raises ConfigError naming the key."""
     _check_choice("model.family", cfg.model.family, tuple(IMAGE_MODES))
@@ -207,8 +213,7 @@ def validate(cfg: Config) -> Config:
         )
     if cfg.hardware.num_devices < 1:
         raise ConfigError("hardware.num_devices must be >= 1")
-    if cfg.eval.encode_workers < 0:
-        raise ConfigError(f"eval.encode_workers={cfg.eval.encode_workers} must be >= 0 (0 = a thread)")
+    check_encode_workers("eval.encode_workers", cfg.eval.encode_workers)
     if cfg.hardware.load_in_4bit and not cfg.lora.enabled:
         raise ConfigError(
             "hardware.load_in_4bit=true needs LoRA: 4-bit weights cannot be fine-tuned directly"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import hydra
 
-from hwocr.config import HardwareConfig, ModelConfig, RepetitionGuardConfig
+from hwocr.config import HardwareConfig, ModelConfig, RepetitionGuardConfig, check_encode_workers
 from hwocr.data import Sample
 from hwocr.data.uit_hwdb import IMAGE_SUFFIXES, image_problem
 from hwocr.errors import ConfigError, ModelLoadError, PreflightError
@@ -79,8 +79,7 @@ def screen(path: Path) -> str | None:
 
 
 def predict(cfg: PredictConfig) -> list:
-    if cfg.encode_workers < 0:
-        raise ConfigError(f"encode_workers={cfg.encode_workers} must be >= 0 (0 = a thread)")
+    check_encode_workers("encode_workers", cfg.encode_workers)
     images = find_images(cfg.images)
     problems = {path: screen(path) for path in images}
     skipped = {path: why for path, why in problems.items() if why}

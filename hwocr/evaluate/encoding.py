@@ -54,6 +54,9 @@ class WorkerPool:
             self.close()
             raise
 
+    def serves(self, processor, workers: int) -> bool:
+        return self.processor is processor and self.workers == workers
+
     @property
     def ready(self) -> bool:
         return all(started.done() for started in self.started)
@@ -68,7 +71,7 @@ _POOL: dict[str, WorkerPool] = {}  # one pool per process, kept for the next tra
 def start_workers(processor, workers: int) -> WorkerPool:
     """The pool for `processor` (shared by base and tuned evaluation), started if need be."""
     pool = _POOL.get("pool")
-    if pool is not None and pool.processor is processor and pool.workers == workers:
+    if pool is not None and pool.serves(processor, workers):
         return pool
     if pool is not None:
         pool.close()
@@ -96,7 +99,7 @@ class BatchEncoder:
 
     def _encode(self, samples: list[Sample]) -> BatchFeature:
         pool = _POOL.get("pool") if self.workers else None
-        if pool is not None and pool.processor is self.processor and pool.workers == self.workers:
+        if pool is not None and pool.serves(self.processor, self.workers):
             if pool.ready:
                 return self._in_workers(pool, samples)
             return self._here(samples)  # still starting

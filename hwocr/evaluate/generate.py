@@ -105,8 +105,8 @@ def transcribe(
     model.eval()
     prepared: dict[tuple[int, int], Future] = {}  # (start, size) -> encoded inputs, one batch ahead
 
-    compiled = settings.compile_vision and device.type == "cuda"
     cuda = device.type == "cuda"
+    compiled = settings.compile_vision and cuda
     with (
         BatchEncoder(processor, settings.prompt, settings.encode_workers, pin=cuda) as encoder,
         tqdm(total=len(samples), desc=desc, unit="img") as progress,
