@@ -596,6 +596,9 @@ PASSES = {
     "graphed": {"compile_vision": True, "graph_decoding": True, "encode_workers": 0},
     # 4 encoding processes (16 CPUs on the H200 host); the pool stays, so a second pass finds it started
     "workers": {"compile_vision": True, "graph_decoding": True, "encode_workers": 4},
+    # slices of each batch encoded by threads in the main process (no processes to start)
+    "threads4": {"compile_vision": True, "graph_decoding": True, "encode_threads": 4},
+    "threads8": {"compile_vision": True, "graph_decoding": True, "encode_threads": 8},
 }
 
 
@@ -645,7 +648,11 @@ def batch_timeline(batches: list[dict]):
     from hwocr.evaluate import decode, encoding, generate
 
     to_device, generate_batch, steps = generate.pixels_to_device, generate._generate, decode._Steps
-    here, in_workers = encoding.BatchEncoder._here, encoding.BatchEncoder._in_workers
+    here, in_workers, in_threads = (
+        encoding.BatchEncoder._here,
+        encoding.BatchEncoder._in_workers,
+        encoding.BatchEncoder._in_threads,
+    )
     encoded: list[tuple[str, float]] = []  # (where, seconds), in the order the batches were submitted
     state: dict = {"last_end": None}
 
@@ -696,11 +703,13 @@ def batch_timeline(batches: list[dict]):
     generate.pixels_to_device, generate._generate, decode._Steps = timed_to_device, timed_generate, TimedSteps
     encoding.BatchEncoder._here = timed("thread", here)
     encoding.BatchEncoder._in_workers = timed("workers", in_workers)
+    encoding.BatchEncoder._in_threads = timed("threads", in_threads)
     try:
         yield
     finally:
         generate.pixels_to_device, generate._generate, decode._Steps = to_device, generate_batch, steps
         encoding.BatchEncoder._here, encoding.BatchEncoder._in_workers = here, in_workers
+        encoding.BatchEncoder._in_threads = in_threads
         for row, (where, seconds) in zip(batches, encoded, strict=False):
             row[f"encode_s_{where}"] = round(seconds, 3)
 

@@ -115,6 +115,11 @@ for phase in "$@"; do case $phase in
     G="--task generate --dtype bf16 --new-tokens 48 --compare start compiled_tower graphed workers workers --timeline"
     LIMIT=330 b h200_generate_workers_dynamic_auto $G --image-mode dynamic --gen-images 1024
     LIMIT=170 b h200_generate_workers_base_auto $G --gen-images 1024 ;;
+  threads)  # issue 14: slices of each batch encoded by threads in the main process; their CPU scaling alone first
+    timeout ${LIMIT:-200} python3 benchmarks/encoding_threads.py --lines 256 --threads 1 2 4 8 12 --json "$RES/gpuhost_encoding_threads.json" 2>&1 | grep -v "Warning\|warn("
+    G="--task generate --dtype bf16 --new-tokens 48 --compare start graphed threads4 threads8 --timeline"
+    LIMIT=300 b h200_generate_threads_dynamic_auto $G --image-mode dynamic --gen-images 1024
+    LIMIT=170 b h200_generate_threads_base_auto $G --gen-images 1024 ;;
   pool)  # issue 14: the product's encoding workers, started after the first batch and kept (2nd pass: kept)
     G="--task generate --dtype bf16 --new-tokens 48 --compare start graphed workers workers --timeline"
     LIMIT=300 b h200_generate_pool_dynamic_auto $G --image-mode dynamic --gen-images 1024

@@ -11,6 +11,7 @@ ready, and they stay for the next transcription (tuned after base evaluation): t
 15-20 s there and slowed the thread meanwhile, so the first transcription gains nothing.
 """
 
+import copy
 import logging
 import multiprocessing
 from collections.abc import Sequence
@@ -22,6 +23,7 @@ from transformers import BatchFeature
 
 from hwocr.data import Sample, load_image
 from hwocr.model.load import encode
+from hwocr.model.pixels import supports_raw_pixels
 
 log = logging.getLogger(__name__)
 
@@ -83,16 +85,24 @@ def start_workers(processor, workers: int) -> WorkerPool:
 class BatchEncoder:
     """`submit(samples)` -> a Future of their inputs. Use as a context manager."""
 
-    def __init__(self, processor, prompt: str, workers: int = 0, pin: bool = False):
+    def __init__(self, processor, prompt: str, workers: int = 0, pin: bool = False, threads: int = 1):
         self.processor, self.prompt, self.pin = processor, prompt, pin
         self.thread = ThreadPoolExecutor(max_workers=1)
         self.workers = workers if workers > 0 and joinable(processor) else 0
+        self.slicers = None
+        if threads > 1 and not self.workers and joinable(processor):
+            supports_raw_pixels(processor)  # the pixel table, built once and copied with the processor
+            # one processor per slice: a fast tokenizer is not safe to call from two threads at once
+            self.copies = [copy.deepcopy(processor) for _ in range(threads)]
+            self.slicers = ThreadPoolExecutor(max_workers=threads)
 
     def __enter__(self) -> "BatchEncoder":
         return self
 
     def __exit__(self, *exc) -> None:
         self.thread.shutdown(wait=True, cancel_futures=True)
+        if self.slicers is not None:
+            self.slicers.shutdown(wait=True, cancel_futures=True)
 
     def submit(self, samples: Sequence[Sample]) -> Future:
         return self.thread.submit(self._encode, list(samples))
@@ -103,6 +113,8 @@ class BatchEncoder:
             if pool.ready:
                 return self._in_workers(pool, samples)
             return self._here(samples)  # still starting
+        if self.slicers is not None:
+            return self._in_threads(samples)
         inputs = self._here(samples)
         if self.workers:  # started after this batch: their start would slow its encoding
             try:
@@ -115,9 +127,18 @@ class BatchEncoder:
     def _here(self, samples: list[Sample]) -> BatchFeature:
         return encode_samples(self.processor, samples, self.prompt)
 
+    def _in_threads(self, samples: list[Sample]) -> BatchFeature:
+        slices = _slices(samples, len(self.copies))
+        # fewer slices than copies when the batch is small
+        parts = self.slicers.map(
+            lambda proc, part: dict(encode_samples(proc, part, self.prompt)),
+            self.copies[: len(slices)],
+            slices,
+        )
+        return join_slices(list(parts), self.processor.tokenizer, self.pin)
+
     def _in_workers(self, pool: WorkerPool, samples: list[Sample]) -> BatchFeature:
-        size = -(-len(samples) // self.workers)
-        slices = [samples[i : i + size] for i in range(0, len(samples), size)]
+        slices = _slices(samples, self.workers)
         try:
             futures = [pool.executor.submit(_encode_slice, part, self.prompt) for part in slices]
             parts = [future.result() for future in futures]
@@ -129,6 +150,11 @@ class BatchEncoder:
             pool.close()
             return self._here(samples)
         return join_slices(parts, self.processor.tokenizer, self.pin)
+
+
+def _slices(samples: list[Sample], count: int) -> list[list[Sample]]:
+    size = -(-len(samples) // count)
+    return [samples[i : i + size] for i in range(0, len(samples), size)]
 
 
 def joinable(processor) -> bool:
