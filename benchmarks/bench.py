@@ -550,7 +550,7 @@ def run_generate(args, mcfg, hw, processor, samples, result, lora) -> None:
 def ids_as_text(tokenizer):
     """Transcriptions as space-separated token ids: a random model's ids mostly lie beyond the
     bench tokenizer's 1,024 tokens and would all decode to "" (and compare equal)."""
-    cls = type(tokenizer)  # the class, not the instance: the processor still pickles for the workers
+    cls = type(tokenizer)  # the class, not the instance: the processor stays deep-copyable
     decode = cls.batch_decode
     cls.batch_decode = lambda self, ids, **kw: [" ".join(map(str, row.tolist())) for row in ids]
     try:
@@ -591,12 +591,10 @@ def _generation_record(stats, predictions: list, cuda: bool) -> dict:
 # issue 14 measured from (the tower eager, transformers' generate); the first pass with the tower
 # compiled includes its one-off compile.
 PASSES = {
-    "start": {"compile_vision": False, "graph_decoding": False, "encode_workers": 0},
-    "compiled_tower": {"compile_vision": True, "graph_decoding": False, "encode_workers": 0},
-    "graphed": {"compile_vision": True, "graph_decoding": True, "encode_workers": 0},
-    # 4 encoding processes (16 CPUs on the H200 host); the pool stays, so a second pass finds it started
-    "workers": {"compile_vision": True, "graph_decoding": True, "encode_workers": 4},
-    # slices of each batch encoded by threads in the main process (no processes to start)
+    "start": {"compile_vision": False, "graph_decoding": False, "encode_threads": 1},
+    "compiled_tower": {"compile_vision": True, "graph_decoding": False, "encode_threads": 1},
+    "graphed": {"compile_vision": True, "graph_decoding": True, "encode_threads": 1},
+    # slices of each batch encoded by threads: 4 (the product's default) or 8
     "threads4": {"compile_vision": True, "graph_decoding": True, "encode_threads": 4},
     "threads8": {"compile_vision": True, "graph_decoding": True, "encode_threads": 8},
 }
@@ -642,17 +640,13 @@ def batch_timeline(batches: list[dict]):
     """Where each batch of transcribe goes, in seconds from the batch's call to _generate: the
     wait before it (the main thread between batches: waiting for the encoding, bookkeeping),
     the copy to the GPU, the prefill, the first decoding step (with its capture, when graphed),
-    the rest of the steps; and how long the batch's encoding took, and where (the thread alone,
-    or worker processes joined by it). CUDA is synchronised at each mark, which adds a little to
+    the rest of the steps; and how long the batch's encoding took, and how (one processor call
+    in the thread, or slices in threads, joined). CUDA is synchronised at each mark, which adds a little to
     the run being measured."""
     from hwocr.evaluate import decode, encoding, generate
 
     to_device, generate_batch, steps = generate.pixels_to_device, generate._generate, decode._Steps
-    here, in_workers, in_threads = (
-        encoding.BatchEncoder._here,
-        encoding.BatchEncoder._in_workers,
-        encoding.BatchEncoder._in_threads,
-    )
+    whole, in_slices = encoding.BatchEncoder._whole, encoding.BatchEncoder._in_slices
     encoded: list[tuple[str, float]] = []  # (where, seconds), in the order the batches were submitted
     state: dict = {"last_end": None}
 
@@ -701,15 +695,13 @@ def batch_timeline(batches: list[dict]):
         return out
 
     generate.pixels_to_device, generate._generate, decode._Steps = timed_to_device, timed_generate, TimedSteps
-    encoding.BatchEncoder._here = timed("thread", here)
-    encoding.BatchEncoder._in_workers = timed("workers", in_workers)
-    encoding.BatchEncoder._in_threads = timed("threads", in_threads)
+    encoding.BatchEncoder._whole = timed("thread", whole)
+    encoding.BatchEncoder._in_slices = timed("threads", in_slices)
     try:
         yield
     finally:
         generate.pixels_to_device, generate._generate, decode._Steps = to_device, generate_batch, steps
-        encoding.BatchEncoder._here, encoding.BatchEncoder._in_workers = here, in_workers
-        encoding.BatchEncoder._in_threads = in_threads
+        encoding.BatchEncoder._whole, encoding.BatchEncoder._in_slices = whole, in_slices
         for row, (where, seconds) in zip(batches, encoded, strict=False):
             row[f"encode_s_{where}"] = round(seconds, 3)
 
@@ -1082,7 +1074,7 @@ def summary(result: dict) -> str:
     if passes := result.get("generate_passes"):
         rows.append(
             "generate passes, speed-up over the first: "
-            + json.dumps(passes["speedup_over_first"] | {"over": passes["images"]})
+            + json.dumps(passes["speedup_over_first"] | {"images": passes["images"]})
         )
     return "\n".join(rows)
 

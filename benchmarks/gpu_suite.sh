@@ -111,21 +111,17 @@ for phase in "$@"; do case $phase in
     G="--task generate --dtype bf16 --new-tokens 48 --compare graphed graphed --timeline"
     LIMIT=260 b h200_generate_timeline_dynamic $G --image-mode dynamic --gen-images 768
     LIMIT=150 b h200_generate_timeline_base $G --gen-images 1024 ;;
-  workers)  # measured at bf32d52: that commit's workers started with each transcription (slowing its first batch)
-    G="--task generate --dtype bf16 --new-tokens 48 --compare start compiled_tower graphed workers workers --timeline"
-    LIMIT=330 b h200_generate_workers_dynamic_auto $G --image-mode dynamic --gen-images 1024
-    LIMIT=170 b h200_generate_workers_base_auto $G --gen-images 1024 ;;
-  threads)  # issue 14: slices of each batch encoded by threads in the main process; their CPU scaling alone first
+  threads)  # measured at 9786b2d: slices of each batch encoded by threads; their CPU scaling alone first
     timeout ${LIMIT:-200} python3 benchmarks/encoding_threads.py --lines 256 --threads 1 2 4 8 12 --json "$RES/gpuhost_encoding_threads.json" 2>&1 | grep -v "Warning\|warn("
     G="--task generate --dtype bf16 --new-tokens 48 --compare start graphed threads4 threads8 --timeline"
     LIMIT=300 b h200_generate_threads_dynamic_auto $G --image-mode dynamic --gen-images 1024
     LIMIT=170 b h200_generate_threads_base_auto $G --gen-images 1024 ;;
-  pool)  # issue 14: the product's encoding workers, started after the first batch and kept (2nd pass: kept)
-    G="--task generate --dtype bf16 --new-tokens 48 --compare start graphed workers workers --timeline"
-    LIMIT=300 b h200_generate_pool_dynamic_auto $G --image-mode dynamic --gen-images 1024
-    LIMIT=150 b h200_generate_pool_base_auto $G --gen-images 1024 ;;
-  workerslora)  # not run yet: tuned evaluation's path (a LoRA, experts on, and the presets' guard) with encoding processes
-    LIMIT=260 b h200_generate_workers_dynamic_guard_lora --task generate --dtype bf16 --new-tokens 48 --compare start compiled_tower workers workers --timeline --image-mode dynamic --gen-images 384 --gen-lora --no-repeat-ngram 20 --no-repeat-window 90 ;;
+  threadsfinal)  # issue 14 at the product's default, 4 encoding threads (that pass twice: is the first one's first batch slower?)
+    G="--task generate --dtype bf16 --new-tokens 48 --timeline --compare start graphed threads4 threads4"
+    LIMIT=300 b h200_generate_threads4_dynamic_auto $G threads8 --image-mode dynamic --gen-images 1024
+    LIMIT=150 b h200_generate_threads4_base_auto $G --gen-images 1024
+    # tuned evaluation's path: a LoRA (experts on) and the presets' guard
+    LIMIT=200 b h200_generate_threads4_dynamic_guard_lora $G --image-mode dynamic --gen-images 384 --gen-lora --no-repeat-ngram 20 --no-repeat-window 90 ;;
   samconvs)  # SAM's convolutions with cuDNN's default algorithms and with cudnn.benchmark
     timeout ${LIMIT:-120} python3 benchmarks/sam_convs.py --json "$RES/h200_sam_convs.json" 2>&1 | grep -v "Warning\|warn(" ;;
   *) echo "unknown phase $phase" ;;

@@ -143,11 +143,10 @@ class EvalConfig:
     # 4-bit, Unsloth): each decoding step replayed as a CUDA graph (hwocr/evaluate/decode.py);
     # false = transformers' generate
     graph_decoding: bool = True
-    # processes that encode (read images, run the processor) the batches while the GPU works
-    # (hwocr/evaluate/encoding.py), started after the first batch and kept for the next evaluation;
-    # 0 = a thread in this process. Faster once started, but their start is slow where memory is
-    # slow to grow (benchmarks/README.md), hence off by default
-    encode_workers: int = 0
+    # threads that encode (read images, run the processor on slices of) the next batch while the GPU
+    # works (hwocr/evaluate/encoding.py). One could not keep up with the compiled tower and graphed
+    # decoding; 8 slowed the GPU's host side (benchmarks/README.md)
+    encode_threads: int = 4
     bootstrap_samples: int = 2000
     gallery_rows: int = 50  # samples per section of eval/gallery.html
 
@@ -186,10 +185,10 @@ def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
         raise ConfigError(f"{key}={value!r} is not one of {', '.join(choices)}")
 
 
-def check_encode_workers(key: str, workers: int) -> None:
-    """eval.encode_workers (and predict's) is a process count; 0 = a thread."""
-    if workers < 0:
-        raise ConfigError(f"{key}={workers} must be >= 0 (0 = a thread)")
+def check_encode_threads(key: str, threads: int) -> None:
+    """eval.encode_threads (and predict's) counts threads: at least the one."""
+    if threads < 1:
+        raise ConfigError(f"{key}={threads} must be >= 1")
 
 
 def validate(cfg: Config) -> Config:
@@ -213,7 +212,7 @@ def validate(cfg: Config) -> Config:
         )
     if cfg.hardware.num_devices < 1:
         raise ConfigError("hardware.num_devices must be >= 1")
-    check_encode_workers("eval.encode_workers", cfg.eval.encode_workers)
+    check_encode_threads("eval.encode_threads", cfg.eval.encode_threads)
     if cfg.hardware.load_in_4bit and not cfg.lora.enabled:
         raise ConfigError(
             "hardware.load_in_4bit=true needs LoRA: 4-bit weights cannot be fine-tuned directly"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import hydra
 
-from hwocr.config import HardwareConfig, ModelConfig, RepetitionGuardConfig, check_encode_workers
+from hwocr.config import HardwareConfig, ModelConfig, RepetitionGuardConfig, check_encode_threads
 from hwocr.data import Sample
 from hwocr.data.uit_hwdb import IMAGE_SUFFIXES, image_problem
 from hwocr.errors import ConfigError, ModelLoadError, PreflightError
@@ -47,7 +47,7 @@ class PredictConfig:
     batch_size: int = 0  # 0 = hardware.eval_batch, or the largest that fits
     compile_vision: bool = True  # GPU only: as eval.compile_vision
     graph_decoding: bool = True  # bf16 on GPUs: as eval.graph_decoding
-    encode_workers: int = 0  # as eval.encode_workers
+    encode_threads: int = 4  # as eval.encode_threads
 
 
 def find_images(spec: str) -> list[Path]:
@@ -79,7 +79,7 @@ def screen(path: Path) -> str | None:
 
 
 def predict(cfg: PredictConfig) -> list:
-    check_encode_workers("encode_workers", cfg.encode_workers)
+    check_encode_threads("encode_threads", cfg.encode_threads)
     images = find_images(cfg.images)
     problems = {path: screen(path) for path in images}
     skipped = {path: why for path, why in problems.items() if why}
@@ -102,7 +102,7 @@ def predict(cfg: PredictConfig) -> list:
         batch_size=cfg.batch_size or cfg.hardware.eval_batch,
         compile_vision=cfg.compile_vision,
         graph_decoding=cfg.graph_decoding,
-        encode_workers=cfg.encode_workers,
+        encode_threads=cfg.encode_threads,
         **guard_settings(cfg.repetition_guard, processor.tokenizer),
     )
     usable = [samples[p] for p in images if p not in skipped]

@@ -1,7 +1,6 @@
-"""Batches encoded in worker processes (hwocr/evaluate/encoding.py) are the inputs one processor
-call gives, bit for bit, and transcribe through them predicts what it predicts through a thread."""
+"""Batches encoded in slices by threads (hwocr/evaluate/encoding.py) are the inputs one processor
+call gives, bit for bit, and transcribe through them predicts what it predicts through one thread."""
 
-import logging
 from dataclasses import replace
 
 import pytest
@@ -47,54 +46,42 @@ def test_a_key_it_does_not_know_is_refused(tiny_model_config, lines):
         join_slices([{**part, "image_sizes": torch.zeros(1, 2)}], processor.tokenizer)
 
 
-def test_negative_workers_are_a_config_error():
+def test_no_encoding_thread_is_a_config_error():
     from hwocr.config import Config, validate
 
     cfg = Config()
-    cfg.eval.encode_workers = -1
-    with pytest.raises(ConfigError, match="eval.encode_workers"):
+    cfg.eval.encode_threads = 0
+    with pytest.raises(ConfigError, match="eval.encode_threads"):
         validate(cfg)
 
 
-def test_a_processor_that_cannot_be_pickled_is_encoded_in_the_thread(tiny_model_config, lines, caplog):
-    processor = load_processor(tiny_model_config)
-    processor.hwocr_unpicklable = lambda: None  # a worker gets the processor pickled
-    with (
-        caplog.at_level(logging.WARNING, logger="hwocr.evaluate.encoding"),
-        BatchEncoder(processor, PROMPT, workers=2) as encoder,
-    ):
-        encoder.submit(lines[:1]).result()
-        inputs = encoder.submit(lines).result()
-        assert encoder.workers == 0
-    assert "could not start" in caplog.text
-    _equal(inputs, encode_samples(processor, lines, PROMPT))
-
-
-def test_negative_workers_are_refused_by_predict_too(tmp_path):
+def test_no_encoding_thread_is_refused_by_predict_too(tmp_path):
     from hwocr.predict import PredictConfig, predict
 
-    with pytest.raises(ConfigError, match="encode_workers"):
-        predict(PredictConfig(images=str(tmp_path), encode_workers=-2))
+    with pytest.raises(ConfigError, match="encode_threads"):
+        predict(PredictConfig(images=str(tmp_path), encode_threads=0))
 
 
-@pytest.mark.slow
-def test_worker_processes_encode_what_the_thread_encodes(tiny_model_config, lines, monkeypatch):
-    processor = load_processor(replace(tiny_model_config, image_mode="dynamic"))
-    joined = []
+def _counting_joins(monkeypatch) -> list[int]:
+    joined: list[int] = []
     monkeypatch.setattr(
         encoding, "join_slices", lambda parts, *a: joined.append(len(parts)) or join_slices(parts, *a)
     )
-    with BatchEncoder(processor, PROMPT, workers=2) as encoder:
-        first = encoder.submit(lines[:2]).result()  # in the thread; the workers start after it
-        [started.result() for started in encoding.start_workers(processor, 2).started]
-        second = encoder.submit(lines).result()
-    _equal(first, encode_samples(processor, lines[:2], PROMPT))
-    _equal(second, encode_samples(processor, lines, PROMPT))
-    assert joined == [2]
+    return joined
 
 
-@pytest.mark.slow
-def test_transcribe_through_workers_predicts_what_it_predicts_through_a_thread(
+@pytest.mark.parametrize("mode", ["dynamic", "base"])
+def test_threads_encode_what_one_processor_call_encodes(tiny_model_config, lines, mode, monkeypatch):
+    processor = load_processor(replace(tiny_model_config, image_mode=mode))
+    joined = _counting_joins(monkeypatch)
+    with BatchEncoder(processor, PROMPT, threads=3) as encoder:
+        batches = [encoder.submit(lines).result(), encoder.submit(lines[:2]).result()]
+    assert joined == [3, 2]  # a batch smaller than the thread count: one slice per sample
+    _equal(batches[0], encode_samples(processor, lines, PROMPT))
+    _equal(batches[1], encode_samples(processor, lines[:2], PROMPT))
+
+
+def test_transcribe_through_threads_predicts_what_it_predicts_through_one(
     tiny_model_config, lines, tmp_path, monkeypatch
 ):
     crops = replace(tiny_model_config, image_mode="dynamic")
@@ -103,18 +90,13 @@ def test_transcribe_through_workers_predicts_what_it_predicts_through_a_thread(
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not a png")
     samples = [*lines[:3], replace(lines[3], id="test/broken", image=broken), *lines[3:]]
-    settings = GenerationSettings(prompt=PROMPT, max_new_tokens=6, batch_size=2)
-    in_thread, _ = transcribe(model, processor, samples, settings)
-    joined = []
-    # started and ready beforehand (as after base evaluation): else the thread encodes meanwhile
-    [started.result() for started in encoding.start_workers(processor, 2).started]
-    monkeypatch.setattr(
-        encoding, "join_slices", lambda parts, *a: joined.append(len(parts)) or join_slices(parts, *a)
-    )
-    in_workers, _ = transcribe(model, processor, samples, replace(settings, encode_workers=2))
-    # every batch went to the workers: the second failed there (the broken image) and was retried
-    # one by one, the others came back as two slices each and were joined
-    assert joined == [2, 2]
-    assert [p.prediction for p in in_workers] == [p.prediction for p in in_thread]
-    assert [bool(p.error) for p in in_workers] == [p.id == "test/broken" for p in samples]
-    assert in_workers[3].error == in_thread[3].error
+    settings = GenerationSettings(prompt=PROMPT, max_new_tokens=6, batch_size=3)
+    alone, _ = transcribe(model, processor, samples, replace(settings, encode_threads=1))
+    joined = _counting_joins(monkeypatch)
+    sliced, _ = transcribe(model, processor, samples, replace(settings, encode_threads=2))
+    # the first batch came back as two slices, joined; the second failed in a slice (the broken
+    # image) and was retried one by one
+    assert joined == [2]
+    assert [p.prediction for p in sliced] == [p.prediction for p in alone]
+    assert [bool(p.error) for p in sliced] == [p.id == "test/broken" for p in samples]
+    assert sliced[3].error == alone[3].error

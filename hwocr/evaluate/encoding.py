@@ -1,22 +1,15 @@
 """Encode transcription batches (images read, the processor run) beside the GPU.
 
-By default a thread beside transcribe's main thread encodes the next batch while the GPU works.
-On the GPU host measured, that thread ran at a fraction of its speed alone, and with the compiled
-tower and graphed decoding the main thread waited for it (benchmarks/README.md has the
-timelines). With `workers` > 0, worker processes encode instead, each with its own interpreter
-and one slice of the batch; their tensors come back through shared memory and the thread joins
-the slices into the inputs one processor call would give, bit for bit (tests/test_encoding.py).
-The workers start once the thread has encoded the first batch, the thread encodes until they are
-ready, and they stay for the next transcription (tuned after base evaluation): their start took
-15-20 s there and slowed the thread meanwhile, so the first transcription gains nothing.
+A thread beside transcribe's main thread encodes the next batch while the GPU works. With the
+compiled tower and graphed decoding, one processor call per batch could not keep up on the GPU host
+measured, so `threads` > 1 splits each batch into slices, encodes them in parallel (PIL's resize,
+most of the work, releases the GIL) and joins them into the inputs one processor call would give,
+bit for bit (tests/test_encoding.py). benchmarks/README.md has the timelines and thread counts.
 """
 
 import copy
-import logging
-import multiprocessing
 from collections.abc import Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 from transformers import BatchFeature
@@ -24,8 +17,6 @@ from transformers import BatchFeature
 from hwocr.data import Sample, load_image
 from hwocr.model.load import encode
 from hwocr.model.pixels import supports_raw_pixels
-
-log = logging.getLogger(__name__)
 
 # the keys a DeepSeek-OCR-2 processor returns; token rows are padded, the rest stacked per image
 TOKEN_KEYS = ("input_ids", "attention_mask")
@@ -39,60 +30,21 @@ def encode_samples(processor, samples: Sequence[Sample], prompt: str) -> BatchFe
     return encode(processor, images, prompts, raw_pixels=True, padding=True, return_tensors="pt")
 
 
-class WorkerPool:
-    """Spawned processes holding a copy of `processor`; `ready` once every one has started."""
-
-    def __init__(self, processor, workers: int):
-        self.processor, self.workers = processor, workers  # the processor kept: it is the pool's key
-        self.executor = ProcessPoolExecutor(
-            workers,
-            mp_context=multiprocessing.get_context("spawn"),  # fork is unsafe beside CUDA and threads
-            initializer=_start_worker,
-            initargs=(processor,),
-        )
-        try:
-            self.started = [self.executor.submit(_ready) for _ in range(workers)]
-        except BaseException:
-            self.close()
-            raise
-
-    def serves(self, processor, workers: int) -> bool:
-        return self.processor is processor and self.workers == workers
-
-    @property
-    def ready(self) -> bool:
-        return all(started.done() for started in self.started)
-
-    def close(self) -> None:
-        self.executor.shutdown(wait=False, cancel_futures=True)
-
-
-_POOL: dict[str, WorkerPool] = {}  # one pool per process, kept for the next transcription
-
-
-def start_workers(processor, workers: int) -> WorkerPool:
-    """The pool for `processor` (shared by base and tuned evaluation), started if need be."""
-    pool = _POOL.get("pool")
-    if pool is not None and pool.serves(processor, workers):
-        return pool
-    if pool is not None:
-        pool.close()
-        del _POOL["pool"]
-    _POOL["pool"] = pool = WorkerPool(processor, workers)
-    return pool
-
-
 class BatchEncoder:
-    """`submit(samples)` -> a Future of their inputs. Use as a context manager."""
+    """`submit(samples)` -> a Future of their inputs, encoded one batch at a time beside the caller.
 
-    def __init__(self, processor, prompt: str, workers: int = 0, pin: bool = False, threads: int = 1):
+    threads > 1: each batch in that many slices, encoded in parallel and joined (DeepSeek-OCR-2
+    processors; others are encoded whole). pin: joined batches in page-locked memory, so that the
+    copy to the GPU is asynchronous. Use as a context manager."""
+
+    def __init__(self, processor, prompt: str, threads: int = 1, pin: bool = False):
         self.processor, self.prompt, self.pin = processor, prompt, pin
-        self.thread = ThreadPoolExecutor(max_workers=1)
-        self.workers = workers if workers > 0 and joinable(processor) else 0
+        self.batches = ThreadPoolExecutor(max_workers=1)
+        self.copies: list = []
         self.slicers = None
-        if threads > 1 and not self.workers and joinable(processor):
-            supports_raw_pixels(processor)  # the pixel table, built once and copied with the processor
-            # one processor per slice: a fast tokenizer is not safe to call from two threads at once
+        if threads > 1 and joinable(processor):
+            supports_raw_pixels(processor)  # its pixel table is built once and copied with it
+            # one processor per slice: a fast tokenizer must not be called from two threads at once
             self.copies = [copy.deepcopy(processor) for _ in range(threads)]
             self.slicers = ThreadPoolExecutor(max_workers=threads)
 
@@ -100,61 +52,26 @@ class BatchEncoder:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.thread.shutdown(wait=True, cancel_futures=True)
+        self.batches.shutdown(wait=True, cancel_futures=True)
         if self.slicers is not None:
             self.slicers.shutdown(wait=True, cancel_futures=True)
 
     def submit(self, samples: Sequence[Sample]) -> Future:
-        return self.thread.submit(self._encode, list(samples))
+        encode_batch = self._in_slices if self.slicers is not None else self._whole
+        return self.batches.submit(encode_batch, list(samples))
 
-    def _encode(self, samples: list[Sample]) -> BatchFeature:
-        pool = _POOL.get("pool") if self.workers else None
-        if pool is not None and pool.serves(self.processor, self.workers):
-            if pool.ready:
-                return self._in_workers(pool, samples)
-            return self._here(samples)  # still starting
-        if self.slicers is not None:
-            return self._in_threads(samples)
-        inputs = self._here(samples)
-        if self.workers:  # started after this batch: their start would slow its encoding
-            try:
-                start_workers(self.processor, self.workers)
-            except Exception as error:  # noqa: BLE001 - e.g. a processor that cannot be pickled
-                log.warning("encoding worker processes could not start (%s); encoding in a thread", error)
-                self.workers = 0
-        return inputs
-
-    def _here(self, samples: list[Sample]) -> BatchFeature:
+    def _whole(self, samples: list[Sample]) -> BatchFeature:
         return encode_samples(self.processor, samples, self.prompt)
 
-    def _in_threads(self, samples: list[Sample]) -> BatchFeature:
-        slices = _slices(samples, len(self.copies))
-        # fewer slices than copies when the batch is small
+    def _in_slices(self, samples: list[Sample]) -> BatchFeature:
+        size = -(-len(samples) // len(self.copies))
+        slices = [samples[i : i + size] for i in range(0, len(samples), size)]  # fewer when small
         parts = self.slicers.map(
-            lambda proc, part: dict(encode_samples(proc, part, self.prompt)),
+            lambda processor, part: dict(encode_samples(processor, part, self.prompt)),
             self.copies[: len(slices)],
             slices,
         )
         return join_slices(list(parts), self.processor.tokenizer, self.pin)
-
-    def _in_workers(self, pool: WorkerPool, samples: list[Sample]) -> BatchFeature:
-        slices = _slices(samples, self.workers)
-        try:
-            futures = [pool.executor.submit(_encode_slice, part, self.prompt) for part in slices]
-            parts = [future.result() for future in futures]
-        except BrokenProcessPool as error:  # a worker died (out of memory, shared memory full)
-            log.warning("encoding worker processes failed (%s); encoding in a thread from now on", error)
-            self.workers = 0
-            if _POOL.get("pool") is pool:
-                del _POOL["pool"]
-            pool.close()
-            return self._here(samples)
-        return join_slices(parts, self.processor.tokenizer, self.pin)
-
-
-def _slices(samples: list[Sample], count: int) -> list[list[Sample]]:
-    size = -(-len(samples) // count)
-    return [samples[i : i + size] for i in range(0, len(samples), size)]
 
 
 def joinable(processor) -> bool:
@@ -165,7 +82,7 @@ def joinable(processor) -> bool:
 def join_slices(parts: list[dict], tokenizer, pin: bool = False) -> BatchFeature:
     """Slices of a batch, encoded apart, as one processor call returns them: token rows padded
     again to the longest on the tokenizer's side, per-image tensors concatenated. pin: into
-    page-locked memory, so that the copy to the GPU is asynchronous."""
+    page-locked memory."""
     unknown = set(parts[0]) - set(TOKEN_KEYS) - set(STACKED_KEYS)
     if unknown:
         raise ValueError(f"cannot join processor outputs with keys {sorted(unknown)}")
@@ -188,20 +105,3 @@ def _pad(rows: torch.Tensor, length: int, fill: int, side: str) -> torch.Tensor:
         return rows
     pad = (missing, 0) if side == "left" else (0, missing)
     return torch.nn.functional.pad(rows, pad, value=fill)
-
-
-_WORKER_PROCESSOR = None
-
-
-def _start_worker(processor) -> None:
-    global _WORKER_PROCESSOR
-    _WORKER_PROCESSOR = processor
-    torch.set_num_threads(1)  # several workers share the CPUs
-
-
-def _ready() -> None:
-    return None
-
-
-def _encode_slice(samples: list[Sample], prompt: str) -> dict:
-    return dict(encode_samples(_WORKER_PROCESSOR, samples, prompt))

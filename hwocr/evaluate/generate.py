@@ -47,8 +47,7 @@ class GenerationSettings:
     no_repeat_whitelist: tuple[int, ...] = ()
     compile_vision: bool = True  # on CUDA: the vision tower's layers compiled (model/vision.py)
     graph_decoding: bool = True  # bf16 on CUDA: decoding steps replayed as a CUDA graph (evaluate/decode.py)
-    encode_workers: int = 0  # processes encoding the batches (evaluate/encoding.py); 0: a thread
-    encode_threads: int = 1  # threads encoding slices of each batch (evaluate/encoding.py)
+    encode_threads: int = 4  # threads encoding slices of each batch (evaluate/encoding.py)
 
     def generate_kwargs(self) -> dict:
         return {} if self.cache == "dynamic" else {"cache_implementation": self.cache}
@@ -109,9 +108,7 @@ def transcribe(
     cuda = device.type == "cuda"
     compiled = settings.compile_vision and cuda
     with (
-        BatchEncoder(
-            processor, settings.prompt, settings.encode_workers, pin=cuda, threads=settings.encode_threads
-        ) as encoder,
+        BatchEncoder(processor, settings.prompt, settings.encode_threads, pin=cuda) as encoder,
         tqdm(total=len(samples), desc=desc, unit="img") as progress,
         compiled_vision(vision_tower(model)) if compiled else nullcontext(),
     ):

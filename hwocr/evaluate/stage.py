@@ -54,7 +54,7 @@ def generation_settings(cfg: Config, processor, test: list[Sample]) -> Generatio
         compile_vision=cfg.eval.compile_vision,
         # Unsloth patches the model's forward for its own inference path: never captured or checked
         graph_decoding=cfg.eval.graph_decoding and cfg.backend == "hf",
-        encode_workers=cfg.eval.encode_workers,
+        encode_threads=cfg.eval.encode_threads,
         **guard_settings(cfg.eval.repetition_guard, processor.tokenizer),
     )
 
