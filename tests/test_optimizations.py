@@ -100,10 +100,15 @@ def test_compiled_vision_pads_every_chunk_and_restores_the_eager_layers(tiny_mod
     """compiled_vision hands its compiled layers one batch size only (tails padded with blank views)
     and gives the same features; afterwards the layers are the class's eager forward again."""
     import hwocr.model.vision as vision
+    from hwocr.model.vision import patches_as_matmul
 
     tower = load_model(tiny_model_config, PLAIN).model.vision_tower
     pixels = torch.randn(5, 3, 128, 128)
     seen = []
+    unfolded = []
+    monkeypatch.setattr(
+        vision, "patches_as_matmul", lambda self, x: unfolded.append(x.shape[0]) or patches_as_matmul(self, x)
+    )
 
     def fake_compile(forward, dynamic):  # records the batch sizes the "compiled" layers see
         assert dynamic is False
@@ -123,11 +128,13 @@ def test_compiled_vision_pads_every_chunk_and_restores_the_eager_layers(tiny_mod
             small = tower(pixels[:1]).last_hidden_state
         assert not tower._hwocr_pad_chunks
         assert all("forward" not in vars(layer) for layer in tower.sam_encoder.layers)
+        assert "forward" not in vars(tower.sam_encoder.patch_embed)  # the convolution again
         seen_inside = len(seen)
         again = tower(pixels).last_hidden_state
     layers = len(tower.sam_encoder.layers) + len(tower.vision_encoder.layers)
     assert seen_inside == layers * (3 + 1)  # 5 views in 3 chunks of 2, then 1 view in 1 chunk
     assert set(seen) == {2}
+    assert unfolded == [2, 2, 2, 2]  # inside the context, the patch embedding is the matmul
     assert len(seen) == seen_inside  # outside the context nothing goes through the compiled layers
     torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(small, reference[:1], rtol=1e-5, atol=1e-6)
@@ -289,3 +296,19 @@ def test_padding_to_a_multiple_changes_shapes_not_the_loss(tiny_model_config, li
     assert padded_loss == pytest.approx(tight_loss, rel=1e-5)
     for a, b in zip(tight_grads, padded_grads, strict=True):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("side", [128, 136])  # 136: not a multiple of the patch, the rest dropped
+def test_patch_embedding_as_a_matmul_equals_the_convolution(tiny_model_config, side):
+    import types
+
+    from hwocr.model.vision import _patches_tile, patches_as_matmul
+
+    embedding = load_model(tiny_model_config, PLAIN).model.vision_tower.sam_encoder.patch_embed
+    assert _patches_tile(embedding.projection)
+    pixels = torch.randn(3, 3, side, side + 16)
+    with torch.no_grad():
+        reference = embedding(pixels)
+        out = types.MethodType(patches_as_matmul, embedding)(pixels)
+    assert out.shape == reference.shape
+    torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-5)

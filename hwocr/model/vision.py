@@ -61,7 +61,7 @@ def compiled_vision(tower: torch.nn.Module):
     them. Chunks are padded to VISION_CHUNK views so that each view size compiles once (the
     measured speed-up and compile time: benchmarks/README.md). Compiled layers are kept on the
     module and reused by later evaluations; outside this context the layers run eagerly, as in
-    training.
+    training. SAM's patch embedding runs as a matmul meanwhile (patches_as_matmul).
     """
     if not getattr(tower, "_hwocr_chunk", 0):
         yield
@@ -73,6 +73,10 @@ def compiled_vision(tower: torch.nn.Module):
             layer._hwocr_compiled_forward = torch.compile(layer.forward, dynamic=False)
         layer.forward = layer._hwocr_compiled_forward
     tower._hwocr_pad_chunks = True
+    embedding = tower.sam_encoder.patch_embed
+    unfoldable = _patches_tile(embedding.projection)
+    if unfoldable:
+        embedding.forward = types.MethodType(patches_as_matmul, embedding)
     # a compiler that fails (no Triton for this GPU, no C compiler) must not fail the evaluation:
     # dynamo then warns and runs those layers eagerly
     suppress = torch._dynamo.config.suppress_errors
@@ -82,11 +86,38 @@ def compiled_vision(tower: torch.nn.Module):
     finally:
         torch._dynamo.config.suppress_errors = suppress
         tower._hwocr_pad_chunks = False
+        if unfoldable:
+            del embedding.forward
         for layer, forward in zip(layers, eager, strict=True):
             if forward is None:
                 del layer.forward
             else:
                 layer.forward = forward
+
+
+def _patches_tile(conv: torch.nn.Module) -> bool:
+    """Whether the convolution is a patch embedding: non-overlapping kernels, nothing padded."""
+    return (
+        isinstance(conv, torch.nn.Conv2d)
+        and conv.stride == conv.kernel_size
+        and conv.padding == (0, 0)
+        and conv.dilation == (1, 1)
+        and conv.groups == 1
+    )
+
+
+def patches_as_matmul(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    """SAM's patch embedding, a 16x16 convolution of stride 16, as one matmul over the unfolded
+    patches: the same sums in another order. cuDNN's kernel for 3 input channels took ~5 ms per
+    chunk of 32 views on the H200 (benchmarks/results/h200_sam_convs.json)."""
+    conv = self.projection
+    batch, channels, height, width = pixel_values.shape
+    kh, kw = conv.kernel_size
+    rows, cols = height // kh, width // kw  # as the convolution, a remainder is dropped
+    pixel_values = pixel_values[:, :, : rows * kh, : cols * kw]
+    patches = pixel_values.reshape(batch, channels, rows, kh, cols, kw).permute(0, 2, 4, 1, 3, 5)
+    patches = patches.reshape(batch, rows, cols, channels * kh * kw)
+    return F.linear(patches, conv.weight.reshape(conv.out_channels, -1), conv.bias)
 
 
 def folded_rel_pos_attention(self, hidden_states: torch.Tensor, output_attentions=False):
