@@ -17,6 +17,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # noqa: E402  (the environment record)
 
+from hwocr.evaluate.encoding import empty_pinned_cache  # noqa: E402
 from hwocr.io import write_atomic  # noqa: E402
 
 
@@ -45,7 +46,7 @@ def main() -> dict:
             rounds["pinned_s"].append(
                 seconds(lambda: torch.empty(size, dtype=torch.uint8, pin_memory=True).fill_(1))
             )
-            torch.accelerator.empty_host_cache()
+            empty_pinned_cache()
     result = {"name": "first_touch", **bench.environment(args), "gib": args.gib, **rounds}
     print(json.dumps(rounds))
     if args.json:

@@ -62,21 +62,30 @@ def test_no_encoding_thread_is_refused_by_predict_too(tmp_path):
         predict(PredictConfig(images=str(tmp_path), encode_threads=0))
 
 
-def _counting_joins(monkeypatch) -> list[int]:
+def _counting_joins(monkeypatch, pins: list | None = None) -> list[int]:
+    """Slices per joined batch; `pins` gets whether each was to be page-locked (joined pageable:
+    a CPU build of torch has no page-locked memory)."""
     joined: list[int] = []
-    monkeypatch.setattr(
-        encoding, "join_slices", lambda parts, *a: joined.append(len(parts)) or join_slices(parts, *a)
-    )
+
+    def join(parts, tokenizer, pin=False):
+        joined.append(len(parts))
+        if pins is not None:
+            pins.append(pin)
+        return join_slices(parts, tokenizer)
+
+    monkeypatch.setattr(encoding, "join_slices", join)
     return joined
 
 
 @pytest.mark.parametrize("mode", ["dynamic", "base"])
 def test_threads_encode_what_one_processor_call_encodes(tiny_model_config, lines, mode, monkeypatch):
     processor = load_processor(replace(tiny_model_config, image_mode=mode))
-    joined = _counting_joins(monkeypatch)
-    with BatchEncoder(processor, PROMPT, threads=3) as encoder:
+    pins: list[bool] = []
+    joined = _counting_joins(monkeypatch, pins)
+    with BatchEncoder(processor, PROMPT, threads=3, pin=True) as encoder:
         batches = [encoder.submit(lines).result(), encoder.submit(lines[:2]).result()]
     assert joined == [3, 2]  # a batch smaller than the thread count: one slice per sample
+    assert pins == [True, True]
     _equal(batches[0], encode_samples(processor, lines, PROMPT))
     _equal(batches[1], encode_samples(processor, lines[:2], PROMPT))
 

@@ -34,8 +34,8 @@ class BatchEncoder:
     """`submit(samples)` -> a Future of their inputs, encoded one batch at a time beside the caller.
 
     threads > 1: each batch in that many slices, encoded in parallel and joined (DeepSeek-OCR-2
-    processors; others are encoded whole). pin: joined batches in page-locked memory, so that the
-    copy to the GPU is asynchronous. Use as a context manager."""
+    processors; others are encoded whole, never page-locked). pin: joined batches in page-locked
+    memory, so that their copy to the GPU is asynchronous. Use as a context manager."""
 
     def __init__(self, processor, prompt: str, threads: int = 1, pin: bool = False):
         self.processor, self.prompt, self.pin = processor, prompt, pin
@@ -57,8 +57,9 @@ class BatchEncoder:
             self.slicers.shutdown(wait=True, cancel_futures=True)
 
     def submit(self, samples: Sequence[Sample]) -> Future:
-        encode_batch = self._in_slices if self.slicers is not None else self._whole
-        return self.batches.submit(encode_batch, list(samples))
+        if self.slicers is None:
+            return self.batches.submit(self._whole, list(samples))
+        return self.batches.submit(self._in_slices, list(samples))
 
     def _whole(self, samples: list[Sample]) -> BatchFeature:
         return encode_samples(self.processor, samples, self.prompt)
@@ -72,6 +73,15 @@ class BatchEncoder:
             slices,
         )
         return join_slices(list(parts), self.processor.tokenizer, self.pin)
+
+
+def empty_pinned_cache() -> None:
+    """Hand the page-locked blocks that joined batches used back to the system (GBs in crop mode),
+    so that training after base evaluation does not hold them."""
+    if hasattr(torch.accelerator, "empty_host_cache"):  # torch 2.13 has it, 2.11 does not
+        torch.accelerator.empty_host_cache()
+    elif torch.cuda.is_available():
+        torch._C._host_emptyCache()
 
 
 def joinable(processor) -> bool:

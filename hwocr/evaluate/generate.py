@@ -18,7 +18,7 @@ from transformers import LogitsProcessorList
 from hwocr.config import RepetitionGuardConfig
 from hwocr.data import Sample
 from hwocr.evaluate.decode import can_graph, greedy_generate
-from hwocr.evaluate.encoding import BatchEncoder, encode_samples
+from hwocr.evaluate.encoding import BatchEncoder, empty_pinned_cache, encode_samples
 from hwocr.evaluate.guard import WindowedNoRepeatNGram, token_ids
 from hwocr.metrics import Prediction
 from hwocr.model.adapt import unwrap, vision_tower
@@ -144,8 +144,8 @@ def transcribe(
             progress.update(len(batch))
             start += len(batch)
     seconds = time.perf_counter() - started
-    if cuda and hasattr(torch.accelerator, "empty_host_cache"):  # torch >= 2.9
-        torch.accelerator.empty_host_cache()  # the joined batches' page-locked memory: GBs in crop mode
+    if cuda:
+        empty_pinned_cache()
     n_failed = sum(1 for p in predictions if p.error)
     if n_failed:
         log.warning("%d of %d samples failed and are scored as empty predictions", n_failed, len(predictions))
