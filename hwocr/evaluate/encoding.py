@@ -44,7 +44,7 @@ class BatchEncoder:
         self.slicers = None
         if threads > 1 and joinable(processor):
             supports_raw_pixels(processor)  # its pixel table is built once and copied with it
-            # one processor per slice: a fast tokenizer must not be called from two threads at once
+            # one processor per slice: each call may reset its fast tokenizer's padding settings
             self.copies = [copy.deepcopy(processor) for _ in range(threads)]
             self.slicers = ThreadPoolExecutor(max_workers=threads)
 
@@ -78,9 +78,9 @@ class BatchEncoder:
 def empty_pinned_cache() -> None:
     """Hand the page-locked blocks that joined batches used back to the system (GBs in crop mode),
     so that training after base evaluation does not hold them."""
-    if hasattr(torch.accelerator, "empty_host_cache"):  # torch 2.13 has it, 2.11 does not
+    if hasattr(torch.accelerator, "empty_host_cache"):  # torch 2.13 has it, 2.11 does not...
         torch.accelerator.empty_host_cache()
-    elif torch.cuda.is_available():
+    elif hasattr(torch._C, "_host_emptyCache"):  # ...but has this private binding (CUDA builds)
         torch._C._host_emptyCache()
 
 
