@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # noqa: E402  (the bench's synthetic lines)
-from gil_contention import _processor_checkpoint  # noqa: E402
+from gil_contention import processor_checkpoint  # noqa: E402
 
 from hwocr.config import DEFAULT_PROMPT  # noqa: E402
 from hwocr.evaluate.encoding import BatchEncoder  # noqa: E402
@@ -35,7 +35,7 @@ def main() -> dict:
     samples = bench.line_samples(args.lines, folder / "lines", 1600, 120)
     seconds: dict = {}
     for mode in args.modes:
-        processor = load_processor(replace(_processor_checkpoint(folder / "processor"), image_mode=mode))
+        processor = load_processor(replace(processor_checkpoint(folder / "processor"), image_mode=mode))
         for threads in args.threads:
             with BatchEncoder(processor, DEFAULT_PROMPT, threads=threads) as encoder:
                 encoder.submit(samples[:8]).result()  # warm: files cached, pixel table built

@@ -36,7 +36,7 @@ def main() -> dict:
     args = p.parse_args()
     torch.set_num_threads(1)
     folder = Path(args.dir)
-    processor = load_processor(_processor_checkpoint(folder / "processor"))
+    processor = load_processor(processor_checkpoint(folder / "processor"))
     samples = bench.line_samples(args.lines, folder / "lines", 1600, 120)
 
     def encode_lines():
@@ -103,7 +103,7 @@ def main() -> dict:
     return result
 
 
-def _processor_checkpoint(path: Path) -> ModelConfig:
+def processor_checkpoint(path: Path) -> ModelConfig:
     """DeepSeek-OCR-2's image processor (PIL, as the bench's full-size checkpoint) with the bench tokenizer."""
     if not (path / "processor_config.json").is_file():
         from transformers import DeepseekOcr2ImageProcessorPil, DeepseekOcr2Processor
