@@ -122,12 +122,15 @@ for phase in "$@"; do case $phase in
     LIMIT=150 b h200_generate_threads4_base_auto $G --gen-images 1024
     # tuned evaluation's path: a LoRA (experts on) and the presets' guard
     LIMIT=200 b h200_generate_threads4_dynamic_guard_lora $G --image-mode dynamic --gen-images 384 --gen-lora --no-repeat-ngram 20 --no-repeat-window 90 ;;
-  final)  # issue 14 at the final code (4 encoding threads, SAM's patch embedding as a matmul), then its micro-benchmarks
+  final)  # issue 14 at the final code (4 encoding threads, SAM's patch embedding as a matmul); measured at 506d2f8
+    # first: fresh host memory, before any other process of this machine has used it
+    timeout 60 python3 benchmarks/first_touch.py --gib 8 --json "$RES/gpuhost_first_touch.json" 2>&1 | grep -v "Warning\|warn("
     G="--task generate --dtype bf16 --new-tokens 48 --timeline --compare start graphed threads4 threads4"
     LIMIT=290 b h200_generate_final_dynamic_auto $G --image-mode dynamic --gen-images 1024
     LIMIT=140 b h200_generate_final_base_auto $G --gen-images 1024
-    timeout 90 python3 benchmarks/sam_convs.py --json "$RES/h200_sam_convs_matmul.json" 2>&1 | grep -v "Warning\|warn("
-    timeout 60 python3 benchmarks/first_touch.py --gib 8 --json "$RES/gpuhost_first_touch.json" 2>&1 | grep -v "Warning\|warn(" ;;
+    timeout 90 python3 benchmarks/sam_convs.py --json "$RES/h200_sam_convs_matmul.json" 2>&1 | grep -v "Warning\|warn(" ;;
+  finalfp32)  # batch-1 against batched token ids in fp32 through the final code's compiled tower (16/16 before the matmul)
+    LIMIT=150 b h200_generate_final_identity_fp32 --task generate --dtype fp32 --gen-images 16 --gen-batch 16 --new-tokens 48 --check-unbatched 16 ;;
   finallora)  # tuned evaluation's path at the final code: a LoRA (experts on) and the presets' guard
     LIMIT=240 b h200_generate_final_dynamic_guard_lora --task generate --dtype bf16 --new-tokens 48 --timeline --compare start graphed threads4 threads4 --image-mode dynamic --gen-images 384 --gen-lora --no-repeat-ngram 20 --no-repeat-window 90 ;;
   samconvs)  # SAM's convolutions with cuDNN's default algorithms and with cudnn.benchmark
