@@ -550,7 +550,7 @@ def run_generate(args, mcfg, hw, processor, samples, result, lora) -> None:
 def ids_as_text(tokenizer):
     """Transcriptions as space-separated token ids: a random model's ids mostly lie beyond the
     bench tokenizer's 1,024 tokens and would all decode to "" (and compare equal)."""
-    cls = type(tokenizer)  # the class, not the instance: the processor stays deep-copyable
+    cls = type(tokenizer)  # the class: every copy of the processor decodes the same way
     decode = cls.batch_decode
     cls.batch_decode = lambda self, ids, **kw: [" ".join(map(str, row.tolist())) for row in ids]
     try:
