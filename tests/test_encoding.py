@@ -109,3 +109,16 @@ def test_transcribe_through_threads_predicts_what_it_predicts_through_one(
     assert [p.prediction for p in sliced] == [p.prediction for p in alone]
     assert [bool(p.error) for p in sliced] == [p.id == "test/broken" for p in samples]
     assert sliced[3].error == alone[3].error
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_encoder_never_encodes_with_the_callers_processor(tiny_model_config, lines, threads, monkeypatch):
+    """The caller decodes with its processor's tokenizer while the next batch is encoded."""
+    processor = load_processor(tiny_model_config)
+    used = []
+    encode = encoding.encode_samples
+    monkeypatch.setattr(encoding, "encode_samples", lambda p, *a: used.append(p) or encode(p, *a))
+    with BatchEncoder(processor, PROMPT, threads=threads) as encoder:
+        inputs = encoder.submit(lines).result()
+    assert len(used) == threads and all(p is not processor for p in used)
+    _equal(inputs, encode(processor, lines, PROMPT))

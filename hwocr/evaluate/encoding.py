@@ -42,10 +42,12 @@ class BatchEncoder:
         self.batches = ThreadPoolExecutor(max_workers=1)
         self.copies: list = []
         self.slicers = None
-        if threads > 1 and joinable(processor):
+        if joinable(processor):
             supports_raw_pixels(processor)  # its pixel table is built once and copied with it
-            # one processor per slice: each call may reset its fast tokenizer's padding settings
-            self.copies = [copy.deepcopy(processor) for _ in range(threads)]
+            # a processor per thread, apart from the caller's too: each call may reset its fast
+            # tokenizer's padding settings while the caller decodes with it
+            self.copies = [copy.deepcopy(processor) for _ in range(max(threads, 1))]
+        if threads > 1 and self.copies:
             self.slicers = ThreadPoolExecutor(max_workers=threads)
 
     def __enter__(self) -> "BatchEncoder":
@@ -62,7 +64,7 @@ class BatchEncoder:
         return self.batches.submit(self._in_slices, list(samples))
 
     def _whole(self, samples: list[Sample]) -> BatchFeature:
-        return encode_samples(self.processor, samples, self.prompt)
+        return encode_samples(self.copies[0] if self.copies else self.processor, samples, self.prompt)
 
     def _in_slices(self, samples: list[Sample]) -> BatchFeature:
         size = -(-len(samples) // len(self.copies))
