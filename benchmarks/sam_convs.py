@@ -8,6 +8,7 @@ They run outside the compiled layers.
 """
 
 import argparse
+import copy
 import json
 import statistics
 import sys
@@ -42,9 +43,8 @@ def main() -> None:
         "ms": {},
     }
     for side in (768, 1024):
-        pixels = (
-            torch.rand(args.chunk, 3, side, side, device=device).mul(2).sub(1).bfloat16()
-        )  # as normalised
+        # uniform in [-1, 1], as normalised pixels are
+        pixels = torch.rand(args.chunk, 3, side, side, device=device).mul(2).sub(1).bfloat16()
         with torch.inference_mode():
             embedded = sam.patch_embed(pixels)
             necked = sam.neck(embedded)
@@ -82,8 +82,6 @@ def sync() -> None:
 def embedding_errors(embedding, pixels: torch.Tensor, side: int) -> dict:
     """Largest error of the bf16 convolution and of the bf16 matmul against the convolution in fp32
     (TF32 off), and the largest fp32 output, for scale."""
-    import copy
-
     exact = copy.deepcopy(embedding).float()
     tf32 = torch.backends.cudnn.allow_tf32
     torch.backends.cudnn.allow_tf32 = False
