@@ -597,6 +597,13 @@ PASSES = {
     # slices of each batch encoded by threads: 4 (the product's default) or 8
     "threads4": {"compile_vision": True, "graph_decoding": True, "encode_threads": 4},
     "threads8": {"compile_vision": True, "graph_decoding": True, "encode_threads": 8},
+    # the first batch joined into pageable memory, the rest page-locked (encoding.PIN_FROM_BATCH = 1)
+    "threads4_pin_later": {
+        "compile_vision": True,
+        "graph_decoding": True,
+        "encode_threads": 4,
+        "pin_from_batch": 1,
+    },
 }
 
 
@@ -606,6 +613,7 @@ def compare_passes(
     """The same images through each named pass, in order; images/s, peak memory and how many
     transcriptions (token ids) equal the first pass's. A name given twice is timed twice.
     timeline: each pass also records where each batch's time went (batch_timeline)."""
+    from hwocr.evaluate import encoding
     from hwocr.evaluate.generate import transcribe
 
     out, first = {}, None
@@ -614,10 +622,15 @@ def compare_passes(
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
         batches: list[dict] = []
-        with batch_timeline(batches) if timeline else contextlib.nullcontext():
-            predictions, stats = transcribe(
-                model, processor, samples, replace(settings, **PASSES[name]), desc=name
-            )
+        fields = dict(PASSES[name])
+        pin_from, encoding.PIN_FROM_BATCH = encoding.PIN_FROM_BATCH, fields.pop("pin_from_batch", 0)
+        try:
+            with batch_timeline(batches) if timeline else contextlib.nullcontext():
+                predictions, stats = transcribe(
+                    model, processor, samples, replace(settings, **fields), desc=name
+                )
+        finally:
+            encoding.PIN_FROM_BATCH = pin_from
         record = _generation_record(stats, predictions, cuda)
         if timeline:
             record["timeline"] = batches
@@ -641,13 +654,16 @@ def batch_timeline(batches: list[dict]):
     wait before it (the main thread between batches: waiting for the encoding, bookkeeping),
     the copy to the GPU, the prefill, the first decoding step (with its capture, when graphed),
     the rest of the steps; and how long the batch's encoding took, and how (one processor call
-    in the thread, or slices in threads, joined). CUDA is synchronised at each mark, which adds a little to
+    in the thread, or slices in threads, joined; the join's own time, into pageable or page-locked
+    memory). CUDA is synchronised at each mark, which adds a little to
     the run being measured."""
     from hwocr.evaluate import decode, encoding, generate
 
     to_device, generate_batch, steps = generate.pixels_to_device, generate._generate, decode._Steps
     whole, in_slices = encoding.BatchEncoder._whole, encoding.BatchEncoder._in_slices
+    join = encoding.join_slices
     encoded: list[tuple[str, float]] = []  # (where, seconds), in the order the batches were submitted
+    joins: list[tuple[bool, float]] = []  # (page-locked, seconds) of each join, in the same order
     state: dict = {"last_end": None}
 
     def sync() -> float:
@@ -694,16 +710,26 @@ def batch_timeline(batches: list[dict]):
         batches.append({k: round(v, 3) for k, v in state["row"].items()})
         return out
 
+    def timed_join(parts, tokenizer, pin=False):
+        start = time.perf_counter()
+        out = join(parts, tokenizer, pin)
+        joins.append((pin, time.perf_counter() - start))
+        return out
+
     generate.pixels_to_device, generate._generate, decode._Steps = timed_to_device, timed_generate, TimedSteps
     encoding.BatchEncoder._whole = timed("thread", whole)
     encoding.BatchEncoder._in_slices = timed("threads", in_slices)
+    encoding.join_slices = timed_join
     try:
         yield
     finally:
         generate.pixels_to_device, generate._generate, decode._Steps = to_device, generate_batch, steps
         encoding.BatchEncoder._whole, encoding.BatchEncoder._in_slices = whole, in_slices
+        encoding.join_slices = join
         for row, (where, seconds) in zip(batches, encoded, strict=False):
             row[f"encode_s_{where}"] = round(seconds, 3)
+        for row, (pinned, seconds) in zip(batches, joins, strict=False):
+            row["join_pinned_s" if pinned else "join_pageable_s"] = round(seconds, 3)
 
 
 def profile_generate(model, processor, samples, settings, args) -> dict:

@@ -8,6 +8,7 @@ if ls .whl/*.whl >/dev/null 2>&1 && ! python3 -c "import bitsandbytes, rapidfuzz
 fi
 export PYTHONPATH=.:/tmp/site
 RES=${OUT:-benchmarks/results}
+PINNING="--task generate --dtype bf16 --new-tokens 48 --timeline --compare start graphed threads4_pin_later threads4_pin_later threads4 threads4"
 mkdir -p "$RES"
 b() { local name=$1; shift; echo "### $name"; timeout ${LIMIT:-300} python3 benchmarks/bench.py --name "$name" --json "$RES/$name.json" "$@" 2>&1 | grep -v "Warning\|warn(" ; }
 for phase in "$@"; do case $phase in
@@ -133,6 +134,11 @@ for phase in "$@"; do case $phase in
     LIMIT=150 b h200_generate_final_identity_fp32 --task generate --dtype fp32 --gen-images 16 --gen-batch 16 --new-tokens 48 --check-unbatched 16 ;;
   finallora)  # tuned evaluation's path at the final code: a LoRA (experts on) and the presets' guard
     LIMIT=240 b h200_generate_final_dynamic_guard_lora --task generate --dtype bf16 --new-tokens 48 --timeline --compare start graphed threads4 threads4 --image-mode dynamic --gen-images 384 --gen-lora --no-repeat-ngram 20 --no-repeat-window 90 ;;
+  pinning)  # issue 14: the first batch of a transcription joined into pageable memory (the rest page-locked) against every batch page-locked, the cache emptied after each pass as the product does
+    timeout 120 python3 benchmarks/first_touch.py --gib 8 --json "$RES/gpuhost_first_touch.json" 2>&1 | grep -v "Warning\|warn("
+    LIMIT=420 b h200_generate_pinning_dynamic_auto $PINNING --image-mode dynamic --gen-images 1024 ;;
+  pinningbase)
+    LIMIT=240 b h200_generate_pinning_base_auto $PINNING --gen-images 1024 ;;
   samconvs)  # SAM's convolutions with cuDNN's default algorithms and with cudnn.benchmark
     timeout ${LIMIT:-120} python3 benchmarks/sam_convs.py --json "$RES/h200_sam_convs.json" 2>&1 | grep -v "Warning\|warn(" ;;
   *) echo "unknown phase $phase" ;;

@@ -21,6 +21,8 @@ from hwocr.model.pixels import supports_raw_pixels
 # the keys a DeepSeek-OCR-2 processor returns; token rows are padded, the rest stacked per image
 TOKEN_KEYS = ("input_ids", "attention_mask")
 STACKED_KEYS = ("pixel_values", "pixel_values_local", "num_local_patches")
+# the first batch whose joined inputs are page-locked (0: every batch)
+PIN_FROM_BATCH = 0
 
 
 def encode_samples(processor, samples: Sequence[Sample], prompt: str) -> BatchFeature:
@@ -40,6 +42,7 @@ class BatchEncoder:
     def __init__(self, processor, prompt: str, threads: int = 1, pin: bool = False):
         self.processor, self.prompt, self.pin = processor, prompt, pin
         self.batches = ThreadPoolExecutor(max_workers=1)
+        self.submitted = 0
         self.copies: list = []
         self.slicers = None
         if joinable(processor):
@@ -59,14 +62,16 @@ class BatchEncoder:
             self.slicers.shutdown(wait=True, cancel_futures=True)
 
     def submit(self, samples: Sequence[Sample]) -> Future:
+        self.submitted += 1
         if self.slicers is None:
             return self.batches.submit(self._whole, list(samples))
-        return self.batches.submit(self._in_slices, list(samples))
+        pin = self.pin and self.submitted > PIN_FROM_BATCH
+        return self.batches.submit(self._in_slices, list(samples), pin)
 
     def _whole(self, samples: list[Sample]) -> BatchFeature:
         return encode_samples(self.copies[0] if self.copies else self.processor, samples, self.prompt)
 
-    def _in_slices(self, samples: list[Sample]) -> BatchFeature:
+    def _in_slices(self, samples: list[Sample], pin: bool) -> BatchFeature:
         size = -(-len(samples) // len(self.copies))
         slices = [samples[i : i + size] for i in range(0, len(samples), size)]  # fewer when small
         parts = self.slicers.map(
@@ -74,7 +79,7 @@ class BatchEncoder:
             self.copies[: len(slices)],
             slices,
         )
-        return join_slices(list(parts), self.processor.tokenizer, self.pin)
+        return join_slices(list(parts), self.processor.tokenizer, pin)
 
 
 def empty_pinned_cache() -> None:
