@@ -137,6 +137,8 @@ for phase in "$@"; do case $phase in
   pinning)  # issue 14: the first batch of a transcription joined into pageable memory (the rest page-locked) against every batch page-locked, the cache emptied after each pass as the product does
     timeout 120 python3 benchmarks/first_touch.py --gib 8 --json "$RES/gpuhost_first_touch.json" 2>&1 | grep -v "Warning\|warn("
     LIMIT=420 b h200_generate_pinning_dynamic_auto $PINNING --image-mode dynamic --gen-images 1024 ;;
+  pinregister)  # page-locking through malloc + cudaHostRegister, pages faulted in by 8 threads (torch's allocator option)
+    PYTORCH_CUDA_ALLOC_CONF=pinned_use_cuda_host_register:True,pinned_num_register_threads:8 timeout 120 python3 benchmarks/first_touch.py --gib 8 --json "$RES/gpuhost_first_touch_register.json" 2>&1 | grep -v "Warning\|warn(" ;;
   pinningbase)
     LIMIT=240 b h200_generate_pinning_base_auto $PINNING --gen-images 1024 ;;
   samconvs)  # SAM's convolutions with cuDNN's default algorithms and with cudnn.benchmark
