@@ -37,6 +37,7 @@ import torch
 
 from hwocr.config import DEFAULT_PROMPT, DTYPES, HardwareConfig, LoraConfig, ModelConfig
 from hwocr.data import Sample
+from hwocr.evaluate.encoding import prefer_registered_page_locking
 from hwocr.io import write_atomic
 from hwocr.model.load import torch_dtype
 from hwocr.report.record import environment_info
@@ -1011,6 +1012,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> dict:
+    prefer_registered_page_locking()  # as the product's entry points do
     args = parse_args(argv)
     if args.device == "cpu" and args.dtype != "fp32":
         print("note: CPU runs use fp32 autocast off; fp16/bf16 weights are slow or unsupported on CPU")

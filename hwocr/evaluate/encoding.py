@@ -8,6 +8,7 @@ bit for bit (tests/test_encoding.py). benchmarks/README.md has the timelines and
 """
 
 import copy
+import os
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -80,6 +81,22 @@ class BatchEncoder:
             slices,
         )
         return join_slices(list(parts), self.processor.tokenizer, pin)
+
+
+# torch page-locks a new block with cudaHostAlloc unless told to malloc it, fault its pages in with
+# threads and register it: several times faster for a crop-mode batch's GBs (benchmarks/README.md)
+REGISTERED_PAGE_LOCKING = "pinned_use_cuda_host_register:True,pinned_num_register_threads:8"
+
+
+def prefer_registered_page_locking() -> None:
+    """Have torch page-lock joined batches by registering them, unless the allocator settings
+    already say how (PYTORCH_CUDA_ALLOC_CONF or PYTORCH_ALLOC_CONF naming pinned_ keys; other
+    settings there are kept). Call before CUDA starts: torch reads them once."""
+    names = [name for name in ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF") if os.environ.get(name)]
+    if any("pinned_" in os.environ[name] for name in names):
+        return
+    name = names[0] if names else "PYTORCH_CUDA_ALLOC_CONF"
+    os.environ[name] = ",".join(filter(None, [os.environ.get(name), REGISTERED_PAGE_LOCKING]))
 
 
 def empty_pinned_cache() -> None:
