@@ -143,7 +143,7 @@ for phase in "$@"; do case $phase in
     LIMIT=240 b h200_generate_pinning_base_auto $PINNING --gen-images 1024 ;;
   registered)  # issue 14 with joined batches page-locked by registration (encoding.prefer_registered_page_locking, set by bench.py's main as by the product's)
     G="--task generate --dtype bf16 --new-tokens 48 --timeline --compare start graphed threads4 threads4"
-    LIMIT=300 b h200_generate_registered_dynamic_auto $G --image-mode dynamic --gen-images 1024
+    LIMIT=280 b h200_generate_registered_dynamic_auto $G --image-mode dynamic --gen-images 768
     LIMIT=260 b h200_generate_registered_dynamic_guard_lora $G --image-mode dynamic --gen-images 384 --gen-lora --no-repeat-ngram 20 --no-repeat-window 90 ;;
   samconvs)  # SAM's convolutions with cuDNN's default algorithms and with cudnn.benchmark
     timeout ${LIMIT:-120} python3 benchmarks/sam_convs.py --json "$RES/h200_sam_convs.json" 2>&1 | grep -v "Warning\|warn(" ;;

@@ -89,14 +89,16 @@ REGISTERED_PAGE_LOCKING = "pinned_use_cuda_host_register:True,pinned_num_registe
 
 
 def prefer_registered_page_locking() -> None:
-    """Have torch page-lock joined batches by registering them, unless the allocator settings
-    already say how (PYTORCH_CUDA_ALLOC_CONF or PYTORCH_ALLOC_CONF naming pinned_ keys; other
-    settings there are kept). Call before CUDA starts: torch reads them once."""
-    names = [name for name in ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF") if os.environ.get(name)]
-    if any("pinned_" in os.environ[name] for name in names):
+    """Have torch page-lock joined batches by registering them, unless the user's allocator
+    settings (PYTORCH_CUDA_ALLOC_CONF, PYTORCH_ALLOC_CONF) say how. Set at run time: torch has
+    read those variables by the time hwocr runs."""
+    names = ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF")
+    if not torch.cuda.is_available() or any("pinned_" in os.environ.get(name, "") for name in names):
         return
-    name = names[0] if names else "PYTORCH_CUDA_ALLOC_CONF"
-    os.environ[name] = ",".join(filter(None, [os.environ.get(name), REGISTERED_PAGE_LOCKING]))
+    if hasattr(torch._C, "_accelerator_setAllocatorSettings"):  # torch 2.13...
+        torch._C._accelerator_setAllocatorSettings(REGISTERED_PAGE_LOCKING)
+    else:  # ...2.11 (the GPU image) has only this
+        torch.cuda.memory._set_allocator_settings(REGISTERED_PAGE_LOCKING)
 
 
 def empty_pinned_cache() -> None:
