@@ -37,7 +37,6 @@ import torch
 
 from hwocr.config import DEFAULT_PROMPT, DTYPES, HardwareConfig, LoraConfig, ModelConfig
 from hwocr.data import Sample
-from hwocr.evaluate.encoding import prefer_registered_page_locking
 from hwocr.io import write_atomic
 from hwocr.model.load import torch_dtype
 from hwocr.report.record import environment_info
@@ -589,22 +588,22 @@ def _generation_record(stats, predictions: list, cuda: bool) -> dict:
 
 
 # Named generation passes for --compare, each a change of GenerationSettings. "start" is the path
-# issue 14 measured from (the tower eager, transformers' generate); the first pass with the tower
-# compiled includes its one-off compile.
+# issue 14 measured from (the tower eager, transformers' generate) but with 8-bit views, an early
+# change of that issue; "issue_start" is that path exactly (float32 views from the processor). The
+# first pass with the tower compiled includes its one-off compile.
 PASSES = {
+    "issue_start": {
+        "compile_vision": False,
+        "graph_decoding": False,
+        "encode_threads": 1,
+        "float_views": True,
+    },
     "start": {"compile_vision": False, "graph_decoding": False, "encode_threads": 1},
     "compiled_tower": {"compile_vision": True, "graph_decoding": False, "encode_threads": 1},
     "graphed": {"compile_vision": True, "graph_decoding": True, "encode_threads": 1},
     # slices of each batch encoded by threads: 4 (the product's default) or 8
     "threads4": {"compile_vision": True, "graph_decoding": True, "encode_threads": 4},
     "threads8": {"compile_vision": True, "graph_decoding": True, "encode_threads": 8},
-    # the first batch joined into pageable memory, the rest page-locked (encoding.PIN_FROM_BATCH = 1)
-    "threads4_pin_later": {
-        "compile_vision": True,
-        "graph_decoding": True,
-        "encode_threads": 4,
-        "pin_from_batch": 1,
-    },
 }
 
 
@@ -614,7 +613,6 @@ def compare_passes(
     """The same images through each named pass, in order; images/s, peak memory and how many
     transcriptions (token ids) equal the first pass's. A name given twice is timed twice.
     timeline: each pass also records where each batch's time went (batch_timeline)."""
-    from hwocr.evaluate import encoding
     from hwocr.evaluate.generate import transcribe
 
     out, first = {}, None
@@ -624,14 +622,9 @@ def compare_passes(
             torch.cuda.reset_peak_memory_stats()
         batches: list[dict] = []
         fields = dict(PASSES[name])
-        pin_from, encoding.PIN_FROM_BATCH = encoding.PIN_FROM_BATCH, fields.pop("pin_from_batch", 0)
-        try:
-            with batch_timeline(batches) if timeline else contextlib.nullcontext():
-                predictions, stats = transcribe(
-                    model, processor, samples, replace(settings, **fields), desc=name
-                )
-        finally:
-            encoding.PIN_FROM_BATCH = pin_from
+        views = float_views() if fields.pop("float_views", False) else contextlib.nullcontext()
+        with views, batch_timeline(batches) if timeline else contextlib.nullcontext():
+            predictions, stats = transcribe(model, processor, samples, replace(settings, **fields), desc=name)
         record = _generation_record(stats, predictions, cuda)
         if timeline:
             record["timeline"] = batches
@@ -647,6 +640,27 @@ def compare_passes(
     }
     out["images"] = len(samples)
     return out
+
+
+@contextlib.contextmanager
+def float_views():
+    """Transcription's batches encoded as before 8-bit views: the processor rescales and normalises
+    on the CPU and float32 views go to the GPU."""
+    from hwocr.data import load_image
+    from hwocr.evaluate import encoding
+    from hwocr.model.load import encode
+
+    eight_bit = encoding.encode_samples
+
+    def encode_floats(processor, samples, prompt):
+        images = [load_image(sample.image) for sample in samples]
+        return encode(processor, images, [prompt] * len(samples), padding=True, return_tensors="pt")
+
+    encoding.encode_samples = encode_floats
+    try:
+        yield
+    finally:
+        encoding.encode_samples = eight_bit
 
 
 @contextlib.contextmanager
@@ -1012,7 +1026,6 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> dict:
-    prefer_registered_page_locking()  # as the product's entry points do
     args = parse_args(argv)
     if args.device == "cpu" and args.dtype != "fp32":
         print("note: CPU runs use fp32 autocast off; fp16/bf16 weights are slow or unsupported on CPU")

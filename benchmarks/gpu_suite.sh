@@ -8,7 +8,7 @@ if ls .whl/*.whl >/dev/null 2>&1 && ! python3 -c "import bitsandbytes, rapidfuzz
 fi
 export PYTHONPATH=.:/tmp/site
 RES=${OUT:-benchmarks/results}
-PINNING="--task generate --dtype bf16 --new-tokens 48 --timeline --compare start graphed threads4_pin_later threads4_pin_later threads4 threads4"
+REGISTERED=pinned_use_cuda_host_register:True,pinned_num_register_threads:8
 mkdir -p "$RES"
 b() { local name=$1; shift; echo "### $name"; timeout ${LIMIT:-300} python3 benchmarks/bench.py --name "$name" --json "$RES/$name.json" "$@" 2>&1 | grep -v "Warning\|warn(" ; }
 for phase in "$@"; do case $phase in
@@ -134,17 +134,16 @@ for phase in "$@"; do case $phase in
     LIMIT=150 b h200_generate_final_identity_fp32 --task generate --dtype fp32 --gen-images 16 --gen-batch 16 --new-tokens 48 --check-unbatched 16 ;;
   finallora)  # tuned evaluation's path at the final code: a LoRA (experts on) and the presets' guard
     LIMIT=240 b h200_generate_final_dynamic_guard_lora --task generate --dtype bf16 --new-tokens 48 --timeline --compare start graphed threads4 threads4 --image-mode dynamic --gen-images 384 --gen-lora --no-repeat-ngram 20 --no-repeat-window 90 ;;
-  pinning)  # issue 14: the first batch of a transcription joined into pageable memory (the rest page-locked) against every batch page-locked, the cache emptied after each pass as the product does
+  firsttouch)  # fresh host memory: pageable, page-locked by cudaHostAlloc (torch's default) and by registration (the product's: encoding.prefer_registered_page_locking)
     timeout 120 python3 benchmarks/first_touch.py --gib 8 --json "$RES/gpuhost_first_touch.json" 2>&1 | grep -v "Warning\|warn("
-    LIMIT=420 b h200_generate_pinning_dynamic_auto $PINNING --image-mode dynamic --gen-images 1024 ;;
-  pinregister)  # page-locking through malloc + cudaHostRegister, pages faulted in by 8 threads (torch's allocator option)
-    PYTORCH_CUDA_ALLOC_CONF=pinned_use_cuda_host_register:True,pinned_num_register_threads:8 timeout 120 python3 benchmarks/first_touch.py --gib 8 --json "$RES/gpuhost_first_touch_register.json" 2>&1 | grep -v "Warning\|warn(" ;;
-  pinningbase)
-    LIMIT=240 b h200_generate_pinning_base_auto $PINNING --gen-images 1024 ;;
-  registered)  # issue 14 with joined batches page-locked by registration (encoding.prefer_registered_page_locking, set by bench.py's main as by the product's)
-    G="--task generate --dtype bf16 --new-tokens 48 --timeline --compare start graphed threads4 threads4"
-    LIMIT=280 b h200_generate_registered_dynamic_auto $G --image-mode dynamic --gen-images 768
-    LIMIT=260 b h200_generate_registered_dynamic_guard_lora $G --image-mode dynamic --gen-images 384 --gen-lora --no-repeat-ngram 20 --no-repeat-window 90 ;;
+    PYTORCH_CUDA_ALLOC_CONF=$REGISTERED timeout 120 python3 benchmarks/first_touch.py --gib 8 --json "$RES/gpuhost_first_touch_register.json" 2>&1 | grep -v "Warning\|warn(" ;;
+  issue14)  # issue 14's generation target within one run: its own start (float32 views) and the 8-bit start, then the product's path twice (the first graphed pass compiles the tower)
+    G="--task generate --dtype bf16 --new-tokens 48 --timeline --compare issue_start start graphed threads4 threads4"
+    LIMIT=420 b h200_generate_issue14_dynamic_auto $G --image-mode dynamic --gen-images 1024 ;;
+  issue14base)
+    LIMIT=200 b h200_generate_issue14_base_auto --task generate --dtype bf16 --new-tokens 48 --timeline --compare issue_start start graphed threads4 threads4 --gen-images 1024 ;;
+  issue14lora)  # tuned evaluation's path: a LoRA (experts on) and the presets' guard
+    LIMIT=300 b h200_generate_issue14_dynamic_guard_lora --task generate --dtype bf16 --new-tokens 48 --timeline --compare issue_start start graphed threads4 threads4 --image-mode dynamic --gen-images 512 --gen-lora --no-repeat-ngram 20 --no-repeat-window 90 ;;
   samconvs)  # SAM's convolutions with cuDNN's default algorithms and with cudnn.benchmark
     timeout ${LIMIT:-120} python3 benchmarks/sam_convs.py --json "$RES/h200_sam_convs.json" 2>&1 | grep -v "Warning\|warn(" ;;
   *) echo "unknown phase $phase" ;;

@@ -22,7 +22,6 @@ from hwocr.config import HardwareConfig, ModelConfig, RepetitionGuardConfig, che
 from hwocr.data import Sample
 from hwocr.data.uit_hwdb import IMAGE_SUFFIXES, image_problem
 from hwocr.errors import ConfigError, ModelLoadError, PreflightError
-from hwocr.evaluate.encoding import prefer_registered_page_locking
 from hwocr.evaluate.generate import GenerationSettings, guard_settings, transcribe
 from hwocr.io import write_atomic
 from hwocr.metrics import Prediction
@@ -152,7 +151,6 @@ _register()
 def main(composed) -> None:
     from omegaconf import OmegaConf
 
-    prefer_registered_page_locking()
     cfg: PredictConfig = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(PredictConfig), composed))
     try:
         write_output(predict(cfg), cfg.output)

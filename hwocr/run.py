@@ -19,7 +19,6 @@ from hwocr import distributed
 from hwocr.config import Config, register_schema, to_config
 from hwocr.data import load_splits, prepare_dataset
 from hwocr.errors import USER_ERRORS, TrainingInterrupted
-from hwocr.evaluate.encoding import prefer_registered_page_locking
 from hwocr.evaluate.stage import delta_metrics, evaluate_checkpoint, generation_settings
 from hwocr.io import write_atomic, write_json
 from hwocr.model import attach_adapter, load_model, load_processor, prepare_for_training
@@ -60,7 +59,6 @@ def resume_command() -> str:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(composed: DictConfig) -> float:
-    prefer_registered_page_locking()
     if not sweep.in_multirun():
         return _main(composed)
     # A job of a sweep: its dir may hold an earlier attempt (a resubmitted sweep, hwocr/sweeps/resume.py).

@@ -122,3 +122,45 @@ def test_the_encoder_never_encodes_with_the_callers_processor(tiny_model_config,
         inputs = encoder.submit(lines).result()
     assert len(used) == threads and all(p is not processor for p in used)
     _equal(inputs, encode(processor, lines, PROMPT))
+
+
+def test_page_locking_goes_through_registration_unless_the_user_says_how(monkeypatch):
+    """Joined batches are page-locked by registering them (several times faster than cudaHostAlloc
+    on the GPU host measured); allocator settings naming pinned_ keys are the user's and stand."""
+    calls: list[str] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch._C, "_accelerator_setAllocatorSettings", calls.append, raising=False)
+    for name in ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    encoding.prefer_registered_page_locking()
+    assert calls == [encoding.REGISTERED_PAGE_LOCKING]
+    monkeypatch.setenv("PYTORCH_ALLOC_CONF", "pinned_num_register_threads:2")
+    encoding.prefer_registered_page_locking()
+    assert calls == [encoding.REGISTERED_PAGE_LOCKING]  # not again: the user's setting stands
+
+
+def test_the_encoder_registers_only_when_it_page_locks(tiny_model_config, monkeypatch):
+    registered = []
+    monkeypatch.setattr(encoding, "prefer_registered_page_locking", lambda: registered.append(True))
+    processor = load_processor(tiny_model_config)
+    with BatchEncoder(processor, PROMPT, threads=2):
+        pass
+    assert registered == []
+    with BatchEncoder(processor, PROMPT, threads=2, pin=True):
+        pass
+    assert registered == [True]
+
+
+def test_the_benchmarks_issue_start_encodes_float_views(tiny_model_config, lines):
+    """bench.py's issue_start pass: the processor's float32 views, as before 8-bit views."""
+    from benchmarks import bench
+
+    processor = load_processor(replace(tiny_model_config, image_mode="dynamic"))
+    with bench.float_views(), BatchEncoder(processor, PROMPT, threads=2) as encoder:
+        floats = encoder.submit(lines).result()
+    with BatchEncoder(processor, PROMPT, threads=2) as encoder:
+        eight_bit = encoder.submit(lines).result()
+    assert floats["pixel_values"].dtype == torch.float32
+    assert eight_bit["pixel_values"].dtype == torch.uint8
+    assert torch.equal(floats["input_ids"], eight_bit["input_ids"])

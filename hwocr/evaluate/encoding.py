@@ -22,8 +22,6 @@ from hwocr.model.pixels import supports_raw_pixels
 # the keys a DeepSeek-OCR-2 processor returns; token rows are padded, the rest stacked per image
 TOKEN_KEYS = ("input_ids", "attention_mask")
 STACKED_KEYS = ("pixel_values", "pixel_values_local", "num_local_patches")
-# the first batch whose joined inputs are page-locked (0: every batch)
-PIN_FROM_BATCH = 0
 
 
 def encode_samples(processor, samples: Sequence[Sample], prompt: str) -> BatchFeature:
@@ -43,7 +41,8 @@ class BatchEncoder:
     def __init__(self, processor, prompt: str, threads: int = 1, pin: bool = False):
         self.processor, self.prompt, self.pin = processor, prompt, pin
         self.batches = ThreadPoolExecutor(max_workers=1)
-        self.submitted = 0
+        if pin:
+            prefer_registered_page_locking()
         self.copies: list = []
         self.slicers = None
         if joinable(processor):
@@ -63,16 +62,14 @@ class BatchEncoder:
             self.slicers.shutdown(wait=True, cancel_futures=True)
 
     def submit(self, samples: Sequence[Sample]) -> Future:
-        self.submitted += 1
         if self.slicers is None:
             return self.batches.submit(self._whole, list(samples))
-        pin = self.pin and self.submitted > PIN_FROM_BATCH
-        return self.batches.submit(self._in_slices, list(samples), pin)
+        return self.batches.submit(self._in_slices, list(samples))
 
     def _whole(self, samples: list[Sample]) -> BatchFeature:
         return encode_samples(self.copies[0] if self.copies else self.processor, samples, self.prompt)
 
-    def _in_slices(self, samples: list[Sample], pin: bool) -> BatchFeature:
+    def _in_slices(self, samples: list[Sample]) -> BatchFeature:
         size = -(-len(samples) // len(self.copies))
         slices = [samples[i : i + size] for i in range(0, len(samples), size)]  # fewer when small
         parts = self.slicers.map(
@@ -80,18 +77,19 @@ class BatchEncoder:
             self.copies[: len(slices)],
             slices,
         )
-        return join_slices(list(parts), self.processor.tokenizer, pin)
+        return join_slices(list(parts), self.processor.tokenizer, self.pin)
 
 
 # torch page-locks a new block with cudaHostAlloc unless told to malloc it, fault its pages in with
-# threads and register it: several times faster for a crop-mode batch's GBs (benchmarks/README.md)
+# threads and register it: several times faster for a crop-mode batch's GBs (benchmarks/README.md).
+# The setting is the process's: training's page-locked batches go the same way.
 REGISTERED_PAGE_LOCKING = "pinned_use_cuda_host_register:True,pinned_num_register_threads:8"
 
 
 def prefer_registered_page_locking() -> None:
-    """Have torch page-lock joined batches by registering them, unless the user's allocator
-    settings (PYTORCH_CUDA_ALLOC_CONF, PYTORCH_ALLOC_CONF) say how. Set at run time: torch has
-    read those variables by the time hwocr runs."""
+    """Have torch page-lock by registering, unless the user's allocator settings
+    (PYTORCH_CUDA_ALLOC_CONF, PYTORCH_ALLOC_CONF) say how. Set at run time: torch has read those
+    variables by the time hwocr runs."""
     names = ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF")
     if not torch.cuda.is_available() or any("pinned_" in os.environ.get(name, "") for name in names):
         return
