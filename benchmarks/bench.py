@@ -489,7 +489,9 @@ def run_generate(args, mcfg, hw, processor, samples, result, lora) -> None:
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     model = load_model(mcfg, hw, device_map={"": 0} if cuda else None, backend=args.backend)
-    if args.gen_lora:  # decode through a LoRA's wrappers, as tuned evaluation does
+    if (
+        args.gen_lora
+    ):  # a LoRA applied at every step; --compare's `merged` folds it in, as tuned evaluation does
         model = prepare_for_training(model, lora, hw, args.backend)
     model.eval()
     settings = GenerationSettings(
@@ -604,6 +606,8 @@ PASSES = {
     # slices of each batch encoded by threads: 4 (the product's default) or 8
     "threads4": {"compile_vision": True, "graph_decoding": True, "encode_threads": 4},
     "threads8": {"compile_vision": True, "graph_decoding": True, "encode_threads": 8},
+    # --gen-lora: the LoRA merged into the weights for the pass (merge_for_evaluation), then unmerged
+    "merged": {"compile_vision": True, "graph_decoding": True, "encode_threads": 4, "merge_adapter": True},
 }
 
 
@@ -623,7 +627,8 @@ def compare_passes(
         batches: list[dict] = []
         fields = dict(PASSES[name])
         views = float_views() if fields.pop("float_views", False) else contextlib.nullcontext()
-        with views, batch_timeline(batches) if timeline else contextlib.nullcontext():
+        merge = merged_adapter(model) if fields.pop("merge_adapter", False) else contextlib.nullcontext()
+        with views, merge, batch_timeline(batches) if timeline else contextlib.nullcontext():
             predictions, stats = transcribe(model, processor, samples, replace(settings, **fields), desc=name)
         record = _generation_record(stats, predictions, cuda)
         if timeline:
@@ -640,6 +645,21 @@ def compare_passes(
     }
     out["images"] = len(samples)
     return out
+
+
+@contextlib.contextmanager
+def merged_adapter(model):
+    """The pass through the LoRA merged into the weights, as tuned evaluation runs; unmerged after
+    (in 16-bit, subtracting it back rounds the weights a little) for the passes that follow."""
+    from hwocr.model import merge_for_evaluation
+
+    if not merge_for_evaluation(model):
+        raise SystemExit("the merged pass needs a LoRA on 16-bit weights (--gen-lora, no --load-in-4bit)")
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            model.unmerge_adapter()
 
 
 @contextlib.contextmanager

@@ -142,8 +142,8 @@ for phase in "$@"; do case $phase in
     LIMIT=420 b h200_generate_issue14_dynamic_auto $G --image-mode dynamic --gen-images 1024 ;;
   issue14base)
     LIMIT=200 b h200_generate_issue14_base_auto --task generate --dtype bf16 --new-tokens 48 --timeline --compare issue_start start graphed threads4 threads4 --gen-images 1024 ;;
-  issue14lora)  # tuned evaluation's path: a LoRA (experts on) and the presets' guard
-    LIMIT=300 b h200_generate_issue14_dynamic_guard_lora --task generate --dtype bf16 --new-tokens 48 --timeline --compare issue_start start graphed threads4 threads4 --image-mode dynamic --gen-images 512 --gen-lora --no-repeat-ngram 20 --no-repeat-window 90 ;;
+  issue14lora)  # tuned evaluation's path: a LoRA (experts on) and the presets' guard: applied at every step, then merged (what tuned evaluation runs)
+    LIMIT=300 b h200_generate_issue14_dynamic_guard_lora --task generate --dtype bf16 --new-tokens 48 --timeline --compare issue_start start graphed threads4 merged merged --image-mode dynamic --gen-images 512 --gen-lora --no-repeat-ngram 20 --no-repeat-window 90 ;;
   samconvs)  # SAM's convolutions with cuDNN's default algorithms and with cudnn.benchmark
     timeout ${LIMIT:-120} python3 benchmarks/sam_convs.py --json "$RES/h200_sam_convs.json" 2>&1 | grep -v "Warning\|warn(" ;;
   *) echo "unknown phase $phase" ;;

@@ -147,6 +147,9 @@ class EvalConfig:
     # works (hwocr/evaluate/encoding.py). One could not keep up with the compiled tower and graphed
     # decoding; 8 slowed the GPU's host side (benchmarks/README.md)
     encode_threads: int = 4
+    # tuned evaluation through the LoRA folded into the 16-bit weights (hwocr.model.merge_for_evaluation;
+    # 4-bit models and backend=unsloth keep it apart). false = the adapter applied at every step
+    merge_adapter: bool = True
     bootstrap_samples: int = 2000
     gallery_rows: int = 50  # samples per section of eval/gallery.html
 

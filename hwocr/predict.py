@@ -25,7 +25,7 @@ from hwocr.errors import ConfigError, ModelLoadError, PreflightError
 from hwocr.evaluate.generate import GenerationSettings, guard_settings, transcribe
 from hwocr.io import write_atomic
 from hwocr.metrics import Prediction
-from hwocr.model import attach_adapter, load_model, load_processor
+from hwocr.model import attach_adapter, load_model, load_processor, merge_for_evaluation
 from hwocr.preflight import check_hardware
 from hwocr.text import natural_key
 
@@ -48,6 +48,7 @@ class PredictConfig:
     compile_vision: bool = True  # GPU only: as eval.compile_vision
     graph_decoding: bool = True  # bf16 on GPUs: as eval.graph_decoding
     encode_threads: int = 4  # as eval.encode_threads
+    merge_adapter: bool = True  # as eval.merge_adapter
 
 
 def find_images(spec: str) -> list[Path]:
@@ -95,6 +96,8 @@ def predict(cfg: PredictConfig) -> list:
     model = load_model(cfg.model, cfg.hardware)
     if cfg.adapter:
         model = attach_adapter(model, Path(cfg.adapter))
+        if cfg.merge_adapter:
+            merge_for_evaluation(model)
     samples = {p: Sample(id=str(p), writer="", split="predict", image=p.resolve(), text="") for p in images}
     settings = GenerationSettings(
         prompt=cfg.model.prompt,

@@ -21,7 +21,13 @@ from hwocr.data import load_splits, prepare_dataset
 from hwocr.errors import USER_ERRORS, TrainingInterrupted
 from hwocr.evaluate.stage import delta_metrics, evaluate_checkpoint, generation_settings
 from hwocr.io import write_atomic, write_json
-from hwocr.model import attach_adapter, load_model, load_processor, prepare_for_training
+from hwocr.model import (
+    attach_adapter,
+    load_model,
+    load_processor,
+    merge_for_evaluation,
+    prepare_for_training,
+)
 from hwocr.model.load import resolve_source, torch_dtype
 from hwocr.model.unsloth import for_inference
 from hwocr.preflight import preflight
@@ -234,6 +240,10 @@ def run(cfg: Config, resolved_yaml: str, job: sweep.JobContext) -> float:
         if "tuned_eval" in cfg.stages and ("train" in cfg.stages or cfg.eval.adapter):
             if cfg.backend == "unsloth":
                 for_inference(model)  # Unsloth leaves training mode (no KV cache) on after training
+            elif cfg.eval.merge_adapter and merge_for_evaluation(model):
+                log.info(
+                    "tuned evaluation: the LoRA merged into the model's weights (the saved adapter is as trained)"
+                )
             results["tuned"] = evaluate_checkpoint(
                 "tuned", model, processor, splits.test, settings, run_dir, tracker, rank
             )

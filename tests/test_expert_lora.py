@@ -8,11 +8,12 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from peft.tuners.lora import LoraLayer
 
 from hwocr.config import HardwareConfig, LoraConfig, register_schema, to_config
 from hwocr.errors import ConfigError
 from hwocr.evaluate.generate import GenerationSettings, max_new_tokens_for, transcribe
-from hwocr.model import attach_adapter, load_model, load_processor, prepare_for_training
+from hwocr.model import attach_adapter, load_model, load_processor, merge_for_evaluation, prepare_for_training
 from hwocr.model.adapt import expert_targets
 from hwocr.model.expert_lora import PackedExpertsParamWrapper
 from hwocr.model.experts import QuantizedExpertsMixin
@@ -196,6 +197,41 @@ def test_expert_adapter_round_trip_reproduces_batched_predictions(
     resumed = {n: p for n, p in fresh.named_parameters() if ".mlp.experts." in n}
     assert all(torch.equal(resumed[n], trained[n]) for n in trained)
     assert all(p.requires_grad for n, p in resumed.items() if "lora_" in n)
+
+
+def test_a_merged_lora_computes_what_the_unmerged_one_computes(tiny_model_config, samples):
+    """Tuned evaluation folds the LoRA (experts included) into the 16-bit weights: same logits to
+    fp32 rounding, same predictions, the adapter's own weights as trained."""
+    processor = load_processor(tiny_model_config)
+    model = _train(prepared(tiny_model_config, SIXTEEN_BIT, LoraConfig()), processor, samples).eval()
+    weights = {n: p.detach().clone() for n, p in model.named_parameters()}
+    assert any(".mlp.experts." in n and "lora_" in n for n in weights)
+    batch = OcrCollator(processor, PROMPT)(samples)
+    settings = GenerationSettings(prompt=PROMPT, max_new_tokens=12, batch_size=len(samples))
+    with torch.no_grad():
+        unmerged_logits = model(**batch).logits
+    unmerged, _ = transcribe(model, processor, samples, settings)
+
+    assert merge_for_evaluation(model)
+    with torch.no_grad():
+        merged_logits = model(**batch).logits
+    merged, _ = transcribe(model, processor, samples, settings)
+    torch.testing.assert_close(merged_logits, unmerged_logits, rtol=1e-4, atol=1e-4)
+    assert [p.prediction for p in merged] == [p.prediction for p in unmerged]
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, weights[n])}
+    # the adapted weights themselves now hold the LoRA, the experts' too; the adapter is as trained
+    assert any(".mlp.experts.base_layer." in n for n in changed), sorted(changed)[:5]
+    assert any("q_proj.base_layer." in n for n in changed)
+    assert not any("lora_" in n for n in changed)
+    assert all(m.merged for m in model.modules() if isinstance(m, LoraLayer))
+
+
+def test_four_bit_models_and_plain_models_are_not_merged(tiny_model_config):
+    packed = prepared(tiny_model_config, PACKED, LoraConfig())
+    weights = {n: p.detach().clone() for n, p in packed.named_parameters()}
+    assert not merge_for_evaluation(packed)
+    assert all(torch.equal(p, weights[n]) for n, p in packed.named_parameters())
+    assert not merge_for_evaluation(load_model(tiny_model_config, SIXTEEN_BIT))
 
 
 def test_packed_expert_lora_refuses_to_merge(tiny_model_config):

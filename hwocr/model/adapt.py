@@ -10,7 +10,12 @@ from peft import PeftModel, get_peft_model
 from transformers import PreTrainedModel
 
 from hwocr.config import HardwareConfig, LoraConfig
-from hwocr.model.expert_lora import EXPERT_PARAMETERS, adapted_expert_parameters, peft_sees_packed_experts
+from hwocr.model.expert_lora import (
+    EXPERT_PARAMETERS,
+    PackedExpertsParamWrapper,
+    adapted_expert_parameters,
+    peft_sees_packed_experts,
+)
 
 log = logging.getLogger(__name__)
 
@@ -169,3 +174,19 @@ def attach_adapter(model: PreTrainedModel, adapter_dir: Path) -> PeftModel:
         raise ModelLoadError(str(error)) from error
     with peft_sees_packed_experts(model):  # an adapter with target_parameters on NF4 experts
         return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
+
+
+def merge_for_evaluation(model: torch.nn.Module) -> bool:
+    """Fold a LoRA into the 16-bit weights it adapts, in place, so that evaluation runs the plain
+    model's kernels: unmerged, a LoRA on the routed experts rebuilds every expert's weights at each
+    step. The adapter's own weights (what is saved) are untouched. False, and nothing done, for a
+    model without a LoRA and for 4-bit weights (merging would requantise them)."""
+    if not isinstance(model, PeftModel):
+        return False
+    if getattr(model.get_base_model(), "hf_quantizer", None) is not None or any(
+        isinstance(module, PackedExpertsParamWrapper) for module in model.modules()
+    ):
+        return False
+    with torch.no_grad():
+        model.merge_adapter()
+    return True
