@@ -8,6 +8,7 @@ bit for bit (tests/test_encoding.py). benchmarks/README.md has the timelines and
 """
 
 import copy
+import logging
 import os
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -18,6 +19,8 @@ from transformers import BatchFeature
 from hwocr.data import Sample, load_image
 from hwocr.model.load import encode
 from hwocr.model.pixels import supports_raw_pixels
+
+log = logging.getLogger(__name__)
 
 # the keys a DeepSeek-OCR-2 processor returns; token rows are padded, the rest stacked per image
 TOKEN_KEYS = ("input_ids", "attention_mask")
@@ -93,10 +96,13 @@ def prefer_registered_page_locking() -> None:
     names = ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF")
     if not torch.cuda.is_available() or any("pinned_" in os.environ.get(name, "") for name in names):
         return
-    if hasattr(torch._C, "_accelerator_setAllocatorSettings"):  # torch 2.13...
-        torch._C._accelerator_setAllocatorSettings(REGISTERED_PAGE_LOCKING)
-    else:  # ...2.11 (the GPU image) has only this
-        torch.cuda.memory._set_allocator_settings(REGISTERED_PAGE_LOCKING)
+    try:
+        if hasattr(torch._C, "_accelerator_setAllocatorSettings"):  # torch 2.13...
+            torch._C._accelerator_setAllocatorSettings(REGISTERED_PAGE_LOCKING)
+        else:  # ...2.11 (the GPU image) has only this
+            torch.cuda.memory._set_allocator_settings(REGISTERED_PAGE_LOCKING)
+    except (AttributeError, RuntimeError) as error:  # a build without them: torch's default stands
+        log.warning("page-locking left to torch's default (%s)", error)
 
 
 def empty_pinned_cache() -> None:
