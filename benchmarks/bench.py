@@ -489,9 +489,8 @@ def run_generate(args, mcfg, hw, processor, samples, result, lora) -> None:
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     model = load_model(mcfg, hw, device_map={"": 0} if cuda else None, backend=args.backend)
-    if (
-        args.gen_lora
-    ):  # a LoRA applied at every step; --compare's `merged` folds it in, as tuned evaluation does
+    # --gen-lora: a LoRA applied at every step; --compare's `merged` folds it in, as tuned evaluation does
+    if args.gen_lora:
         model = prepare_for_training(model, lora, hw, args.backend)
     model.eval()
     settings = GenerationSettings(
