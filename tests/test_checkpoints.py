@@ -17,6 +17,7 @@ from hwocr.data import Sample
 from hwocr.evaluate.stage import EvalStats, GenerationSettings, evaluate_checkpoint
 from hwocr.io import atomic_directory
 from hwocr.metrics import Prediction
+from hwocr.model.weights import require_safetensors, safetensors_problem
 from hwocr.report import read_predictions
 from hwocr.train.checkpoints import (
     MARKER,
@@ -26,8 +27,6 @@ from hwocr.train.checkpoints import (
     checkpoint_problem,
     find_resume_checkpoint,
     mark_complete,
-    require_safetensors,
-    safetensors_problem,
 )
 
 

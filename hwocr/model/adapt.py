@@ -16,6 +16,7 @@ from hwocr.model.expert_lora import (
     adapted_expert_parameters,
     peft_sees_packed_experts,
 )
+from hwocr.model.weights import require_safetensors
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +167,6 @@ def attach_adapter(model: PreTrainedModel, adapter_dir: Path) -> PeftModel:
             "(point eval.adapter at the run's adapter/ dir or a Trainer checkpoint-N dir)"
         )
     from hwocr.errors import CheckpointError, ModelLoadError
-    from hwocr.train.checkpoints import require_safetensors
 
     try:
         require_safetensors(adapter_dir, "adapter")  # refuses a pickled adapter_model.bin
