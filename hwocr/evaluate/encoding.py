@@ -4,7 +4,9 @@ A thread beside transcribe's main thread encodes the next batch while the GPU wo
 compiled tower and graphed decoding, one processor call per batch could not keep up on the GPU host
 measured, so `threads` > 1 splits each batch into slices, encodes them in parallel (PIL's resize,
 most of the work, releases the GIL) and joins them into the inputs one processor call would give,
-bit for bit (tests/test_encoding.py). benchmarks/README.md has the timelines and thread counts.
+bit for bit (tests/test_encoding.py). On CUDA the joined batches are page-locked, by registration
+(prefer_registered_page_locking), and handed back after each transcription (empty_pinned_cache).
+benchmarks/README.md has the timelines, thread counts and page-locking times.
 """
 
 import copy
