@@ -1,6 +1,7 @@
 """Batches encoded in slices by threads (hwocr/evaluate/encoding.py) are the inputs one processor
 call gives, bit for bit, and transcribe through them predicts what it predicts through one thread."""
 
+import weakref
 from dataclasses import replace
 
 import pytest
@@ -164,3 +165,41 @@ def test_the_benchmarks_issue_start_encodes_float_views(tiny_model_config, lines
     assert floats["pixel_values"].dtype == torch.float32
     assert eight_bit["pixel_values"].dtype == torch.uint8
     assert torch.equal(floats["input_ids"], eight_bit["input_ids"])
+
+
+def test_no_joined_batch_is_held_when_transcribe_hands_page_locked_memory_back(
+    tiny_model_config, lines, monkeypatch
+):
+    """A block still referenced stays page-locked through emptying (and then through training):
+    each batch gives its host tensors up on its way to the device (pixels_to_device)."""
+    from hwocr.evaluate import generate
+
+    processor = load_processor(replace(tiny_model_config, image_mode="dynamic"))
+    model = load_model(
+        replace(tiny_model_config, image_mode="dynamic"), HardwareConfig(device="cpu", dtype="fp32")
+    )
+    joined: list[weakref.ref] = []
+
+    def join(parts, tokenizer, pin=False):  # CPU: joined as on a GPU, nothing page-locked
+        out = join_slices(parts, tokenizer)
+        joined.append(weakref.ref(out["pixel_values"]))
+        return out
+
+    held_at_emptying: list[int] = []
+    monkeypatch.setattr(encoding, "join_slices", join)
+    monkeypatch.setattr(generate, "BatchEncoder", lambda *a, pin: BatchEncoder(*a, pin=True))
+    monkeypatch.setattr(
+        generate, "empty_pinned_cache", lambda: held_at_emptying.append(sum(r() is not None for r in joined))
+    )
+    settings = GenerationSettings(prompt=PROMPT, max_new_tokens=4, batch_size=2, encode_threads=2)
+    transcribe(model.eval(), processor, lines, settings)
+    assert len(joined) == 3  # 5 lines in batches of 2
+    assert held_at_emptying == [0]
+
+
+def test_nothing_is_page_locked_or_registered_without_joined_batches(tiny_model_config, monkeypatch):
+    registered = []
+    monkeypatch.setattr(encoding, "prefer_registered_page_locking", lambda: registered.append(True))
+    with BatchEncoder(load_processor(tiny_model_config), PROMPT, threads=1, pin=True) as encoder:
+        assert not encoder.pin
+    assert registered == []

@@ -41,13 +41,12 @@ class BatchEncoder:
 
     threads > 1: each batch in that many slices, encoded in parallel and joined (DeepSeek-OCR-2
     processors; others are encoded whole, never page-locked). pin: joined batches in page-locked
-    memory, so that their copy to the GPU is asynchronous. Use as a context manager."""
+    memory, so that their copy to the GPU is asynchronous; `self.pin` says whether any will be.
+    Use as a context manager."""
 
     def __init__(self, processor, prompt: str, threads: int = 1, pin: bool = False):
-        self.processor, self.prompt, self.pin = processor, prompt, pin
+        self.processor, self.prompt = processor, prompt
         self.batches = ThreadPoolExecutor(max_workers=1)
-        if pin:
-            prefer_registered_page_locking()
         self.copies: list = []
         self.slicers = None
         if joinable(processor):
@@ -57,6 +56,9 @@ class BatchEncoder:
             self.copies = [copy.deepcopy(processor) for _ in range(max(threads, 1))]
         if threads > 1 and self.copies:
             self.slicers = ThreadPoolExecutor(max_workers=threads)
+        self.pin = pin and self.slicers is not None  # only joined batches are page-locked
+        if self.pin:
+            prefer_registered_page_locking()
 
     def __enter__(self) -> "BatchEncoder":
         return self

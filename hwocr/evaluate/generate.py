@@ -144,7 +144,7 @@ def transcribe(
             progress.update(len(batch))
             start += len(batch)
     seconds = time.perf_counter() - started
-    if cuda:
+    if encoder.pin:
         empty_pinned_cache()
     n_failed = sum(1 for p in predictions if p.error)
     if n_failed:
