@@ -167,8 +167,10 @@ def load_model(
     """Load weights in the hardware profile's dtype, 4-bit NF4 when it asks for QLoRA."""
     warn_unpinned(cfg)
     source, revision = resolve_source(cfg)
-    if device_map is None and hardware.device == "cuda":
-        device_map = {"": torch.cuda.current_device()}  # this process's GPU (set per rank under DDP)
+    if device_map is None:
+        # cuda: this process's GPU (set per rank under DDP). cpu: said outright, since 4-bit loading
+        # otherwise moves the weights to a GPU it finds, away from the batches.
+        device_map = {"": torch.cuda.current_device() if hardware.device == "cuda" else "cpu"}
     if cfg.family == "ocr1":
         require_ocr1_transformers()
     official = official_layout(cfg, source, revision)
@@ -197,7 +199,7 @@ def load_model(
                 quantization_config=quantization_config(cfg, hardware),
                 device_map=device_map,
                 trust_remote_code=cfg.trust_remote_code,
-                use_safetensors=True,  # never unpickle downloaded weights (hwocr/train/checkpoints.py)
+                use_safetensors=True,  # never unpickle downloaded weights (hwocr/model/weights.py)
                 output_loading_info=True,
             )
         if official:  # a renamed key that the mapping misses would load as random weights
