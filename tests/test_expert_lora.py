@@ -51,11 +51,6 @@ def prepared(cfg, hardware, lora: LoraConfig):
     return prepare_for_training(load_model(cfg, hardware), lora, hardware)
 
 
-def collated(processor, samples, model) -> dict[str, torch.Tensor]:
-    """A training batch on the model's device: with a GPU present, 4-bit loading puts the model there."""
-    return {k: v.to(model.device) for k, v in OcrCollator(processor, PROMPT)(samples).items()}
-
-
 @PATHS
 def test_lora_r16_adapts_every_routed_expert_and_the_switch_turns_it_off(tiny_model_config, hardware):
     lora = to_config(composed("lora=r16")).lora
@@ -96,7 +91,7 @@ def test_lora_r16_adapts_every_routed_expert_and_the_switch_turns_it_off(tiny_mo
 def test_gradients_reach_the_expert_lora(tiny_model_config, samples, hardware):
     model = prepared(tiny_model_config, hardware, LoraConfig())
     model.train()
-    batch = collated(load_processor(tiny_model_config), samples, model)
+    batch = OcrCollator(load_processor(tiny_model_config), PROMPT)(samples)
     model(**batch).loss.backward()
     grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad and ".mlp.experts." in n}
     assert grads and all(g is not None and torch.isfinite(g).all() for g in grads.values())
@@ -160,7 +155,7 @@ def test_packed_expert_lora_computes_what_peft_computes_on_nf4_rounded_weights(
 
 def _train(model, processor, samples, steps=4, lr=2e-2):
     torch.manual_seed(0)
-    batch = collated(processor, samples, model)
+    batch = OcrCollator(processor, PROMPT)(samples)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     model.train()
     for _ in range(steps):

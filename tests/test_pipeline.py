@@ -233,6 +233,8 @@ def test_qlora_path_on_cpu(tiny_model_config, line_samples):
     hardware = HardwareConfig(load_in_4bit=True, dtype="fp32")
     processor = load_processor(tiny_model_config)
     model = prepare_for_training(load_model(tiny_model_config, hardware), LoraConfig(), hardware)
+    # hardware.device=cpu holds with a GPU present too (4-bit loading would otherwise move there)
+    assert {p.device.type for p in model.parameters()} == {"cpu"}
     quantized = [n for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert quantized and all("language_model" in n for n in quantized)
     batch = OcrCollator(processor, PROMPT)(line_samples[:2])
