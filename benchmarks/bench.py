@@ -664,22 +664,20 @@ def merged_adapter(model):
 @contextlib.contextmanager
 def float_views():
     """Transcription's batches encoded as before 8-bit views: the processor rescales and normalises
-    on the CPU and float32 views go to the GPU."""
-    from hwocr.data import load_image
+    on the CPU and float32 views go to the GPU. Only the views change: encode_samples stays the
+    product's, its call to encode loses raw_pixels."""
     from hwocr.evaluate import encoding
-    from hwocr.model.load import encode
 
-    eight_bit = encoding.encode_samples
+    eight_bit = encoding.encode
 
-    def encode_floats(processor, samples, prompt):
-        images = [load_image(sample.image) for sample in samples]
-        return encode(processor, images, [prompt] * len(samples), padding=True, return_tensors="pt")
+    def encode_floats(processor, images, texts, raw_pixels=False, **kwargs):
+        return eight_bit(processor, images, texts, **kwargs)
 
-    encoding.encode_samples = encode_floats
+    encoding.encode = encode_floats
     try:
         yield
     finally:
-        encoding.encode_samples = eight_bit
+        encoding.encode = eight_bit
 
 
 @contextlib.contextmanager
