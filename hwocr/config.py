@@ -70,10 +70,17 @@ class SynthConfig:
     seed: int = 0
 
 
+DATASET_KINDS = ("uit_hwdb", "synth", "manifest", "hf")
+
+
 @dataclass
 class DatasetConfig:
     name: str = "synth_line"
-    kind: str = "uit_hwdb"  # "uit_hwdb" (read root) or "synth" (generate into root, then read it)
+    # uit_hwdb: root holds train_data/ and test_data/ (one folder per writer with a label.json).
+    # synth: generated into root, then read as uit_hwdb. manifest: root is a CSV or JSONL file, one row
+    # per image. hf: root is a Hugging Face dataset: a save_to_disk folder, a folder of parquet files or
+    # an imagefolder, a parquet file, or a hub id (docs/datasets.md).
+    kind: str = "uit_hwdb"
     level: str = "line"  # line | word | paragraph
     root: str | None = None
     val_fraction: float = 0.1
@@ -82,6 +89,21 @@ class DatasetConfig:
     writers: list[str] | None = None  # restrict train/val to these writer ids
     strict: bool = False
     synth: SynthConfig = field(default_factory=SynthConfig)
+    # manifest and hf: the columns. A missing image or text column is an error; without the writer
+    # column, held-out splits are seeded by sample instead of writer-disjoint.
+    image_column: str = "image"
+    text_column: str = "text"
+    writer_column: str | None = "writer"
+    split_column: str | None = "split"  # manifest only: the row's split; absent = every row is train
+    # The split names (a manifest's split column, an hf dataset's splits) that feed each hwocr split.
+    # Data without a test (validation) split: test_fraction (val_fraction) of train is held out.
+    train_split: str = "train"
+    test_split: str = "test"
+    val_split: str = "validation"
+    test_fraction: float = 0.1
+    revision: str | None = None  # hf with a hub id: the dataset's commit, tag or branch
+    # hf: where images stored inside the dataset (bytes) are written as files, named by content
+    image_cache: str | None = None
 
 
 @dataclass
@@ -194,6 +216,31 @@ def check_encode_threads(key: str, threads: int) -> None:
         raise ConfigError(f"{key}={threads} must be >= 1")
 
 
+def validate_dataset(dataset: DatasetConfig) -> None:
+    _check_choice("dataset.kind", dataset.kind, DATASET_KINDS)
+    _check_choice("dataset.level", dataset.level, ("line", "word", "paragraph"))
+    for key in ("val_fraction", "test_fraction"):
+        if not 0.0 <= getattr(dataset, key) < 1.0:
+            raise ConfigError(f"dataset.{key}={getattr(dataset, key)} must be in [0, 1)")
+    for key in ("max_train_samples", "max_eval_samples"):
+        if getattr(dataset, key) is not None and getattr(dataset, key) < 1:
+            raise ConfigError(f"dataset.{key}={getattr(dataset, key)} must be >= 1 (or null: no cap)")
+    if dataset.kind in ("manifest", "hf"):
+        for key in ("image_column", "text_column", "train_split", "test_split", "val_split"):
+            if not getattr(dataset, key):
+                raise ConfigError(f"dataset.{key} is empty; dataset.kind={dataset.kind} needs it")
+        splits = [dataset.train_split, dataset.test_split, dataset.val_split]
+        if len(set(splits)) < 3:
+            raise ConfigError(
+                f"dataset.train_split, test_split and val_split must differ (got {', '.join(splits)})"
+            )
+    if dataset.kind == "hf" and not dataset.image_cache:
+        raise ConfigError(
+            "dataset.image_cache is not set: dataset.kind=hf writes images stored in the dataset to this "
+            "folder (conf/dataset/hf.yaml sets it under $HWOCR_CACHE)"
+        )
+
+
 def validate(cfg: Config) -> Config:
     """Checks that go beyond types; raises ConfigError naming the key."""
     _check_choice("model.family", cfg.model.family, tuple(IMAGE_MODES))
@@ -201,12 +248,9 @@ def validate(cfg: Config) -> Config:
     _check_choice("backend", cfg.backend, BACKENDS)
     _check_choice("hardware.dtype", cfg.hardware.dtype, tuple(DTYPES))
     _check_choice("hardware.device", cfg.hardware.device, ("cpu", "cuda"))
-    _check_choice("dataset.kind", cfg.dataset.kind, ("uit_hwdb", "synth"))
-    _check_choice("dataset.level", cfg.dataset.level, ("line", "word", "paragraph"))
+    validate_dataset(cfg.dataset)
     for stage in cfg.stages:
         _check_choice("stages[]", stage, STAGES)
-    if not 0.0 <= cfg.dataset.val_fraction < 1.0:
-        raise ConfigError(f"dataset.val_fraction={cfg.dataset.val_fraction} must be in [0, 1)")
     guard = cfg.eval.repetition_guard
     if guard.ngram < 0 or guard.window < 0 or (guard.window and guard.window < guard.ngram):
         raise ConfigError(

@@ -8,8 +8,9 @@ class ConfigError(ValueError):
     """A config value that types alone cannot catch."""
 
 
-class DatasetError(Exception):
-    """The dataset cannot be loaded; the message names the path and the problem."""
+class DatasetError(ConfigError):
+    """The dataset cannot be loaded, or (dataset.strict=true) holds a bad sample; the message names the
+    path or row and the problem."""
 
 
 class ModelLoadError(RuntimeError):

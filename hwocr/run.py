@@ -202,8 +202,8 @@ def run(cfg: Config, resolved_yaml: str, job: sweep.JobContext) -> float:
             tracker.set_tags({f"env.{k}": v for k, v in environment.items()})
             tracker.log_artifact(write_json(run_dir / "environment.json", environment))
             tracker.log_metrics({f"data/{k}": v for k, v in splits.summary().items()})
-            data_report = {"summary": splits.summary(), "skipped": [vars(s) for s in splits.skipped]}
-            tracker.log_artifact(write_json(run_dir / "data_report.json", data_report))
+            tracker.set_tags({f"data.{split}": how for split, how in splits.provenance.items()})
+            tracker.log_artifact(write_json(run_dir / "data_report.json", splits.report()))
 
         processor = load_processor(cfg.model)
         model = load_model(cfg.model, cfg.hardware, backend=cfg.backend)

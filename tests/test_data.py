@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from hwocr.config import DatasetConfig
-from hwocr.data import load_image, load_splits, uit_hwdb
+from hwocr.data import load_image, load_splits, screen
 from hwocr.errors import DatasetError
 from hwocr.text import natural_key
 
@@ -96,7 +96,7 @@ def test_bad_inputs_are_skipped_and_counted(messy_root: Path, caplog) -> None:
     assert sorted(s.id for s in splits.train) == ["train/0001/1.jpg", "train/0001/2.jpg", "train/0003/ok.jpg"]
     assert [s.id for s in splits.test] == ["test/0002/1.jpg", "test/0002/2.jpg"]
     assert splits.summary()["skipped_total"] == 17
-    assert "skipped 17 file(s)" in caplog.text and "unsafe_path=3" in caplog.text
+    assert "skipped 17 sample(s)" in caplog.text and "unsafe_path=3" in caplog.text
 
 
 def test_strict_mode_raises_naming_the_file(messy_root: Path) -> None:
@@ -107,7 +107,7 @@ def test_strict_mode_raises_naming_the_file(messy_root: Path) -> None:
 def test_decompression_bomb_is_skipped(clean_root: Path, monkeypatch) -> None:
     big = clean_root / "train_data" / "0001" / "1.jpg"
     write_image(big, size=(200, 100))
-    monkeypatch.setattr(uit_hwdb, "MAX_IMAGE_PIXELS", 10_000)
+    monkeypatch.setattr(screen, "MAX_IMAGE_PIXELS", 10_000)
     splits = load_splits(DatasetConfig(root=str(clean_root)))
     assert splits.skip_counts() == {"image_too_large": 1}
     assert splits.skipped[0].path == str(big)

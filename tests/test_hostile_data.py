@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from hwocr.config import DatasetConfig
-from hwocr.data import SKIP_REASONS, load_splits, uit_hwdb
+from hwocr.data import SKIP_REASONS, load_splits, screen, uit_hwdb
 from hwocr.errors import DatasetError
 from hwocr.text import normalize_text
 
@@ -116,7 +116,7 @@ def hostile(tmp_path: Path) -> tuple[Path, Path]:
             "ctrl.jpg": "chữ\x07 viết\u200b tay\ufeff",
             "invisible.jpg": "\u200b\u200c\u200d\x00",
             "nfd.jpg": unicodedata.normalize("NFD", "Tiếng Việt"),
-            "long.jpg": "a" * (uit_hwdb.MAX_TEXT_CHARS + 1),
+            "long.jpg": "a" * (screen.MAX_TEXT_CHARS + 1),
         },
         ["ctrl.jpg", "invisible.jpg", "nfd.jpg", "long.jpg"],
     )
