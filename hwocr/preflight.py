@@ -42,7 +42,19 @@ def dataset_problems(cfg: Config) -> list[str]:
     if dataset.kind == "synth":
         return []
     root = Path(dataset.root or "")
-    if not dataset.root or not root.is_dir():
+    if dataset.kind == "manifest" and not (dataset.root and root.is_file()):
+        return [
+            f"dataset.root={dataset.root!r} is not a file (resolved: {root.resolve()}); point it at a CSV, "
+            "TSV or JSONL manifest with a row per image (docs/datasets.md)"
+        ]
+    if dataset.kind == "hf":
+        if not dataset.root:
+            return [
+                "dataset.root is not set; point it at a save_to_disk folder, a folder of parquet files or "
+                "an imagefolder, a .parquet file, or a hub id (docs/datasets.md)"
+            ]
+        return []  # a path that does not exist is a hub id: only datasets.load_dataset can tell
+    if dataset.kind == "uit_hwdb" and (not dataset.root or not root.is_dir()):
         return [
             f"dataset.root={dataset.root!r} does not exist (resolved: {root.resolve()}); point it at the "
             f"UIT-HWDB {dataset.level} folder that holds train_data/ and test_data/, e.g. "

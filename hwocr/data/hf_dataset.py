@@ -26,6 +26,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -46,6 +47,7 @@ logger = logging.getLogger("hwocr.data")
 
 SAVED_MARKERS = ("dataset_dict.json", "state.json")  # what save_to_disk writes (DatasetDict, Dataset)
 DATA_FILE_BUILDERS = {".parquet": "parquet", ".arrow": "arrow"}
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 
 
 def _load(cfg: DatasetConfig):
@@ -70,9 +72,13 @@ def _load(cfg: DatasetConfig):
                 )
             loaded = datasets.load_dataset(builder, data_files=str(root.resolve()))
             origin = f"{builder} file {root.resolve()}"
-        else:
+        elif HUB_ID.fullmatch(cfg.root):
             loaded = datasets.load_dataset(cfg.root, revision=cfg.revision)
             origin = f"hub dataset {cfg.root}" + (f"@{cfg.revision}" if cfg.revision else "")
+        else:
+            raise DatasetError(
+                f"dataset.root={cfg.root} does not exist, and is not a hub id (name or org/name)"
+            )
     except DatasetError:
         raise
     except Exception as err:  # the library's errors on user data are many; each becomes one clear error
