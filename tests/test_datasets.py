@@ -21,7 +21,7 @@ from dataset_formats import (
     write_manifest,
 )
 
-from hwocr.config import DatasetConfig
+from hwocr.config import DatasetConfig, validate_dataset
 from hwocr.data import load_image, load_splits
 from hwocr.errors import ConfigError, DatasetError
 
@@ -189,3 +189,26 @@ def test_data_report_says_how_each_split_was_chosen(tmp_path):
     assert report["summary"]["skipped/unsafe_path"] == 1
     assert {s["reason"] for s in report["skipped"]} == set(expected_skips("csv"))
     json.dumps(report)  # it is written as JSON
+
+
+def test_dataset_settings_are_checked_before_any_work():
+    with pytest.raises(ConfigError, match=r"dataset.kind='parquet' is not one of uit_hwdb, synth, manifest, hf"):
+        validate_dataset(DatasetConfig(kind="parquet"))
+    with pytest.raises(ConfigError, match=r"dataset.test_fraction=1.0 must be in \[0, 1\)"):
+        validate_dataset(DatasetConfig(kind="manifest", test_fraction=1.0))
+    with pytest.raises(ConfigError, match=r"train_split, test_split and val_split must differ"):
+        validate_dataset(DatasetConfig(kind="hf", image_cache="x", val_split="test"))
+    with pytest.raises(ConfigError, match=r"dataset.image_cache is not set"):
+        validate_dataset(DatasetConfig(kind="hf"))
+
+
+@pytest.mark.parametrize(("option", "message"), [("manifest", "is not a file"), ("hf", "dataset.root is not set")])
+def test_the_cli_says_what_dataset_root_must_be(option, message, tmp_path, run_cli, capsys):
+    code = run_cli(
+        "+experiment=demo",
+        f"dataset={option}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        f"tracking.uri=sqlite:///{tmp_path / 'db'}",
+    )
+    output = "".join(capsys.readouterr()) + (tmp_path / "run" / "run.log").read_text()
+    assert code == 2 and message in output and "docs/datasets.md" in output and "Traceback" not in output
