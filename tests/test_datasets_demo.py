@@ -39,15 +39,26 @@ def test_the_demo_runs_on_each_format(fmt, tmp_path, cache, monkeypatch, run_cli
     assert code == 0, (run_dir / "run.log").read_text()[-3000:]
 
     report = json.loads((run_dir / "data_report.json").read_text())
-    skipped = {k.removeprefix("skipped/"): v for k, v in report["summary"].items() if k.startswith("skipped/")}
+    skipped = {
+        k.removeprefix("skipped/"): v for k, v in report["summary"].items() if k.startswith("skipped/")
+    }
     assert skipped == expected_skips(fmt)
-    assert report["splits"]["val"].startswith("writer-disjoint") and report["splits"]["test"] == "given by the data"
-    assert (report["summary"]["n_train"], report["summary"]["n_val"], report["summary"]["n_test"]) == (6, 2, 2)
+    assert (
+        report["splits"]["val"].startswith("writer-disjoint")
+        and report["splits"]["test"] == "given by the data"
+    )
+    assert (report["summary"]["n_train"], report["summary"]["n_val"], report["summary"]["n_test"]) == (
+        6,
+        2,
+        2,
+    )
 
     with open(run_dir / "eval" / "tuned" / "predictions.csv", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 2 and all(r["writer"] == "w3" for r in rows)
-    images_under = root.parent if kind(fmt) == "manifest" else root if fmt == "imagefolder" else cache / "images"
+    images_under = (
+        root.parent if kind(fmt) == "manifest" else root if fmt == "imagefolder" else cache / "images"
+    )
     assert all(Path(r["image"]).is_relative_to(images_under) for r in rows)
 
     client = MlflowClient(f"sqlite:///{db}")

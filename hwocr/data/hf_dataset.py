@@ -104,7 +104,8 @@ def _hub_cache() -> str:
 
 
 def _image_kind(dataset, column: str, split: str, origin: str) -> str:
-    """ "image" (an Image feature), "path" (strings) or "bytes" (binary): how the column holds images."""
+    """How the column holds images: "image" (an Image feature), "struct" ({bytes, path} records),
+    "path" (strings) or "bytes" (binary)."""
     import datasets
 
     if column not in dataset.features:
@@ -115,6 +116,8 @@ def _image_kind(dataset, column: str, split: str, origin: str) -> str:
     feature = dataset.features[column]
     if isinstance(feature, datasets.Image):
         return "image"
+    if isinstance(feature, dict) and "bytes" in feature:  # {bytes, path} written without the Image type
+        return "struct"
     if isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string"):
         return "path"
     if isinstance(feature, datasets.Value) and feature.dtype in ("binary", "large_binary"):
