@@ -270,3 +270,15 @@ def test_fuzzed_manifests_never_crash(fmt, tmp_path):
         assert all(
             s.image.resolve().is_relative_to(root.parent) for s in splits.train + splits.val + splits.test
         )
+
+
+def test_a_test_split_whose_rows_are_all_bad_is_an_error_not_a_held_out_one(tmp_path):
+    rows = good_rows()
+    for row in rows:
+        if row["split"] == "test":
+            row["data"] = b"not an image"
+    root = write_dataset(tmp_path / "ds", rows, "csv")
+    with pytest.raises(
+        DatasetError, match=r"no usable test samples in CSV manifest .*skipped 3 \(corrupt_image=3\)"
+    ):
+        load_splits(config("csv", root, tmp_path))

@@ -138,16 +138,18 @@ def load_manifest(cfg: DatasetConfig, seed: int = 0) -> DatasetSplits:
 
     candidates: dict[str, list[Sample]] = {"train": [], "test": [], "val": []}
     seen: dict[Path, int] = {}
+    named: set[str] = set()  # splits some row names, usable or not: only the others are held out
     for line, row in rows:
         where = f"{path}:{line}"
         if cfg.image_column not in row or cfg.text_column not in row:
             out.skip(where, BAD_ROW, f"no {cfg.image_column!r} or {cfg.text_column!r} field")
             continue
-        split = split_names.get(str(row.get(cfg.split_column, ""))) if has_split else "train"
+        split = split_names.get(str(row.get(cfg.split_column, "")).strip()) if has_split else "train"
         if split is None:
             names = ", ".join(split_names)
             out.skip(where, UNKNOWN_SPLIT, f"split {row.get(cfg.split_column)!r} is not one of {names}")
             continue
+        named.add(split)
         text, reason, detail = screen_text(row[cfg.text_column])
         if reason:
             out.skip(where, reason, detail)
@@ -169,12 +171,8 @@ def load_manifest(cfg: DatasetConfig, seed: int = 0) -> DatasetSplits:
         sample_id = f"{split}/{writer}/{name}" if writer else f"{split}/{name}"
         candidates[split].append(Sample(sample_id, writer, split, image, text))
 
-    if has_split:
-        present = {split for split, samples in candidates.items() if samples}
-        test = candidates["test"] if "test" in present else None
-        val = candidates["val"] if "val" in present else None
-    else:
-        test = val = None
+    test = candidates["test"] if "test" in named else None
+    val = candidates["val"] if "val" in named else None
     kind = "CSV" if path.suffix.lower() in CSV_SUFFIXES else "JSONL"
     return assemble(
         cfg, seed, candidates["train"], test, val, out.skipped, root, by_writer=has_writer,
