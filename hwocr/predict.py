@@ -2,7 +2,7 @@
 
 python -m hwocr.predict model=deepseek_ocr2 adapter=outputs/runs/lines/<ts>/adapter images=scans/
 
-Every image is screened before the model sees it (the dataset loader's checks, hwocr/data/uit_hwdb.py):
+Every image is screened before the model sees it (the dataset loaders' checks, hwocr/data/screen.py):
 a file over MAX_IMAGE_BYTES, a header claiming more than MAX_IMAGE_PIXELS pixels or a side over
 MAX_IMAGE_SIDE (a decompression bomb), an empty, truncated or non-image file. Such an image is not
 opened by the model; it gets a row with an empty prediction and `skipped: <reason>` as its error, and
@@ -20,7 +20,7 @@ import hydra
 
 from hwocr.config import HardwareConfig, ModelConfig, RepetitionGuardConfig, check_encode_threads
 from hwocr.data import Sample
-from hwocr.data.uit_hwdb import IMAGE_SUFFIXES, image_problem
+from hwocr.data.screen import IMAGE_SUFFIXES, image_problem
 from hwocr.errors import ConfigError, ModelLoadError, PreflightError
 from hwocr.evaluate.generate import GenerationSettings, guard_settings, transcribe
 from hwocr.io import write_atomic
