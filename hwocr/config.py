@@ -18,6 +18,7 @@ IMAGE_MODES = {
     "ocr1": ("tiny", "small", "base", "large", "gundam"),
 }
 BACKENDS = ("hf", "unsloth")
+VISION_ADAPTATIONS = ("frozen", "encoder", "tower")
 # hardware.dtype -> the torch dtype's name (hwocr.model.load.torch_dtype); no torch import here
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 DEFAULT_PROMPT = "<image>\nFree OCR."  # DeepSeek-OCR's plain transcription prompt
@@ -50,9 +51,12 @@ class LoraConfig:
     dropout: float = 0.0
     bias: str = "none"
     # A regex over module names. None = the language model's q/k/v/o/gate/up/down projections of
-    # the chosen model family (hwocr/model/adapt.py); a plain list would also adapt the vision
-    # encoder, which reuses those names.
+    # the chosen model family, plus the vision layers that `vision` names (hwocr/model/adapt.py).
     target_modules: str | None = None
+    # What of the vision tower adapts, with LoRA or under full fine-tuning (lora=none):
+    # frozen = nothing; encoder = DeepSeek-OCR-2's Qwen2-like encoder (v1: CLIP-L), as Unsloth's
+    # finetune_vision_layers; tower = the encoder and SAM.
+    vision: str = "frozen"
     # Whole modules trained beside the adapters and saved with them (PEFT's modules_to_save), e.g.
     # [lm_head]: the tiny random model's output head bounds its logits (demo preset).
     modules_to_save: list[str] | None = None
@@ -260,6 +264,12 @@ def validate(cfg: Config) -> Config:
     if cfg.hardware.num_devices < 1:
         raise ConfigError("hardware.num_devices must be >= 1")
     check_encode_threads("eval.encode_threads", cfg.eval.encode_threads)
+    _check_choice("lora.vision", cfg.lora.vision, VISION_ADAPTATIONS)
+    if cfg.lora.target_modules and cfg.lora.vision != "frozen":
+        raise ConfigError(
+            f"lora.target_modules={cfg.lora.target_modules!r} and lora.vision={cfg.lora.vision}: "
+            "set one; a target regex names every adapted layer itself"
+        )
     if cfg.hardware.load_in_4bit and not cfg.lora.enabled:
         raise ConfigError(
             "hardware.load_in_4bit=true needs LoRA: 4-bit weights cannot be fine-tuned directly"

@@ -2,6 +2,7 @@
 
 import functools
 import logging
+import re
 from pathlib import Path
 
 import torch
@@ -10,6 +11,7 @@ from peft import PeftModel, get_peft_model
 from transformers import PreTrainedModel
 
 from hwocr.config import HardwareConfig, LoraConfig
+from hwocr.errors import ConfigError
 from hwocr.model.expert_lora import (
     EXPERT_PARAMETERS,
     PackedExpertsParamWrapper,
@@ -75,10 +77,24 @@ def vision_tower(model: torch.nn.Module) -> torch.nn.Module:
     return base.model.vision_tower if model_family(model) == "ocr2" else base.model.sam_model
 
 
+# lora.vision -> the vision modules that adapt, per family (module-name prefixes). `encoder` is
+# what Unsloth's finetune_vision_layers adapts: DeepSeek-OCR-2's Qwen2-like encoder (its learned
+# queries too, under full fine-tuning), v1's CLIP-L; `tower` adds SAM.
+VISION_PARTS = {
+    "ocr2": {
+        "encoder": ("model.vision_tower.vision_encoder", "model.vision_tower.query_"),
+        "tower": ("model.vision_tower",),
+    },
+    "ocr1": {"encoder": ("model.vision_model",), "tower": ("model.sam_model", "model.vision_model")},
+}
+# Module types PEFT's LoRA can wrap (what a target regex may name), bitsandbytes' layers included.
+LORA_LAYER_TYPES = ("Linear", "Linear4bit", "Linear8bitLt", "Conv1d", "Conv2d", "Conv3d", "Embedding")
+
+
 def prepare_for_training(
     model: PreTrainedModel, lora: LoraConfig, hardware: HardwareConfig, backend: str = "hf"
 ) -> torch.nn.Module:
-    targets = lora.target_modules or LANGUAGE_MODEL_TARGETS[model_family(model)]
+    targets = lora_targets(model, lora)
     if backend == "unsloth":
         from hwocr.model.unsloth import add_lora
 
@@ -93,18 +109,22 @@ def prepare_for_training(
             target_modules=targets,  # a string is a full-match regex in PEFT
             modules_to_save=lora.modules_to_save,
             # DeepSeek-OCR-2's routed experts are fused 3-D Parameters, out of target_modules' reach;
-            # v1's are nn.Linear modules, which its target_modules already cover (the seed's list).
+            # v1's are nn.Linear modules, which its target_modules already cover.
             target_parameters=expert_targets(model, lora),
             task_type="CAUSAL_LM",
         )
         with peft_sees_packed_experts(model):
             model = get_peft_model(model, peft_config)
     else:
-        # Full fine-tuning of everything after the frozen vision tower.
+        # Full fine-tuning of everything after the vision tower, and of the tower's parts that
+        # lora.vision names.
         base = model.model
         for module in (base.language_model, base.multi_modal_projector, model.lm_head):
             module.requires_grad_(True)
         base.view_separator.requires_grad_(True)
+        for name, param in model.named_parameters():
+            if name.startswith(vision_prefixes(model, lora.vision)):
+                param.requires_grad_(True)
     # Mixed precision scales and unscales fp32 gradients; fp16 trainable weights break GradScaler.
     for param in model.parameters():
         if param.requires_grad and param.dtype != torch.float32:
@@ -116,13 +136,61 @@ def prepare_for_training(
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     trainable, total = count_parameters(model)
     log.info(
-        "trainable parameters: %s of %s (%.2f%%)%s",
+        "trainable parameters: %s of %s (%.2f%%)%s%s",
         f"{trainable:,}",
         f"{total:,}",
         100 * trainable / total,
         ", routed experts included" if adapted_expert_parameters(model) else "",
+        f", vision: {lora.vision}" if lora.vision != "frozen" else "",
     )
     return model
+
+
+def vision_prefixes(model: torch.nn.Module, vision: str) -> tuple[str, ...]:
+    """Module-name prefixes of the vision parts that `lora.vision` adapts (none when frozen)."""
+    return VISION_PARTS[model_family(model)].get(vision, ())
+
+
+def lora_targets(model: torch.nn.Module, lora: LoraConfig) -> str:
+    """The LoRA target regex: lora.target_modules, or the language model's projections plus the
+    layers of the vision parts that lora.vision names. Checked against the model: a regex that
+    names no layer, or a module PEFT cannot adapt, is a ConfigError naming the key."""
+    if lora.target_modules:
+        key, regex = "lora.target_modules", lora.target_modules
+    else:
+        key, regex = "lora.vision", LANGUAGE_MODEL_TARGETS[model_family(model)]
+        vision = [
+            name
+            for name, module in model.named_modules()
+            if name.startswith(vision_prefixes(model, lora.vision)) and isinstance(module, torch.nn.Linear)
+        ]
+        if vision:
+            regex = f"{regex}|{layer_pattern(vision)}"
+    if lora.enabled:
+        check_lora_targets(model, regex, key)
+    return regex
+
+
+def layer_pattern(names: list[str]) -> str:
+    """A compact full-match regex for these module names: layer indices become \\d+."""
+    patterns = sorted({re.sub(r"\\\.\d+\\\.", r"\\.\\d+\\.", re.escape(name)) for name in names})
+    return "(" + "|".join(patterns) + ")"
+
+
+def check_lora_targets(model: torch.nn.Module, regex: str, key: str) -> None:
+    try:
+        pattern = re.compile(regex)
+    except re.error as error:
+        raise ConfigError(f"{key}={regex!r} is not a valid regex: {error}") from error
+    matched = [(name, module) for name, module in model.named_modules() if pattern.fullmatch(name)]
+    if not matched:
+        raise ConfigError(f"{key}={regex!r} matches no module of {type(unwrap(model)).__name__}")
+    for name, module in matched:
+        if type(module).__name__ not in LORA_LAYER_TYPES:
+            raise ConfigError(
+                f"{key}={regex!r} matches {name} ({type(module).__name__}), which LoRA cannot adapt: "
+                f"a target must be a layer ({', '.join(LORA_LAYER_TYPES)}); narrow the regex"
+            )
 
 
 def expert_targets(model: torch.nn.Module, lora: LoraConfig) -> list[str] | None:

@@ -19,12 +19,16 @@ from transformers import (
 from hwocr.data.vietnamese import generate_lines
 from hwocr.io import atomic_directory
 from hwocr.model.architecture import tiny_config
+from hwocr.model.live_vision import live_vision_weights
 
 log = logging.getLogger(__name__)
 
 BOS, EOS, PAD, IMAGE = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜▁pad▁｜>", "<image>"
 TOKENIZER_VOCAB = 1024
 TOKENIZER_TRAINING_LINES = 4000
+# Bump when the built weights change, so that cached tiny checkpoints are rebuilt.
+TINY_BUILD = 2
+BUILD_MARKER = "hwocr_tiny_build.txt"
 
 
 def build_tokenizer(seed: int = 0) -> PreTrainedTokenizerFast:
@@ -65,7 +69,9 @@ def build_tiny_checkpoint(path: Path, seed: int = 0) -> Path:
         pad_token_id=tokenizer.pad_token_id,
     )
     image_processor = DeepseekOcr2ImageProcessorPil(size={"height": 128, "width": 128}, tile_size=96)
-    return save_random_checkpoint(path, config, tokenizer, image_processor, patch_size=2)
+    return save_random_checkpoint(
+        path, config, tokenizer, image_processor, patch_size=2, extra_files={BUILD_MARKER: str(TINY_BUILD)}
+    )
 
 
 def save_random_checkpoint(
@@ -76,6 +82,7 @@ def save_random_checkpoint(
     patch_size: int,
     dtype: torch.dtype | None = None,
     device: str = "cpu",
+    extra_files: dict[str, str] | None = None,
 ) -> Path:
     """Random weights for `config`, wired to `tokenizer`'s special tokens, saved atomically like a
     hub checkpoint (model + processor), so hwocr loads it through from_pretrained as the real one.
@@ -92,36 +99,22 @@ def save_random_checkpoint(
         torch.set_default_dtype(previous)
     for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
         setattr(model.generation_config, key, getattr(tokenizer, key))
-    live_sam_weights(model)
+    live_vision_weights(model)
     processor = DeepseekOcr2Processor(
         image_processor=image_processor, tokenizer=tokenizer, patch_size=patch_size, downsample_ratio=4
     )
     with atomic_directory(path) as staging:
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
+        for name, text in (extra_files or {}).items():
+            (staging / name).write_text(text)
     log.info("built a random-weight DeepSeek-OCR-2 (%d parameters) at %s", model.num_parameters(), path)
     return path
 
 
-@torch.no_grad()
-def live_sam_weights(model: DeepseekOcr2ForConditionalGeneration) -> None:
-    """Give SAM weights at which image features depend on the image.
-
-    transformers' init draws SAM's linear and conv weights at std ~1e-10 and zeroes its rel-pos and
-    position tables, so a random model's SAM output is ~1e-36 and its vision features are the same
-    for every image: tests of the vision path could not fail, and training started from features
-    that ignore the image. PyTorch's default init for those layers (as in DeepSeek's own SAM code)
-    and small random tables instead."""
-    sam = model.model.vision_tower.sam_encoder
-    for module in sam.modules():
-        if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
-            module.reset_parameters()
-    for name, param in sam.named_parameters():
-        if "rel_pos" in name or name == "pos_embed":
-            param.normal_(0.0, 0.02)
-
-
 def ensure_tiny_checkpoint(path: Path) -> Path:
-    if not (path / "config.json").is_file():
+    """The tiny checkpoint at `path`, built (or rebuilt, when an older hwocr built it) on demand."""
+    marker = path / BUILD_MARKER
+    if not marker.is_file() or marker.read_text().strip() != str(TINY_BUILD):
         build_tiny_checkpoint(path)
     return path
