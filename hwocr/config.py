@@ -71,6 +71,9 @@ class SynthConfig:
     n_test_writers: int = 4
     lines_per_writer: int = 16
     text_file: str | None = None  # one line of text per line; None = built-in generator
+    # Word level only: 0 = each image shows a word of the text; N = one of the text's N most common
+    # words, a closed task that a small model can learn in CPU minutes (the demo's).
+    vocabulary: int = 0
     seed: int = 0
 
 
@@ -229,6 +232,11 @@ def validate_dataset(dataset: DatasetConfig) -> None:
     for key in ("max_train_samples", "max_eval_samples"):
         if getattr(dataset, key) is not None and getattr(dataset, key) < 1:
             raise ConfigError(f"dataset.{key}={getattr(dataset, key)} must be >= 1 (or null: no cap)")
+    if dataset.synth.vocabulary < 0 or (dataset.synth.vocabulary and dataset.level != "word"):
+        raise ConfigError(
+            f"dataset.synth.vocabulary={dataset.synth.vocabulary} needs dataset.level=word (now "
+            f"{dataset.level}) and a count >= 0"
+        )
     if dataset.kind in ("manifest", "hf"):
         for key in ("image_column", "text_column", "train_split", "test_split", "val_split"):
             if not getattr(dataset, key):

@@ -63,11 +63,36 @@ def test_the_loss_is_described_by_where_it_ended():
     assert "fewer than two" in learning(Trained([{"loss": 1.6, "step": 1}]), tokenizer, texts)[0]
 
 
-def test_reading_says_what_the_predictions_were():
-    assert "writes nothing" in reading({"tuned": result(["", ""])}, 128)[0]
-    assert "the same transcription for each of the 3" in reading({"tuned": result(["x", "x", "x"])}, 128)[0]
-    text = reading({"base": result(["x", "y"]), "tuned": result(["x", "yy"])}, 128)[0]
-    assert "2 distinct transcriptions for the 2 test lines" in text and "base 50.00%, tuned 50.00%" in text
+def result_of(references: list[str], predictions: list[str]) -> Result:
+    from hwocr.metrics import corpus_metrics
+
+    preds = [
+        Prediction(str(i), "w", f"{i}.jpg", r, p) for i, (r, p) in enumerate(zip(references, predictions))
+    ]
+    return Result(preds, corpus_metrics(preds))
+
+
+def test_the_blind_guess_is_the_training_text_that_scores_best_on_the_test_set():
+    from hwocr.metrics import best_blind_guess
+
+    # "ba" is the most common training text, but "hai" is nearer the test references
+    guess, cer = best_blind_guess(["ba", "ba", "ba", "hai"], ["hai", "hai", "hay"])
+    assert guess == "hai" and cer == pytest.approx(1 / 9)
+    assert best_blind_guess([], ["ab"]) == ("", 1.0)  # writing nothing deletes every character
+
+
+def test_the_verdict_follows_the_cer_against_the_blind_guess():
+    refs, train = ["một", "hai", "ba", "bốn"], ["một", "hai", "ba", "bốn"]
+    read = reading({"base": result_of(refs, ["x"] * 4), "tuned": result_of(refs, refs)}, train)
+    assert (
+        "reads 4 of them exactly and writes 4 distinct" in read[0] and "base 100.00%, tuned 0.00%" in read[0]
+    )
+    assert "under half the image-blind guess" in read[1]
+    blind = reading({"tuned": result_of(refs, ["ba"] * 4)}, train)
+    assert "reads 1 of them exactly and writes 1 distinct" in blind[0]
+    assert "no better than the image-blind guess" in blind[1]
+    close = reading({"tuned": result_of(refs, ["một", "hai", "bốn", "ba"])}, train)
+    assert "beats the image-blind guess, but by less than half" in close[1]
 
 
 def test_checks_name_what_is_missing(tmp_path):
@@ -88,8 +113,10 @@ def test_checks_name_what_is_missing(tmp_path):
 
 def test_a_real_model_s_run_ends_with_its_cer(tmp_path):
     cfg = SimpleNamespace(model=SimpleNamespace(build_tiny=False, image_size=1024))
-    text = closing_summary(cfg, Path("/run"), {}, {"tuned": result(["x"])}, None, Tokenizer(), [], 75)
-    assert "the stages took 1m15s" in text and "tuned CER 50.00%" in text and "cannot read" not in text
+    tuned = result_of(["ab", "ab"], ["a", "ab"])
+    text = closing_summary(cfg, Path("/run"), {}, {"tuned": tuned}, None, Tokenizer(), ["ab"], 75)
+    assert "the stages took 1m15s" in text and "tuned CER 25.00%" in text
+    assert "The best guess that ignores the image (writing 'ab' for every image) scores 0.00%" in text
 
 
 class State(SimpleNamespace):

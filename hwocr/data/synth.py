@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import random
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from hwocr.text import normalize_text
 
 logger = logging.getLogger("hwocr.data")
 
-SYNTH_VERSION = 1  # bump when rendering changes, so cached datasets are regenerated
+SYNTH_VERSION = 2  # bump when rendering changes, so cached datasets are regenerated
 META_FILE = "synth_meta.json"
 BUNDLED_FONT_DIR = Path(__file__).parent / "fonts"
 FONT_SUFFIXES = (".ttf", ".otf")
@@ -172,10 +173,19 @@ def load_texts(cfg: SynthConfig, n: int) -> list[str]:
     return texts[:n]
 
 
-def _sample_text(texts: list[str], k: int, level: str, rng: random.Random) -> list[str]:
-    """The text rows of image `k`: its line, one word of it, or a few lines for a paragraph."""
+def closed_vocabulary(texts: list[str], size: int) -> list[str]:
+    """The `size` most common words of `texts` (ties broken alphabetically, so the list is stable)."""
+    counts = Counter(word for text in texts for word in text.split())
+    return sorted(counts, key=lambda word: (-counts[word], word))[:size]
+
+
+def _sample_text(
+    texts: list[str], k: int, level: str, rng: random.Random, vocabulary: list[str] | None = None
+) -> list[str]:
+    """The text rows of image `k`: its line, one word of it (of the closed vocabulary when there is
+    one), or a few lines for a paragraph."""
     if level == "word":
-        return [rng.choice(texts[k].split())]
+        return [rng.choice(vocabulary or texts[k].split())]
     if level == "paragraph":
         return [texts[k], *(rng.choice(texts) for _ in range(rng.randint(2, 4)))]
     return [texts[k]]
@@ -201,6 +211,7 @@ def _settings(
 def _write_split(
     out: Path, split: str, writers: range, texts: list[str], fonts, cfg, level, height, max_width
 ):
+    vocabulary = closed_vocabulary(texts, cfg.vocabulary) if cfg.vocabulary else None
     """Writers are numbered globally, so train and test writers (and their styles) never coincide."""
     for w in writers:
         style = writer_style(fonts, w, cfg.seed, height)
@@ -210,7 +221,7 @@ def _write_split(
         labels = {}
         for i in range(1, cfg.lines_per_writer + 1):
             rng = random.Random(f"line/{cfg.seed}/{split}/{w}/{i}")
-            rows = _sample_text(texts, w * cfg.lines_per_writer + i - 1, level, rng)
+            rows = _sample_text(texts, w * cfg.lines_per_writer + i - 1, level, rng, vocabulary)
             mask = _stack([render_ink(r, style, font, rng) for r in rows], gap=RENDER_SIZE // 3)
             compose(mask, style, rng, max_width).save(folder / f"{i}.jpg", quality=90)
             labels[f"{i}.jpg"] = normalize_text(" ".join(rows))
@@ -228,6 +239,8 @@ def generate_synth_dataset(
     """Render a UIT-HWDB-layout dataset into `root` unless an identical one is already there."""
     if level not in LEVELS:
         raise ValueError(f"level={level!r} is not one of {', '.join(LEVELS)}")
+    if cfg.vocabulary and level != "word":
+        raise ValueError(f"a closed vocabulary (synth.vocabulary={cfg.vocabulary}) needs level=word, not {level}")
     root = Path(root)
     fonts = _usable_fonts(find_fonts(font_dirs))
     settings = _settings(cfg, level, fonts, height, max_width)

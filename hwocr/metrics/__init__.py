@@ -3,6 +3,7 @@
 from hwocr.metrics.cer import (
     Prediction,
     SampleScore,
+    best_blind_guess,
     by_length_bucket,
     by_writer,
     cer_by_group,
@@ -19,6 +20,7 @@ from hwocr.metrics.vietnamese import classify_edit, strip_diacritics, strip_tone
 __all__ = [
     "Prediction",
     "SampleScore",
+    "best_blind_guess",
     "by_length_bucket",
     "by_writer",
     "cer_by_group",

@@ -183,3 +183,20 @@ def cer_by_group(preds: list[Prediction], key: Callable[[Prediction], str]) -> l
         }
         for label, scores in sorted(groups.items(), key=lambda item: natural_key(item[0]))
     ]
+
+
+def best_blind_guess(
+    train_texts: list[str], references: list[str], candidates: int = 200
+) -> tuple[str, float]:
+    """The score to beat for a model that claims to read: one training text written for every test
+    image, whichever of the `candidates` most common ones gives the lowest corpus CER on
+    `references`. Returns that text and its corpus CER."""
+    refs = [normalize_text(r) for r in references]
+    ref_chars = sum(len(r) for r in refs)
+    counts = Counter(normalize_text(t) for t in train_texts)
+    best = ("", error_rate(ref_chars, ref_chars))  # writing nothing deletes every character
+    for guess, _ in counts.most_common(candidates):
+        cer = error_rate(sum(Levenshtein.distance(r, guess) for r in refs), ref_chars)
+        if cer < best[1]:
+            best = (guess, cer)
+    return best

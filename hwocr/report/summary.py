@@ -1,16 +1,16 @@
 """The message a run ends with: what it checked, and what its numbers mean.
 
-A real checkpoint's run ends with its CER figures. The tiny model (`model.build_tiny`) has random
-weights and cannot read, so its CER is no OCR result: its run instead lists the stages and files it
-checked, says what the training loss shows the model learned, measured against two references (a
-uniform guess, and the labels' unigram distribution: the best guess that ignores the image and the
-context), and names the command that gives real results.
+Every run ends with its CER figures beside the score to beat: the best guess that ignores the image
+(one training text written for every test image). The tiny model (`model.build_tiny`, the demo's)
+also lists the stages and files it checked, says what its training loss shows, and names the
+command that gives real results.
 """
 
 import math
 from collections import Counter
 from pathlib import Path
 
+from hwocr.metrics import best_blind_guess
 from hwocr.report.files import PREDICTIONS_TABLE
 from hwocr.text import normalize_text
 from hwocr.train.checkpoints import MARKER
@@ -31,7 +31,7 @@ def checks(run_dir: Path, data: dict, results: dict, trained) -> list[str]:
     lines = [
         _check(
             "data",
-            f"{data['n_train']} train / {data['n_val']} validation / {data['n_test']} test lines, "
+            f"{data['n_train']} train / {data['n_val']} validation / {data['n_test']} test images, "
             f"{data['skipped_total']} skipped (data_report.json)",
             run_dir,
             ["data_report.json", "resolved_config.yaml"],
@@ -40,7 +40,7 @@ def checks(run_dir: Path, data: dict, results: dict, trained) -> list[str]:
 
     def evaluation(name: str) -> str:
         metrics = results[name].metrics
-        detail = f"{metrics['n_samples']} lines transcribed, {metrics['n_failed']} failed (eval/{name}/)"
+        detail = f"{metrics['n_samples']} images transcribed, {metrics['n_failed']} failed (eval/{name}/)"
         return _check(f"{name} eval", detail, run_dir, [f"eval/{name}/{f}" for f in STAGE_FILES])
 
     if "base" in results:
@@ -101,34 +101,42 @@ def learning(trained, tokenizer, train_texts: list[str]) -> list[str]:
     val = [(e["step"], e["eval_loss"]) for e in trained.log_history if "eval_loss" in e]
     if len(val) >= 2:
         lines.append(
-            f"Validation loss (held-out lines): {val[0][1]:.2f} at step {val[0][0]}, "
+            f"Validation loss (held-out writers): {val[0][1]:.2f} at step {val[0][0]}, "
             f"{val[-1][1]:.2f} at step {val[-1][0]}."
         )
     return lines
 
 
-def reading(results: dict, image_size: int) -> list[str]:
+def reading(results: dict, train_texts: list[str]) -> list[str]:
+    """CER on the test images against the best image-blind guess, in words that follow the figures."""
     name = "tuned" if "tuned" in results else "base"
     preds = results[name].predictions
-    texts = {normalize_text(p.prediction) for p in preds}
-    if texts == {""}:
-        writes = f"writes nothing (an empty transcription) for each of the {len(preds)} test lines"
-    elif len(texts) == 1:
-        writes = f"writes the same transcription for each of the {len(preds)} test lines"
-    else:
-        writes = f"writes {len(texts)} distinct transcriptions for the {len(preds)} test lines"
+    guess, guess_cer = best_blind_guess(train_texts, [p.reference for p in preds])
     cers = ", ".join(f"{n} {r.metrics['cer']:.2%}" for n, r in results.items())
-    return [
-        f"It cannot read: the vision tower has random, frozen weights and sees each line as one "
-        f"{image_size}x{image_size}-pixel view. The {name} model {writes}; its CER ({cers}) measures a "
-        "guess, not OCR."
+    metrics = results[name].metrics
+    distinct = len({normalize_text(p.prediction) for p in preds})
+    lines = [
+        f"Test CER on {len(preds)} images: {cers}. The {name} model reads "
+        f"{round(metrics['perfect_match_rate'] * len(preds))} of them exactly and writes {distinct} "
+        f"distinct transcriptions. The best guess that ignores the image (writing {guess!r} for every "
+        f"image) scores {guess_cer:.2%}."
     ]
+    if metrics["cer"] < guess_cer / 2:
+        lines.append(f"The {name} model reads: its CER is under half the image-blind guess's.")
+    elif metrics["cer"] < guess_cer:
+        lines.append(f"The {name} model beats the image-blind guess, but by less than half.")
+    else:
+        lines.append(
+            f"The {name} model does no better than the image-blind guess: it has not learned to read."
+        )
+    return lines
 
 
 def closing_summary(
     cfg, run_dir: Path, data: dict, results: dict, trained, tokenizer, train_texts, seconds
 ) -> str:
-    """The run's last words: CER figures for a real model; checks and an honest reading for the tiny one."""
+    """The run's last words: CER figures against the image-blind guess; for the tiny model also the
+    stages it checked and what its training loss shows."""
     took = duration(seconds)
     if not cfg.model.build_tiny:
         lines = [f"\nResults (the stages took {took}): {run_dir}"]
@@ -136,17 +144,19 @@ def closing_summary(
             lines.append(
                 f"  {name:5s} CER {result.metrics['cer']:.2%}  ({run_dir / 'eval' / name / 'metrics.json'})"
             )
+        if results and train_texts:
+            lines += reading(results, train_texts)
         lines.append(f"  samples: {run_dir / 'eval' / 'gallery.html'}")
         return "\n".join(lines)
     lines = [
         f"\nThe stages took {took}: {run_dir}",
-        "This run used the tiny model: random weights, built offline, to check the machinery end to end.",
+        "This run used the tiny model: random weights, built offline, small enough for a CPU.",
         "Every stage that ran, and the files it left:",
         *checks(run_dir, data, results, trained),
     ]
     if trained is not None:
         lines += learning(trained, tokenizer, train_texts)
-    if results:
-        lines += reading(results, cfg.model.image_size)
+    if results and train_texts:
+        lines += reading(results, train_texts)
     lines.append(f"Real results need the real checkpoint and data, e.g.\n  {REAL_COMMAND}")
     return "\n".join(lines)

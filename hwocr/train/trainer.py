@@ -46,7 +46,7 @@ class TrainResult:
 
     def metrics(self) -> dict[str, float]:
         return {
-            "train/final_loss": self.train_loss,
+            "train/mean_loss": self.train_loss,  # the mean over the run (transformers' training_loss)
             "train/steps": self.steps,
             "train/runtime_s": self.runtime_s,
             "train/samples_per_s": self.samples_per_s,

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# On a GPU machine: does the training a Kaggle user runs learn from images? The full-size
+# DeepSeek-OCR-2 architecture with random weights (its vision features made to carry the image,
+# hwocr/model/live_vision.py), the T4 profile (fp16, 4-bit NF4 with the routed experts, crop mode,
+# expert LoRA, gradient checkpointing), through `python -m hwocr.run`, on 8 distinct word images that
+# are train and test set at once: with the images, and with every pixel zeroed (the control).
+# Wheels the GPU image lacks travel in .whl/ (benchmarks/README.md).
+#   bash experiments/full_size_learning.sh spread seeing     (then: cut, vision_cost)
+set -u
+export PYTHONUNBUFFERED=1 TQDM_DISABLE=1 HWOCR_CACHE=/tmp/hwocr-cache
+if ls .whl/*.whl >/dev/null 2>&1 && ! python3 -c "import bitsandbytes, hydra, mlflow" 2>/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+fi
+export PYTHONPATH=.:tests:/tmp/site
+RES=${OUT:-/tmp/hwocr-learning}
+FULL=/tmp/hwocr-full WORDS=/tmp/hwocr-words STEPS=${STEPS:-150} LR=${LR:-5e-4}
+mkdir -p "$RES"
+python3 -c "from pathlib import Path; from benchmarks.bench import build_full_checkpoint as b; b(Path('$FULL'))" || exit 1
+[ -d $WORDS ] || python3 tests/learning.py write-words $WORDS 1200 120
+overfit="+experiment=lines hardware=t4 model.source=$FULL dataset.root=$WORDS dataset.val_fraction=0
+  hardware.per_device_batch=8 hardware.grad_accum=1 train.max_steps=$STEPS train.lr=$LR train.save_steps=100000
+  train.logging_steps=10 tracking.uri=sqlite:///$RES/mlflow.db"
+keep() { cp "$1/eval/tuned/metrics.json" "$RES/$2_tuned_metrics.json"; cp "$1/eval/tuned/predictions.csv" "$RES/$2_tuned_predictions.csv"
+         cp "$1/train_summary.json" "$RES/$2_train_summary.json"; grep -E "CER|loss|trainable" "$1/run.log" | cut -c1-300 > "$RES/$2.log"; }
+for phase in "$@"; do case $phase in
+  spread)  # the relative spread of the global view's features over the 8 images, at each stage (bf16)
+    python3 tests/learning.py spread $FULL $WORDS | tee "$RES/spread.json" ;;
+  seeing)
+    python3 tests/learning.py $overfit hydra.run.dir=/tmp/run-seeing >/tmp/seeing.log 2>&1; tail -12 /tmp/seeing.log
+    keep /tmp/run-seeing seeing ;;
+  cut)
+    python3 tests/learning.py cut-images $overfit hydra.run.dir=/tmp/run-cut >/tmp/cut.log 2>&1; tail -12 /tmp/cut.log
+    keep /tmp/run-cut cut ;;
+  vision_cost)  # training speed and peak memory at the T4 profile on synthetic lines, per lora.vision
+    for vision in frozen encoder; do
+      python3 -m hwocr.run +experiment=lines hardware=t4 model.source=$FULL dataset=synth_line stages=[train] \
+        train.max_steps=${COST_STEPS:-12} train.save_steps=100000 lora.vision=$vision tracking.uri=sqlite:///$RES/mlflow.db \
+        hydra.run.dir=/tmp/run-cost-$vision >/tmp/cost-$vision.log 2>&1 || tail -20 /tmp/cost-$vision.log
+      cp /tmp/run-cost-$vision/train_summary.json "$RES/vision_cost_$vision.json"; cat "$RES/vision_cost_$vision.json"
+    done ;;
+esac; done
