@@ -156,8 +156,10 @@ def weight_bytes_by_component(model) -> dict[str, float]:
         if quant_state is not None:
             size += quant_state.absmax.numel() * quant_state.absmax.element_size()
         groups[group] = groups.get(group, 0) + size
+    from hwocr.model.experts import QuantizedExpertsMixin
+
     for module in model.modules():  # NF4 experts keep their absmax in quant states
-        for state in getattr(module, "_hwocr_quant_states", {}).values():
+        for state in module.quant_states.values() if isinstance(module, QuantizedExpertsMixin) else ():
             groups["LM: routed experts"] += state.absmax.numel() * state.absmax.element_size()
     return {k: gib(v) for k, v in sorted(groups.items())}
 

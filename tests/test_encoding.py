@@ -130,7 +130,7 @@ def test_page_locking_goes_through_registration_unless_the_user_says_how(monkeyp
     on the GPU host measured); allocator settings naming pinned_ keys are the user's and stand."""
     calls: list[str] = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch._C, "_accelerator_setAllocatorSettings", calls.append, raising=False)
+    monkeypatch.setattr(encoding, "set_allocator_settings", calls.append)
     for name in ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")

@@ -99,16 +99,19 @@ def greedy_generate(
 
     # ---- decoding: one token per step, from static buffers that a graph can replay
     step_ids = torch.zeros((batch, 1), dtype=torch.long, device=device)
+    # the cache slot the step writes, counted on the device (so a replayed graph reads it) in step
+    # with the cache's own count: the prompt, then one per step
+    position = torch.full((1,), prompt_length, dtype=torch.long, device=device)
 
     def step() -> torch.Tensor:
-        position = cache.layers[0].cumulative_length  # on the device: read when the graph replays
-        allowed.index_fill_(1, position.view(1), True)
+        allowed.index_fill_(1, position, True)
         hidden = base.model(
             input_ids=step_ids,
             attention_mask=allowed[:, None, None, :],
             past_key_values=cache,
             use_cache=True,
         ).last_hidden_state
+        position.add_(1)
         return base.lm_head(hidden[:, -1:])
 
     steps = _Steps(step, graph and device.type == "cuda")

@@ -202,25 +202,39 @@ def _hf_generate(model, inputs, settings: GenerationSettings, tokenizer, process
         )
 
 
+# The name under which grouped_mm is registered again for decoding (see _grouped_experts_while_decoding)
+GROUPED_MM_KEPT = "grouped_mm_kept_for_decoding"
+
+
 @contextmanager
 def _grouped_experts_while_decoding(model):
     """Keep the MoE's grouped_mm kernel during decoding.
 
-    transformers switches MoE experts to `batched_mm` for the decoding steps on GPUs. That kernel
-    gathers a copy of each selected expert's weights per token (by the shapes, 3.5 GB per layer per
-    step at batch 128); a decoding step took 79.7 ms that way against 42.1 ms with grouped_mm, which
-    reads each expert once (H100, benchmarks/results/h100_generate_*.json). One kernel for every
-    batch size also keeps batched and one-by-one transcription on the same arithmetic.
+    transformers switches experts that run `grouped_mm` to `batched_mm` for the decoding steps on
+    GPUs. That kernel gathers a copy of each selected expert's weights per token where grouped_mm
+    reads each expert once: at evaluation batch sizes decoding steps get much slower
+    (benchmarks/README.md). One kernel for every batch size also keeps batched
+    and one-by-one transcription on the same arithmetic. So for the duration, grouped_mm runs under
+    a second name (transformers' public ExpertsInterface.register), which the switch leaves alone.
     """
     generator = unwrap(model)
-    if not hasattr(generator, "_optimize_model_for_decode"):  # transformers 4.x has no such switch
+    if not hasattr(generator, "get_experts_implementation"):  # transformers 4.x: no experts kernels
         yield
         return
-    generator._optimize_model_for_decode = nullcontext
+    chosen = generator.get_experts_implementation()
+    if "grouped_mm" not in chosen.values():
+        yield
+        return
+    from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS, ExpertsInterface
+
+    ExpertsInterface.register(GROUPED_MM_KEPT, ALL_EXPERTS_FUNCTIONS["grouped_mm"])
+    generator.set_experts_implementation(
+        {key: GROUPED_MM_KEPT if value == "grouped_mm" else value for key, value in chosen.items()}
+    )
     try:
         yield
     finally:
-        del generator._optimize_model_for_decode
+        generator.set_experts_implementation(chosen)
 
 
 def _prediction(sample: Sample, text: str, error: str = "", guarded: bool = False) -> Prediction:

@@ -45,9 +45,9 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from hwocr.compat import is_basic_sweeper_target
 from hwocr.sweeps import resume
 from hwocr.sweeps.jobs import (
-    BASIC_SWEEPER,
     JOB_STATUS_FILE,
     command_line,
     describe,
@@ -125,7 +125,7 @@ class MlflowSweepCallback(Callback):
                 "started with, or give this one its own hydra.sweep.dir"
             )
         sweeper = str(OmegaConf.select(config, "hydra.sweeper._target_"))
-        expected = expected_jobs(task, sweeper_params) if sweeper == BASIC_SWEEPER else None
+        expected = expected_jobs(task, sweeper_params) if is_basic_sweeper_target(sweeper) else None
         submissions = [*(previous.get("submissions") or []), _submission()]
         self.sweep_dir, self.tracking_uri = str(sweep_dir), uri
         for signum in (signal.SIGTERM, signal.SIGHUP):  # so that the atexit hook runs on these too
