@@ -8,6 +8,7 @@ changing behaviour. At run time a missing private API is a warning and the libra
 a failure of the run.
 """
 
+import contextlib
 import logging
 
 import torch
@@ -48,6 +49,22 @@ def empty_host_cache() -> None:
         log.warning("torch %s cannot release page-locked host memory; it stays cached", torch.__version__)
 
 
+# --- torch: the compiler ----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def compile_errors_run_eagerly():
+    """For the duration, code torch.compile cannot compile (no Triton for this GPU, no C compiler)
+    runs eagerly with a warning instead of raising: dynamo's `suppress_errors` switch."""
+    config = torch._dynamo.config
+    suppress = config.suppress_errors
+    config.suppress_errors = True
+    try:
+        yield
+    finally:
+        config.suppress_errors = suppress
+
+
 # --- Hydra: the basic sweeper's grid -----------------------------------------------------------------
 
 
@@ -67,3 +84,9 @@ def basic_sweeper_jobs(overrides: list) -> list[list[str]]:
     """Every job's overrides (parsed `Override`s in), in the order and numbering Hydra's basic
     sweeper gives its jobs: the sweeper's own expansion, so resumption can never disagree with it."""
     return [list(job) for batch in _basic_sweeper().split_arguments(overrides, None) for job in batch]
+
+
+def failed_job_error(job_return) -> BaseException:
+    """The exception a failed job raised. JobReturn's public `return_value` raises it, after
+    writing a line of its own to stderr; this reads the field behind it."""
+    return job_return._return_value

@@ -1,4 +1,4 @@
-"""Batches encoded in slices by threads (hwocr/evaluate/encoding.py) are the inputs one processor
+"""Batches encoded in slices by threads (hwocr/evaluate/fast/encoding.py) are the inputs one processor
 call gives, bit for bit, and transcribe through them predicts what it predicts through one thread."""
 
 import weakref
@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from hwocr.config import ConfigError, HardwareConfig
-from hwocr.evaluate import encoding
-from hwocr.evaluate.encoding import BatchEncoder, encode_samples, join_slices
+from hwocr.evaluate.fast import encoding
+from hwocr.evaluate.fast.encoding import BatchEncoder, join_slices
 from hwocr.evaluate.generate import GenerationSettings, transcribe
+from hwocr.evaluate.reference import encode_samples
 from hwocr.model import load_model, load_processor
 
 PROMPT = "<image>\nFree OCR."

@@ -9,10 +9,9 @@ from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
 
 from hwocr.config import DEFAULT_PROMPT, HardwareConfig, LoraConfig, ModelConfig
 from hwocr.data import Sample
+from hwocr.evaluate.fast.decoding import GROUPED_MM_KEPT, grouped_experts_while_decoding
 from hwocr.evaluate.generate import (
-    GROUPED_MM_KEPT,
     GenerationSettings,
-    _grouped_experts_while_decoding,
     max_new_tokens_for,
     transcribe,
 )
@@ -158,7 +157,7 @@ def test_decoding_keeps_the_grouped_experts_kernel(tiny_model_config, monkeypatc
     monkeypatch.setattr(type(model), "device", property(lambda self: torch.device("cuda")))
     with model._optimize_model_for_decode():
         assert set(model.get_experts_implementation().values()) == {"batched_mm"}
-    with _grouped_experts_while_decoding(model), model._optimize_model_for_decode():
+    with grouped_experts_while_decoding(model), model._optimize_model_for_decode():
         assert set(model.get_experts_implementation().values()) == {GROUPED_MM_KEPT}
         assert ALL_EXPERTS_FUNCTIONS[GROUPED_MM_KEPT] is ALL_EXPERTS_FUNCTIONS["grouped_mm"]
     assert set(model.get_experts_implementation().values()) == {"grouped_mm"}  # the user's choice is back

@@ -79,7 +79,8 @@ def peft_sees_packed_experts(model: nn.Module):
     finally:
         for module in packed:
             for name in WEIGHTS:
-                module._parameters.pop(name, None)
+                if name in dict(module.named_parameters(recurse=False)):
+                    delattr(module, name)
         for module in model.modules():
             if isinstance(module, ParamWrapper) and _wraps_packed(module):
                 module.__class__ = PackedExpertsParamWrapper

@@ -107,7 +107,7 @@ def quantize_experts(model: nn.Module, compress_statistics: bool = True) -> int:
                 compress_statistics=compress_statistics,
                 quant_type="nf4",
             )
-            del module._parameters[weight_name]
+            delattr(module, weight_name)  # the Parameter goes; the packed buffer replaces it
             module.register_buffer(f"{weight_name}_nf4", packed, persistent=False)
             states[weight_name] = state
         module.__class__ = _quantized_class(cls)

@@ -17,21 +17,14 @@ import torch
 from transformers import BatchFeature
 
 from hwocr.compat import empty_host_cache, set_allocator_settings
-from hwocr.data import Sample, load_image
-from hwocr.model.load import encode
+from hwocr.data import Sample
+from hwocr.evaluate.reference import encode_samples
 from hwocr.model.pixels import supports_raw_pixels
 from hwocr.model.processor_setup import copy_processor, setup_of
 
 # the keys a DeepSeek-OCR-2 processor returns; token rows are padded, the rest stacked per image
 TOKEN_KEYS = ("input_ids", "attention_mask")
 STACKED_KEYS = ("pixel_values", "pixel_values_local", "num_local_patches")
-
-
-def encode_samples(processor, samples: Sequence[Sample], prompt: str) -> BatchFeature:
-    """The processor's inputs for `samples`: 8-bit views where supported, prompts left-padded."""
-    images = [load_image(sample.image) for sample in samples]
-    prompts = [prompt] * len(samples)
-    return encode(processor, images, prompts, raw_pixels=True, padding=True, return_tensors="pt")
 
 
 class BatchEncoder:
