@@ -7,6 +7,7 @@ static cache and step, run eagerly. The CUDA graph capture and page-locking need
 (tests/test_decode.py's gpu tests capture it against the eager steps).
 """
 
+import threading
 from dataclasses import replace
 
 import pytest
@@ -14,7 +15,7 @@ import torch
 
 import hwocr.evaluate.fast.vision as fast_vision
 from hwocr.config import DEFAULT_PROMPT, HardwareConfig
-from hwocr.evaluate import generate
+from hwocr.evaluate import generate, reference
 from hwocr.evaluate.fast import encoding
 from hwocr.evaluate.fast.encoding import BatchEncoder
 from hwocr.evaluate.generate import GenerationSettings, generate_ids, transcribe
@@ -81,7 +82,12 @@ def test_the_fast_path_decodes_the_reference_paths_tokens(tiny, lines, monkeypat
 
 def test_transcribe_on_the_reference_path_encodes_in_the_callers_thread(tiny, lines, monkeypatch):
     model, processor = tiny
-    monkeypatch.setattr(generate, "BatchEncoder", None)  # any use of the fast encoder fails
+    threads = []
+    encode = reference.encode_samples
+    monkeypatch.setattr(
+        reference, "encode_samples", lambda *a: threads.append(threading.get_ident()) or encode(*a)
+    )
     settings = replace(SETTINGS.reference(), batch_size=1, max_new_tokens=2)
     predictions, stats = transcribe(model, processor, lines[:2], settings)
     assert [p.id for p in predictions] == [s.id for s in lines[:2]] and stats.n_failed == 0
+    assert threads == [threading.get_ident()] * 2

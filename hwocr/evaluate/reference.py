@@ -4,8 +4,7 @@ Greedy decoding with the repetition guard as a logits processor, nothing else. T
 (evaluate/fast/) must produce the same tokens (tests/test_evaluation_paths.py).
 """
 
-from collections.abc import Sequence
-from concurrent.futures import Future
+from collections.abc import Callable, Sequence
 
 import torch
 from transformers import BatchFeature, LogitsProcessorList
@@ -22,7 +21,8 @@ def encode_samples(processor, samples: Sequence[Sample], prompt: str) -> BatchFe
 
 
 class InlineEncoder:
-    """The fast path's BatchEncoder interface, encoding each batch in the caller's thread."""
+    """The fast path's BatchEncoder interface, each batch encoded in the caller's thread when the
+    caller asks for it."""
 
     pin = False  # nothing page-locked
 
@@ -35,13 +35,21 @@ class InlineEncoder:
     def __exit__(self, *exc) -> None:
         pass
 
-    def submit(self, samples: Sequence[Sample]) -> Future:
-        future: Future = Future()
-        try:
-            future.set_result(encode_samples(self.processor, samples, self.prompt))
-        except Exception as error:  # raised where the caller asks for the result, as a thread's would be
-            future.set_exception(error)
-        return future
+    def submit(self, samples: Sequence[Sample]) -> "_OnRequest":
+        return _OnRequest(lambda: encode_samples(self.processor, list(samples), self.prompt))
+
+
+class _OnRequest:
+    """A Future's `result()`, computed when first called."""
+
+    def __init__(self, compute: Callable[[], BatchFeature]):
+        self.compute = compute
+        self.value: BatchFeature | None = None
+
+    def result(self) -> BatchFeature:
+        if self.value is None:
+            self.value = self.compute()
+        return self.value
 
 
 def reference_generate(
