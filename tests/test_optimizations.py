@@ -136,9 +136,10 @@ def test_compiled_vision_pads_every_chunk_and_restores_the_eager_layers(tiny_mod
     assert set(seen) == {2}
     assert unfolded == [2, 2, 2, 2]  # inside the context, the patch embedding is the matmul
     assert len(seen) == seen_inside  # outside the context nothing goes through the compiled layers
-    torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(small, reference[:1], rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(again, reference, rtol=1e-5, atol=1e-6)
+    # the patch embedding as a matmul sums in another order than the convolution: rounding apart
+    torch.testing.assert_close(out, reference, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(small, reference[:1], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(again, reference, rtol=1e-5, atol=1e-6)  # the eager layers again
 
 
 @pytest.mark.slow
