@@ -156,8 +156,10 @@ def weight_bytes_by_component(model) -> dict[str, float]:
         if quant_state is not None:
             size += quant_state.absmax.numel() * quant_state.absmax.element_size()
         groups[group] = groups.get(group, 0) + size
+    from hwocr.model.experts import QuantizedExpertsMixin
+
     for module in model.modules():  # NF4 experts keep their absmax in quant states
-        for state in getattr(module, "_hwocr_quant_states", {}).values():
+        for state in module.quant_states.values() if isinstance(module, QuantizedExpertsMixin) else ():
             groups["LM: routed experts"] += state.absmax.numel() * state.absmax.element_size()
     return {k: gib(v) for k, v in sorted(groups.items())}
 
@@ -666,18 +668,18 @@ def float_views():
     """Transcription's batches encoded as before 8-bit views: the processor rescales and normalises
     on the CPU and float32 views go to the GPU. Only the views change: encode_samples stays the
     product's, its call to encode loses raw_pixels."""
-    from hwocr.evaluate import encoding
+    from hwocr.evaluate import reference
 
-    eight_bit = encoding.encode
+    eight_bit = reference.encode
 
     def encode_floats(processor, images, texts, raw_pixels=False, **kwargs):
         return eight_bit(processor, images, texts, **kwargs)
 
-    encoding.encode = encode_floats
+    reference.encode = encode_floats
     try:
         yield
     finally:
-        encoding.encode = eight_bit
+        reference.encode = eight_bit
 
 
 @contextlib.contextmanager
@@ -689,9 +691,10 @@ def batch_timeline(batches: list[dict]):
     in the thread, or slices in threads, joined; the join's own time, into pageable or page-locked
     memory). CUDA is synchronised at each mark, which adds a little to
     the run being measured."""
-    from hwocr.evaluate import decode, encoding, generate
+    from hwocr.evaluate import generate
+    from hwocr.evaluate.fast import decoding, encoding
 
-    to_device, generate_batch, steps = generate.pixels_to_device, generate._generate, decode._Steps
+    to_device, generate_batch, steps = generate.pixels_to_device, generate._generate, decoding._Steps
     whole, in_slices = encoding.BatchEncoder._whole, encoding.BatchEncoder._in_slices
     join = encoding.join_slices
     encoded: list[tuple[str, float]] = []  # (where, seconds), in the order the batches were submitted
@@ -748,14 +751,18 @@ def batch_timeline(batches: list[dict]):
         joins.append((pin, time.perf_counter() - start))
         return out
 
-    generate.pixels_to_device, generate._generate, decode._Steps = timed_to_device, timed_generate, TimedSteps
+    generate.pixels_to_device, generate._generate, decoding._Steps = (
+        timed_to_device,
+        timed_generate,
+        TimedSteps,
+    )
     encoding.BatchEncoder._whole = timed("thread", whole)
     encoding.BatchEncoder._in_slices = timed("threads", in_slices)
     encoding.join_slices = timed_join
     try:
         yield
     finally:
-        generate.pixels_to_device, generate._generate, decode._Steps = to_device, generate_batch, steps
+        generate.pixels_to_device, generate._generate, decoding._Steps = to_device, generate_batch, steps
         encoding.BatchEncoder._whole, encoding.BatchEncoder._in_slices = whole, in_slices
         encoding.join_slices = join
         for row, (where, seconds) in zip(batches, encoded, strict=False):
@@ -770,19 +777,19 @@ def profile_generate(model, processor, samples, settings, args) -> dict:
     compiled as settings say; decoding is timed through generate and, where it can be, graphed."""
     import logging
 
+    from hwocr.evaluate.fast.vision import compiled_vision
     from hwocr.model.adapt import vision_tower
-    from hwocr.model.vision import compiled_vision
 
     warnings: list[str] = []
     handler = logging.Handler()
     handler.emit = lambda record: warnings.append(record.getMessage())
-    logging.getLogger("hwocr.evaluate.decode").addHandler(handler)
+    logging.getLogger("hwocr.evaluate.fast.decoding").addHandler(handler)
     tower = compiled_vision(vision_tower(model)) if settings.compile_vision else contextlib.nullcontext()
     try:
         with tower:
             out = _profile_batch(model, processor, samples, settings, args)
     finally:
-        logging.getLogger("hwocr.evaluate.decode").removeHandler(handler)
+        logging.getLogger("hwocr.evaluate.fast.decoding").removeHandler(handler)
     out["compiled_tower"] = settings.compile_vision
     out["decode_warnings"] = warnings
     print("generate profile:", json.dumps({k: v for k, v in out.items() if "top_kernels" not in k}))
@@ -791,8 +798,8 @@ def profile_generate(model, processor, samples, settings, args) -> dict:
 
 def _profile_batch(model, processor, samples, settings, args) -> dict:
     from hwocr.data import load_image
-    from hwocr.evaluate.decode import can_graph, greedy_generate
-    from hwocr.evaluate.generate import _floating_dtype, _grouped_experts_while_decoding
+    from hwocr.evaluate.fast.decoding import can_graph, greedy_generate, grouped_experts_while_decoding
+    from hwocr.evaluate.generate import _floating_dtype
     from hwocr.model.load import encode
     from hwocr.model.ocr1 import move_images
     from hwocr.model.pixels import pixels_to_device
@@ -823,7 +830,7 @@ def _profile_batch(model, processor, samples, settings, args) -> dict:
     )
 
     def generate(n):
-        with torch.inference_mode(), _grouped_experts_while_decoding(model):
+        with torch.inference_mode(), grouped_experts_while_decoding(model):
             return model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, **kwargs)
 
     generate(2)  # warm this batch shape

@@ -17,7 +17,7 @@ import bench  # noqa: E402  (the bench's synthetic lines)
 from gil_contention import processor_checkpoint  # noqa: E402
 
 from hwocr.config import DEFAULT_PROMPT  # noqa: E402
-from hwocr.evaluate.encoding import BatchEncoder  # noqa: E402
+from hwocr.evaluate.fast.encoding import BatchEncoder  # noqa: E402
 from hwocr.io import write_atomic  # noqa: E402
 from hwocr.model import load_processor  # noqa: E402
 

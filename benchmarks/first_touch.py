@@ -18,7 +18,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # noqa: E402  (the environment record)
 
-from hwocr.evaluate.encoding import empty_pinned_cache  # noqa: E402
+from hwocr.evaluate.fast.encoding import empty_pinned_cache  # noqa: E402
 from hwocr.io import write_atomic  # noqa: E402
 
 

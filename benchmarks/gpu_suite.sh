@@ -89,7 +89,7 @@ for phase in "$@"; do case $phase in
     LIMIT=120 b h200_generate_identity_fp32_eager --task generate --dtype fp32 --gen-images 16 --gen-batch 16 --new-tokens 48 --check-unbatched 16 --eager-vision --eager-decoding ;;
   compiledlora)  # tuned evaluation's path: a LoRA (experts on) and the presets' guard, eager vs compiled tower
     LIMIT=230 b h200_generate_compiled_vs_eager_dynamic_guard_lora --task generate --dtype bf16 --new-tokens 48 --compare start compiled_tower compiled_tower --image-mode dynamic --gen-images 256 --gen-lora --no-repeat-ngram 20 --no-repeat-window 90 ;;
-  graphprobe)  # one batch: a decoding step through generate and replayed as a CUDA graph (evaluate/decode.py)
+  graphprobe)  # one batch: a decoding step through generate and replayed as a CUDA graph (evaluate/fast/decoding.py)
     LIMIT=200 b h200_generate_graphed_profile_base_b256 --task generate --dtype bf16 --gen-images 256 --gen-batch 256 --new-tokens 48 --profile ;;
   graphprobe2)  # one batch each, the tower compiled: decoding steps through generate and graphed, with their kernels; fp32 fidelity
     LIMIT=150 b h200_generate_graphed_profile_compiled_base_b256 --task generate --dtype bf16 --gen-images 256 --gen-batch 256 --new-tokens 48 --profile

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
+from hwocr.evaluate.fast.vision import patches_as_matmul
 from hwocr.io import write_atomic
 from hwocr.model.architecture import full_size_config
-from hwocr.model.vision import patches_as_matmul
 from hwocr.report.record import environment_info
 
 

@@ -6,6 +6,7 @@ the run dir, so every rank shares one job dir and one MLflow run (only rank 0 ta
 
 import contextlib
 import logging
+import multiprocessing
 import os
 import signal
 import uuid
@@ -64,18 +65,19 @@ def stop_signals() -> tuple[int, ...]:
     return (signal.SIGTERM, STOP_REQUEST) if in_worker() else (signal.SIGTERM,)
 
 
-def _workers_of(pid: int) -> list[int]:
-    """The multiprocessing-spawned children of `pid` (elastic's workers; not its resource tracker)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) != pid:
-                continue
-            if b"spawn_main" in (stat.parent / "cmdline").read_bytes():
-                found.append(int(stat.parent.name))
-        except (OSError, ValueError, IndexError):
-            continue
-    return found
+def _workers() -> list[multiprocessing.Process]:
+    """This process's live multiprocessing children: the workers elastic spawned (its other helpers,
+    such as the resource tracker, are not multiprocessing Processes)."""
+    return multiprocessing.active_children()
+
+
+def _shut_down_workers(signum: int, frame) -> None:
+    """What elastic does on a signal it handles: raise SignalException, on which its agent stops the
+    workers and re-raises."""
+    from torch.distributed.elastic.multiprocessing import SignalException
+
+    sigval = signal.Signals(signum)
+    raise SignalException(f"Process {os.getpid()} got signal: {sigval}", sigval=sigval)
 
 
 @contextlib.contextmanager
@@ -87,16 +89,12 @@ def _forwarding_sigterm() -> Iterator[None]:
     previous = signal.getsignal(signal.SIGTERM)
 
     def forward(signum, frame):
-        workers = _workers_of(os.getpid())
+        workers = _workers()
         log.warning("received SIGTERM: asking %d workers to save a checkpoint and stop", len(workers))
-        for pid in workers:
+        for worker in workers:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, STOP_REQUEST)
-        try:  # a second SIGTERM: elastic's own handling (it shuts the workers down)
-            from torch.distributed.elastic.multiprocessing.api import _terminate_process_handler as again
-        except ImportError:
-            again = signal.SIG_DFL
-        signal.signal(signal.SIGTERM, again)
+                os.kill(worker.pid, STOP_REQUEST)
+        signal.signal(signal.SIGTERM, _shut_down_workers)  # a second SIGTERM: as elastic handles one
 
     signal.signal(signal.SIGTERM, forward)
     try:

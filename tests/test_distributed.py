@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from hwocr import distributed
 from hwocr.distributed import Rank, interleave, shard
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,6 +70,35 @@ def _train_losses(run_dir: Path) -> list[float]:
         sorted((run_dir / "checkpoints").glob("checkpoint-*/trainer_state.json"))[-1].read_text()
     )
     return [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+
+
+def _wait_for_stop_request(ready) -> None:
+    """A stand-in worker: exits 7 on the stop request."""
+    signal.signal(distributed.STOP_REQUEST, lambda *_: os._exit(7))
+    ready.set()
+    time.sleep(60)
+    os._exit(1)
+
+
+def test_a_sigterm_asks_the_workers_to_stop_and_a_second_is_elastics_shutdown():
+    import multiprocessing
+
+    from torch.distributed.elastic.multiprocessing import SignalException
+
+    context = multiprocessing.get_context("fork")
+    ready = context.Event()
+    worker = context.Process(target=_wait_for_stop_request, args=(ready,))
+    with distributed._forwarding_sigterm():
+        worker.start()
+        assert ready.wait(30)
+        os.kill(os.getpid(), signal.SIGTERM)  # the first: forwarded as a stop request
+        worker.join(30)
+        assert worker.exitcode == 7
+        with pytest.raises(SignalException) as raised:  # the second: what elastic's agent shuts down on
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        assert raised.value.sigval == signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is not distributed._shut_down_workers  # restored
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""Batches encoded in slices by threads (hwocr/evaluate/encoding.py) are the inputs one processor
+"""Batches encoded in slices by threads (hwocr/evaluate/fast/encoding.py) are the inputs one processor
 call gives, bit for bit, and transcribe through them predicts what it predicts through one thread."""
 
 import weakref
@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from hwocr.config import ConfigError, HardwareConfig
-from hwocr.evaluate import encoding
-from hwocr.evaluate.encoding import BatchEncoder, encode_samples, join_slices
+from hwocr.evaluate.fast import encoding
+from hwocr.evaluate.fast.encoding import BatchEncoder, join_slices
 from hwocr.evaluate.generate import GenerationSettings, transcribe
+from hwocr.evaluate.reference import encode_samples
 from hwocr.model import load_model, load_processor
 
 PROMPT = "<image>\nFree OCR."
@@ -130,7 +131,7 @@ def test_page_locking_goes_through_registration_unless_the_user_says_how(monkeyp
     on the GPU host measured); allocator settings naming pinned_ keys are the user's and stand."""
     calls: list[str] = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch._C, "_accelerator_setAllocatorSettings", calls.append, raising=False)
+    monkeypatch.setattr(encoding, "set_allocator_settings", calls.append)
     for name in ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")

@@ -29,6 +29,7 @@ from PIL import Image, ImageDraw
 from hwocr.config import ModelConfig
 from hwocr.data import load_image
 from hwocr.model.load import encode, load_processor
+from hwocr.model.processor_setup import setup_of
 
 OFFICIAL = os.environ.get("HWOCR_OCR2_OFFICIAL", "")
 HUB = os.environ.get("HWOCR_OCR2_HUB", "")
@@ -254,7 +255,7 @@ def test_the_port_alone_differs_where_hwocr_adapts_it(images, official, processo
                 images=[load_image(images[name])],
                 text=[PROMPT],
                 return_tensors="pt",
-                **processor.hwocr_call_kwargs,
+                **setup_of(processor).call_kwargs,
             )
             delta = (raw["pixel_values"] - theirs["global"]).abs()
             differs[mode, name] = (

@@ -15,7 +15,7 @@ from hwocr.config import DEFAULT_PROMPT, HardwareConfig, LoraConfig
 from hwocr.data import Sample
 from hwocr.evaluate.generate import GenerationSettings, transcribe
 from hwocr.model import load_model, load_processor, prepare_for_training
-from hwocr.model.vision import chunk_vision_tower, fold_sam_rel_pos
+from hwocr.model.vision import chunk_vision_tower, chunking, fold_sam_rel_pos
 from hwocr.train.collator import OcrCollator
 from hwocr.train.loss import causal_lm_loss_on_targets, target_columns
 
@@ -99,8 +99,8 @@ def test_chunked_vision_tower_gives_the_same_features(tiny_model_config):
 def test_compiled_vision_pads_every_chunk_and_restores_the_eager_layers(tiny_model_config, monkeypatch):
     """compiled_vision hands its compiled layers one batch size only (tails padded with blank views)
     and gives the same features; afterwards the layers are the class's eager forward again."""
-    import hwocr.model.vision as vision
-    from hwocr.model.vision import patches_as_matmul
+    import hwocr.evaluate.fast.vision as vision
+    from hwocr.evaluate.fast.vision import patches_as_matmul
 
     tower = load_model(tiny_model_config, PLAIN).model.vision_tower
     pixels = torch.randn(5, 3, 128, 128)
@@ -126,7 +126,7 @@ def test_compiled_vision_pads_every_chunk_and_restores_the_eager_layers(tiny_mod
         with vision.compiled_vision(tower):
             out = tower(pixels).last_hidden_state
             small = tower(pixels[:1]).last_hidden_state
-        assert not tower._hwocr_pad_chunks
+        assert not chunking(tower).padded
         assert all("forward" not in vars(layer) for layer in tower.sam_encoder.layers)
         assert "forward" not in vars(tower.sam_encoder.patch_embed)  # the convolution again
         seen_inside = len(seen)
@@ -136,14 +136,15 @@ def test_compiled_vision_pads_every_chunk_and_restores_the_eager_layers(tiny_mod
     assert set(seen) == {2}
     assert unfolded == [2, 2, 2, 2]  # inside the context, the patch embedding is the matmul
     assert len(seen) == seen_inside  # outside the context nothing goes through the compiled layers
-    torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(small, reference[:1], rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(again, reference, rtol=1e-5, atol=1e-6)
+    # the patch embedding as a matmul sums in another order than the convolution: rounding apart
+    torch.testing.assert_close(out, reference, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(small, reference[:1], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(again, reference, rtol=1e-5, atol=1e-6)  # the eager layers again
 
 
 @pytest.mark.slow
 def test_really_compiled_vision_tower_gives_the_same_features(tiny_model_config):
-    import hwocr.model.vision as vision
+    import hwocr.evaluate.fast.vision as vision
 
     tower = load_model(tiny_model_config, PLAIN).model.vision_tower
     pixels = torch.randn(3, 3, 128, 128)
@@ -302,7 +303,7 @@ def test_padding_to_a_multiple_changes_shapes_not_the_loss(tiny_model_config, li
 def test_patch_embedding_as_a_matmul_equals_the_convolution(tiny_model_config, side):
     import types
 
-    from hwocr.model.vision import _patches_tile, patches_as_matmul
+    from hwocr.evaluate.fast.vision import _patches_tile, patches_as_matmul
 
     embedding = load_model(tiny_model_config, PLAIN).model.vision_tower.sam_encoder.patch_embed
     assert _patches_tile(embedding.projection)

@@ -5,12 +5,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
 
 from hwocr.config import DEFAULT_PROMPT, HardwareConfig, LoraConfig, ModelConfig
 from hwocr.data import Sample
+from hwocr.evaluate.fast.decoding import GROUPED_MM_KEPT, grouped_experts_while_decoding
 from hwocr.evaluate.generate import (
     GenerationSettings,
-    _grouped_experts_while_decoding,
     max_new_tokens_for,
     transcribe,
 )
@@ -156,9 +157,10 @@ def test_decoding_keeps_the_grouped_experts_kernel(tiny_model_config, monkeypatc
     monkeypatch.setattr(type(model), "device", property(lambda self: torch.device("cuda")))
     with model._optimize_model_for_decode():
         assert set(model.get_experts_implementation().values()) == {"batched_mm"}
-    with _grouped_experts_while_decoding(model), model._optimize_model_for_decode():
-        assert set(model.get_experts_implementation().values()) == {"grouped_mm"}
-    assert "_optimize_model_for_decode" not in vars(model)  # the class's behaviour is back
+    with grouped_experts_while_decoding(model), model._optimize_model_for_decode():
+        assert set(model.get_experts_implementation().values()) == {GROUPED_MM_KEPT}
+        assert ALL_EXPERTS_FUNCTIONS[GROUPED_MM_KEPT] is ALL_EXPERTS_FUNCTIONS["grouped_mm"]
+    assert set(model.get_experts_implementation().values()) == {"grouped_mm"}  # the user's choice is back
 
 
 def test_a_failing_sample_is_recorded_not_dropped(tiny_model_config, line_samples, tmp_path):

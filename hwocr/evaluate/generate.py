@@ -1,5 +1,12 @@
 """Batched greedy transcription with guards: left padding, a length cap, a repetition guard.
 
+Two paths compute the same tokens (tests/test_evaluation_paths.py):
+- the reference path (evaluate/reference.py): each batch through the processor in this thread,
+  then transformers' `generate` with the repetition guard as a logits processor;
+- the fast path (evaluate/fast/): batches encoded by threads beside the GPU and page-locked, the
+  vision tower compiled, decoding steps replayed as a CUDA graph. GenerationSettings switches each
+  part; `GenerationSettings.reference()` turns them all off.
+
 No sample is ever dropped: a sample whose image or generation fails gets an empty prediction and
 its error text, and is scored like every other.
 """
@@ -8,8 +15,8 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
 
 import torch
 from tqdm.auto import tqdm
@@ -17,14 +24,15 @@ from transformers import LogitsProcessorList
 
 from hwocr.config import RepetitionGuardConfig
 from hwocr.data import Sample
-from hwocr.evaluate.decode import can_graph, greedy_generate
-from hwocr.evaluate.encoding import BatchEncoder, empty_pinned_cache, encode_samples
+from hwocr.evaluate.fast.decoding import can_graph, greedy_generate, grouped_experts_while_decoding
+from hwocr.evaluate.fast.encoding import BatchEncoder, empty_pinned_cache
+from hwocr.evaluate.fast.vision import compiled_vision
 from hwocr.evaluate.guard import WindowedNoRepeatNGram, token_ids
+from hwocr.evaluate.reference import InlineEncoder, encode_samples, reference_generate
 from hwocr.metrics import Prediction
-from hwocr.model.adapt import unwrap, vision_tower
+from hwocr.model.adapt import vision_tower
 from hwocr.model.ocr1 import move_images
 from hwocr.model.pixels import pixels_to_device
-from hwocr.model.vision import compiled_vision
 from hwocr.text import normalize_text
 
 log = logging.getLogger(__name__)
@@ -45,9 +53,16 @@ class GenerationSettings:
     no_repeat_ngram: int = 0
     no_repeat_window: int = 0
     no_repeat_whitelist: tuple[int, ...] = ()
-    compile_vision: bool = True  # on CUDA: the vision tower's layers compiled (model/vision.py)
-    graph_decoding: bool = True  # bf16 on CUDA: decoding steps replayed as a CUDA graph (evaluate/decode.py)
-    encode_threads: int = 4  # threads encoding slices of each batch (evaluate/encoding.py)
+    # the fast path (evaluate/fast/)
+    compile_vision: bool = True  # on CUDA: the vision tower's layers compiled (fast/vision.py)
+    graph_decoding: bool = True  # bf16 on CUDA: decoding steps replayed as a CUDA graph (fast/decoding.py)
+    # threads encoding slices of each batch beside the GPU (fast/encoding.py); 0: each batch is
+    # encoded in the caller's thread when its turn comes
+    encode_threads: int = 4
+
+    def reference(self) -> "GenerationSettings":
+        """These settings on the reference path: every part of the fast path off."""
+        return replace(self, compile_vision=False, graph_decoding=False, encode_threads=0)
 
     def generate_kwargs(self) -> dict:
         return {} if self.cache == "dynamic" else {"cache_implementation": self.cache}
@@ -95,7 +110,7 @@ def transcribe(
 ) -> tuple[list[Prediction], EvalStats]:
     """Transcribe `samples` in order. `on_batch` sees each finished batch (for incremental saving).
 
-    The next batch's images are read and encoded beside the GPU (evaluate/encoding.py).
+    With encode_threads, the next batch's images are read and encoded beside the GPU.
     """
     device = next(model.parameters()).device
     dtype = _floating_dtype(model)
@@ -107,8 +122,13 @@ def transcribe(
 
     cuda = device.type == "cuda"
     compiled = settings.compile_vision and cuda
+    encoder = (
+        BatchEncoder(processor, settings.prompt, settings.encode_threads, pin=cuda)
+        if settings.encode_threads
+        else InlineEncoder(processor, settings.prompt)
+    )
     with (
-        BatchEncoder(processor, settings.prompt, settings.encode_threads, pin=cuda) as encoder,
+        encoder,
         tqdm(total=len(samples), desc=desc, unit="img") as progress,
         compiled_vision(vision_tower(model)) if compiled else nullcontext(),
     ):
@@ -166,11 +186,24 @@ def _one_by_one(model, processor, batch, settings, device, dtype, batch_error) -
             yield _prediction(sample, "", error=f"{type(error).__name__}: {error}")
 
 
-@torch.inference_mode()
 def _generate(
     model, processor, inputs, settings: GenerationSettings, device, dtype
 ) -> tuple[list[str], list[bool]]:
     """Texts, and per text whether the repetition guard changed a token greedy decoding chose."""
+    output, prompt_length, guard = generate_ids(model, processor, inputs, settings, device, dtype)
+    texts = processor.tokenizer.batch_decode(output[:, prompt_length:], skip_special_tokens=True)
+    changed = guard.changed if guard is not None else None  # None too if it never ran
+    return texts, changed.tolist() if changed is not None else [False] * len(texts)
+
+
+@torch.inference_mode()
+def generate_ids(
+    model, processor, inputs, settings: GenerationSettings, device, dtype
+) -> tuple[torch.LongTensor, int, WindowedNoRepeatNGram | None]:
+    """Prompt and generated ids of one encoded batch, the prompt's length, and the guard that ran.
+
+    Graphed decoding where settings and model allow it (fast/decoding.py), transformers' generate
+    otherwise; on GPUs either keeps the experts' grouped_mm kernel while decoding."""
     inputs = pixels_to_device(inputs, processor, device, dtype)
     move_images(inputs, device, dtype)  # DeepSeek-OCR v1's per-sample (tiles, global view) pairs
     tokenizer = processor.tokenizer
@@ -182,45 +215,11 @@ def _generate(
             model, inputs, settings.max_new_tokens, tokenizer.eos_token_id, tokenizer.pad_token_id, processors
         )
     else:
-        output = _hf_generate(model, inputs, settings, tokenizer, processors)
-    texts = tokenizer.batch_decode(output[:, prompt_length:], skip_special_tokens=True)
-    changed = guard.changed if guard is not None else None  # None too if it never ran
-    return texts, changed.tolist() if changed is not None else [False] * len(texts)
-
-
-def _hf_generate(model, inputs, settings: GenerationSettings, tokenizer, processors) -> torch.Tensor:
-    with _grouped_experts_while_decoding(model):
-        return model.generate(
-            **inputs,
-            max_new_tokens=settings.max_new_tokens,
-            do_sample=False,
-            num_beams=1,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            logits_processor=processors,
-            **settings.generate_kwargs(),
-        )
-
-
-@contextmanager
-def _grouped_experts_while_decoding(model):
-    """Keep the MoE's grouped_mm kernel during decoding.
-
-    transformers switches MoE experts to `batched_mm` for the decoding steps on GPUs. That kernel
-    gathers a copy of each selected expert's weights per token (by the shapes, 3.5 GB per layer per
-    step at batch 128); a decoding step took 79.7 ms that way against 42.1 ms with grouped_mm, which
-    reads each expert once (H100, benchmarks/results/h100_generate_*.json). One kernel for every
-    batch size also keeps batched and one-by-one transcription on the same arithmetic.
-    """
-    generator = unwrap(model)
-    if not hasattr(generator, "_optimize_model_for_decode"):  # transformers 4.x has no such switch
-        yield
-        return
-    generator._optimize_model_for_decode = nullcontext
-    try:
-        yield
-    finally:
-        del generator._optimize_model_for_decode
+        with grouped_experts_while_decoding(model):
+            output = reference_generate(
+                model, inputs, settings.max_new_tokens, tokenizer, processors, **settings.generate_kwargs()
+            )
+    return output, prompt_length, guard
 
 
 def _prediction(sample: Sample, text: str, error: str = "", guarded: bool = False) -> Prediction:

@@ -3,6 +3,7 @@
 import functools
 import logging
 import re
+import weakref
 from pathlib import Path
 
 import torch
@@ -22,6 +23,9 @@ from hwocr.model.weights import require_safetensors
 
 log = logging.getLogger(__name__)
 
+_NATIVE_KEY_WRAPPERS: set = set()  # what _keep_native_adapter_keys installed: never wrapped twice
+_TOWERS_WITHOUT_GRAD: weakref.WeakSet = weakref.WeakSet()  # keep_frozen_tower_out_of_autograd's
+
 
 def _keep_native_adapter_keys() -> None:
     """Stop PEFT from renaming adapter keys that are already in transformers' native layout.
@@ -38,7 +42,7 @@ def _keep_native_adapter_keys() -> None:
         return
 
     original = conversion.convert_peft_adapter_state_dict_for_transformers
-    if getattr(original, "_hwocr_native_keys", False):
+    if original in _NATIVE_KEY_WRAPPERS:
         return
 
     @functools.wraps(original)
@@ -47,7 +51,7 @@ def _keep_native_adapter_keys() -> None:
             return adapter_state_dict
         return original(model, peft_config, adapter_state_dict, adapter_name)
 
-    convert._hwocr_native_keys = True
+    _NATIVE_KEY_WRAPPERS.add(convert)
     conversion.convert_peft_adapter_state_dict_for_transformers = convert
 
 
@@ -208,7 +212,7 @@ def keep_frozen_tower_out_of_autograd(model: torch.nn.Module) -> bool:
     if model_family(model) == "ocr1":
         return False
     tower = vision_tower(model)
-    if any(p.requires_grad for p in tower.parameters()) or getattr(tower, "_hwocr_no_grad", False):
+    if any(p.requires_grad for p in tower.parameters()) or tower in _TOWERS_WITHOUT_GRAD:
         return False
     forward = tower.forward
 
@@ -218,7 +222,7 @@ def keep_frozen_tower_out_of_autograd(model: torch.nn.Module) -> bool:
             return forward(*args, **kwargs)
 
     tower.forward = forward_without_grad
-    tower._hwocr_no_grad = True
+    _TOWERS_WITHOUT_GRAD.add(tower)
     return True
 
 

@@ -29,7 +29,7 @@ EXPERT_PARAMETERS = [f"mlp.experts.{name}" for name in WEIGHTS]
 def _stand_in(module: QuantizedExpertsMixin, name: str) -> torch.Tensor:
     """A tensor with the packed weight's original shape, dtype and device, and no memory of its own
     (one element, expanded): what PEFT reads from a target Parameter to size and place its LoRA."""
-    state = module._hwocr_quant_states[name]
+    state = module.quant_states[name]
     packed = getattr(module, f"{name}_nf4")
     return torch.empty((), dtype=state.dtype, device=packed.device).expand(state.shape)
 
@@ -45,11 +45,11 @@ class PackedExpertsParamWrapper(ParamWrapper):
     def _activate_lora(self, active_adapters: list[str]):
         adapters = [name for name in active_adapters if name in self.lora_A]
         base = self.get_base_layer()
-        base._hwocr_lora_factors[self.parameter_name] = [self.get_delta_factors(a) for a in adapters]
+        base.lora_factors[self.parameter_name] = [self.get_delta_factors(a) for a in adapters]
         try:
             yield
         finally:
-            del base._hwocr_lora_factors[self.parameter_name]
+            del base.lora_factors[self.parameter_name]
 
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
         raise NotImplementedError(
@@ -79,7 +79,8 @@ def peft_sees_packed_experts(model: nn.Module):
     finally:
         for module in packed:
             for name in WEIGHTS:
-                module._parameters.pop(name, None)
+                if name in dict(module.named_parameters(recurse=False)):
+                    delattr(module, name)
         for module in model.modules():
             if isinstance(module, ParamWrapper) and _wraps_packed(module):
                 module.__class__ = PackedExpertsParamWrapper

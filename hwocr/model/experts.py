@@ -29,27 +29,17 @@ def is_fused_experts(module: nn.Module) -> bool:
     )
 
 
-class _DequantizedView:
-    """What the transformers experts kernels read from `self`, with dequantized weights."""
-
-    def __init__(self, module: nn.Module, gate_up_proj: torch.Tensor, down_proj: torch.Tensor):
-        self.gate_up_proj = gate_up_proj
-        self.down_proj = down_proj
-        self.num_experts = module.num_experts
-        self.act_fn = module.act_fn
-        self.config = module.config
-        self.has_gate = getattr(module, "has_gate", True)
-        self.has_bias = getattr(module, "has_bias", False)
-        self.is_transposed = getattr(module, "is_transposed", False)
-        self.is_concatenated = getattr(module, "is_concatenated", True)
-        self._module_apply_gate = type(module)._apply_gate
-
-    def _apply_gate(self, gate_up_out: torch.Tensor) -> torch.Tensor:
-        return self._module_apply_gate(self, gate_up_out)
-
-
 class QuantizedExpertsMixin:
-    """Swapped in as a subclass of the model's experts class (so isinstance checks still hold)."""
+    """Swapped in as a subclass of the model's experts class (so isinstance checks still hold).
+
+    The fused weights are buffers `<name>_nf4` with their bitsandbytes states in `quant_states`;
+    `lora_factors` holds, per weight name, the factors of the active LoRA (model/expert_lora.py).
+    In forward the layer's weights are dequantized and attached under their usual names for the one
+    call to the class's own forward, which runs whatever experts kernel the model is configured with.
+    """
+
+    quant_states: dict  # weight name -> bitsandbytes QuantState
+    lora_factors: dict  # weight name -> [(lhs, rhs, scaling)] while a LoRA is active
 
     def dequantized(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         import bitsandbytes.functional as bnbf
@@ -57,7 +47,7 @@ class QuantizedExpertsMixin:
         out = []
         for name in WEIGHTS:
             packed = getattr(self, f"{name}_nf4")
-            state = self._hwocr_quant_states[name]
+            state = self.quant_states[name]
             if state.absmax.device != packed.device:  # the module was moved after quantization
                 state.to(packed.device)
                 if state.nested:
@@ -67,19 +57,15 @@ class QuantizedExpertsMixin:
         return out[0], out[1]
 
     def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor):
-        from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
-
         gate_up, down = self.dequantized(hidden_states.dtype)
         # LoRA factors handed over by PEFT's wrappers (model/expert_lora.py), folded in per expert as
         # PEFT folds them into a 16-bit Parameter: W + scaling * lhs @ rhs.
-        factors = self._hwocr_lora_factors
-        gate_up = _with_lora(gate_up, factors.get("gate_up_proj", ()))
-        down = _with_lora(down, factors.get("down_proj", ()))
-        view = _DequantizedView(self, gate_up, down)
-        implementation = ALL_EXPERTS_FUNCTIONS.get_interface(
-            self.config._experts_implementation, self._hwocr_eager_forward
-        )
-        return implementation(view, hidden_states, top_k_index, top_k_weights)
+        self.gate_up_proj = _with_lora(gate_up, self.lora_factors.get("gate_up_proj", ()))
+        self.down_proj = _with_lora(down, self.lora_factors.get("down_proj", ()))
+        try:
+            return super().forward(hidden_states, top_k_index, top_k_weights)
+        finally:  # plain attributes for this call only: the packed bytes stay the only copy
+            del self.gate_up_proj, self.down_proj
 
 
 def _with_lora(weight: torch.Tensor, factors) -> torch.Tensor:
@@ -111,7 +97,6 @@ def quantize_experts(model: nn.Module, compress_statistics: bool = True) -> int:
         if isinstance(module, QuantizedExpertsMixin) or not is_fused_experts(module):
             continue
         cls = type(module)
-        eager = getattr(cls.forward, "__wrapped__", cls.forward)  # the class's own per-expert loop
         states = {}
         for weight_name in WEIGHTS:
             weight = getattr(module, weight_name)
@@ -122,13 +107,12 @@ def quantize_experts(model: nn.Module, compress_statistics: bool = True) -> int:
                 compress_statistics=compress_statistics,
                 quant_type="nf4",
             )
-            del module._parameters[weight_name]
+            delattr(module, weight_name)  # the Parameter goes; the packed buffer replaces it
             module.register_buffer(f"{weight_name}_nf4", packed, persistent=False)
             states[weight_name] = state
-        module._hwocr_quant_states = states
-        module._hwocr_lora_factors = {}  # weight name -> [(lhs, rhs, scaling)] while a LoRA is active
-        module._hwocr_eager_forward = eager
         module.__class__ = _quantized_class(cls)
+        module.quant_states = states
+        module.lora_factors = {}
         if module.gate_up_proj_nf4.is_cuda:
             torch.cuda.empty_cache()
     if n_params:

@@ -12,6 +12,7 @@ from hwocr.errors import ModelLoadError
 from hwocr.model.bos import with_one_bos
 from hwocr.model.official import is_official, native_config, native_processor, read_config
 from hwocr.model.pixels import RAW_PIXELS, supports_raw_pixels
+from hwocr.model.processor_setup import ProcessorSetup, set_up, setup_of
 from hwocr.model.views import follow_pil_centering, squash, upright
 from hwocr.preflight import require_ocr1_transformers
 
@@ -84,17 +85,19 @@ def load_processor(cfg: ModelConfig) -> ProcessorMixin:
     # ...but the processor's class-level default crop_to_patches=True beats the instance attribute,
     # so it must be passed on every call: encode() does that. The tokenizer adds no special tokens:
     # encode() puts exactly one BOS in front, as DeepSeek's code does (model/bos.py).
-    processor.hwocr_call_kwargs = {
-        "crop_to_patches": settings["crop_to_patches"],
-        "add_special_tokens": False,
-    }
     if processor.tokenizer.bos_token_id is None:
         raise ModelLoadError(
             f"the tokenizer of model.source={cfg.source!r} names no BOS token; DeepSeek-OCR-2 prompts "
             "start with one (DeepSeek's code hard-codes id 0)"
         )
-    # infer(image_size=768, crop_mode=False) squashes; base (image_size 1024) pads as the port does
-    processor.hwocr_squash = settings["size"]["height"] if cfg.image_mode == "small" else None
+    set_up(
+        processor,
+        ProcessorSetup(
+            call_kwargs={"crop_to_patches": settings["crop_to_patches"], "add_special_tokens": False},
+            # infer(image_size=768, crop_mode=False) squashes; base (image_size 1024) pads as the port does
+            squash=settings["size"]["height"] if cfg.image_mode == "small" else None,
+        ),
+    )
     processor.tokenizer.padding_side = "left"  # batched generation
     return processor
 
@@ -106,12 +109,13 @@ def encode(processor: ProcessorMixin, images: list, texts: list[str], raw_pixels
 
     raw_pixels: DeepSeek-OCR-2's views stay 8-bit, for model/pixels.py to normalise on the GPU."""
     images = upright(images)
-    if side := getattr(processor, "hwocr_squash", None):
-        images = squash(images, side)
+    setup = setup_of(processor)  # None: v1's processor, which needs none of this
+    if setup is not None and setup.squash:
+        images = squash(images, setup.squash)
     if raw_pixels and supports_raw_pixels(processor):
         kwargs = {**kwargs, **RAW_PIXELS}
-    encoded = processor(images=images, text=texts, **getattr(processor, "hwocr_call_kwargs", {}), **kwargs)
-    if "hwocr_call_kwargs" in vars(processor):  # an ocr2 processor set up by load_processor
+    encoded = processor(images=images, text=texts, **(setup.call_kwargs if setup else {}), **kwargs)
+    if setup is not None:
         side = processor.image_processor.size["height"]  # the global view's side in every hwocr mode
         encoded["pixel_values"] = follow_pil_centering(
             encoded["pixel_values"], [im.size for im in images], side

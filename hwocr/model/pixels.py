@@ -13,6 +13,8 @@ import logging
 import numpy as np
 import torch
 
+from hwocr.model.processor_setup import setup_of
+
 log = logging.getLogger(__name__)
 
 PIXEL_KEYS = ("pixel_values", "pixel_values_local")
@@ -26,21 +28,22 @@ def supports_raw_pixels(processor) -> bool:
     processor keeps normalising (a warning says why) rather than every batch failing later."""
     from transformers.image_processing_backends import PilBackend, TorchvisionBackend
 
-    if "hwocr_pixel_table" in vars(processor):
-        return processor.hwocr_pixel_table is not None
-    image_processor = getattr(processor, "image_processor", None)
-    if "hwocr_call_kwargs" not in vars(processor) or not isinstance(
-        image_processor, (PilBackend, TorchvisionBackend)
-    ):
+    setup = setup_of(processor)
+    if setup is None:
         return False
-    try:
-        processor.hwocr_pixel_table = normalization_table(image_processor)
-    except Exception as error:  # noqa: BLE001 - any failure means: keep the processor's own path
-        log.warning(
-            "8-bit views off, the processor normalises on the CPU (%s: %s)", type(error).__name__, error
-        )
-        processor.hwocr_pixel_table = None
-    return processor.hwocr_pixel_table is not None
+    if not setup.pixel_table_built:
+        setup.pixel_table_built = True
+        image_processor = getattr(processor, "image_processor", None)
+        if isinstance(image_processor, (PilBackend, TorchvisionBackend)):
+            try:
+                setup.pixel_table = normalization_table(image_processor)
+            except Exception as error:  # noqa: BLE001 - any failure means: keep the processor's own path
+                log.warning(
+                    "8-bit views off, the processor normalises on the CPU (%s: %s)",
+                    type(error).__name__,
+                    error,
+                )
+    return setup.pixel_table is not None
 
 
 def normalization_table(image_processor) -> torch.Tensor:
@@ -70,7 +73,7 @@ def pixels_to_device(inputs, processor, device, dtype: torch.dtype):
         if key not in inputs:
             continue
         if inputs[key].dtype == torch.uint8:  # encode(raw_pixels=True) built the table
-            inputs[key] = normalize_on_device(inputs[key], processor.hwocr_pixel_table, device, dtype)
+            inputs[key] = normalize_on_device(inputs[key], setup_of(processor).pixel_table, device, dtype)
         else:
             inputs[key] = inputs[key].to(dtype)
     return inputs

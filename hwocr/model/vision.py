@@ -7,9 +7,10 @@ adapt.keep_frozen_tower_out_of_autograd) the tower's output does not depend on h
 split, so chunks give the same features with a peak that no longer grows with the batch.
 """
 
-import contextlib
 import functools
 import types
+import weakref
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -19,16 +20,34 @@ from transformers.modeling_outputs import BaseModelOutput
 VISION_CHUNK = 32
 
 
+@dataclass
+class Chunking:
+    """A chunked tower's settings: images per call, and whether every call is padded to that many
+    (compiled layers see one shape; evaluate/fast/vision.py)."""
+
+    size: int
+    padded: bool = False
+
+
+_CHUNKED: "weakref.WeakKeyDictionary[torch.nn.Module, Chunking]" = weakref.WeakKeyDictionary()
+
+
+def chunking(tower: torch.nn.Module) -> Chunking | None:
+    """The chunking chunk_vision_tower installed on `tower`, if any."""
+    return _CHUNKED.get(tower)
+
+
 def chunk_vision_tower(tower: torch.nn.Module, chunk: int) -> bool:
     """Make `tower` process at most `chunk` images per call. Returns whether it was installed."""
-    if chunk <= 0 or getattr(tower, "_hwocr_chunk", 0):
+    if chunk <= 0 or tower in _CHUNKED:
         return False
     forward = tower.forward
+    settings = _CHUNKED[tower] = Chunking(chunk)
 
     @functools.wraps(forward)
     def forward_in_chunks(pixel_values, *args, **kwargs):
-        size = tower._hwocr_chunk
-        if tower._hwocr_pad_chunks:  # compiled layers: every call has the one shape they were built for
+        size = settings.size
+        if settings.padded:
             return BaseModelOutput(
                 last_hidden_state=torch.cat(
                     [_padded_call(forward, part, size, args, kwargs) for part in pixel_values.split(size)]
@@ -40,8 +59,6 @@ def chunk_vision_tower(tower: torch.nn.Module, chunk: int) -> bool:
         return BaseModelOutput(last_hidden_state=torch.cat([o.last_hidden_state for o in outputs]))
 
     tower.forward = forward_in_chunks
-    tower._hwocr_chunk = chunk
-    tower._hwocr_pad_chunks = False
     return True
 
 
@@ -51,73 +68,6 @@ def _padded_call(forward, part: torch.Tensor, size: int, args, kwargs) -> torch.
     if n < size:
         part = torch.cat([part, part.new_zeros((size - n, *part.shape[1:]))])
     return forward(part, *args, **kwargs).last_hidden_state[:n]
-
-
-@contextlib.contextmanager
-def compiled_vision(tower: torch.nn.Module):
-    """Run the frozen tower's SAM and encoder layers compiled (torch.compile, static shapes).
-
-    Eager, the tower is mostly copies and elementwise kernels between its matmuls; inductor fuses
-    them. Chunks are padded to VISION_CHUNK views so that each view size compiles once (the
-    measured speed-up and compile time: benchmarks/README.md). Compiled layers are kept on the
-    module and reused by later evaluations; outside this context the layers run eagerly, as in
-    training. SAM's patch embedding runs as a matmul meanwhile (patches_as_matmul).
-    """
-    if not getattr(tower, "_hwocr_chunk", 0):
-        yield
-        return
-    layers = [*tower.sam_encoder.layers, *tower.vision_encoder.layers]
-    eager = [vars(layer).get("forward") for layer in layers]  # None: the class's own forward
-    for layer in layers:
-        if "_hwocr_compiled_forward" not in vars(layer):
-            layer._hwocr_compiled_forward = torch.compile(layer.forward, dynamic=False)
-        layer.forward = layer._hwocr_compiled_forward
-    tower._hwocr_pad_chunks = True
-    embedding = tower.sam_encoder.patch_embed
-    unfoldable = _patches_tile(embedding.projection)
-    if unfoldable:
-        embedding.forward = types.MethodType(patches_as_matmul, embedding)
-    # a compiler that fails (no Triton for this GPU, no C compiler) must not fail the evaluation:
-    # dynamo then warns and runs those layers eagerly
-    suppress = torch._dynamo.config.suppress_errors
-    torch._dynamo.config.suppress_errors = True
-    try:
-        yield
-    finally:
-        torch._dynamo.config.suppress_errors = suppress
-        tower._hwocr_pad_chunks = False
-        if unfoldable:
-            del embedding.forward
-        for layer, forward in zip(layers, eager, strict=True):
-            if forward is None:
-                del layer.forward
-            else:
-                layer.forward = forward
-
-
-def _patches_tile(conv: torch.nn.Module) -> bool:
-    """Whether the convolution is a patch embedding: non-overlapping kernels, nothing padded."""
-    return (
-        isinstance(conv, torch.nn.Conv2d)
-        and conv.stride == conv.kernel_size
-        and conv.padding == (0, 0)
-        and conv.dilation == (1, 1)
-        and conv.groups == 1
-    )
-
-
-def patches_as_matmul(self, pixel_values: torch.Tensor) -> torch.Tensor:
-    """SAM's patch embedding, a 16x16 convolution of stride 16, as one matmul over the unfolded
-    patches: the same sums in another order, an order of magnitude faster than cuDNN's kernel for
-    3 input channels (benchmarks/results/h200_sam_convs_matmul.json)."""
-    conv = self.projection
-    batch, channels, height, width = pixel_values.shape
-    kh, kw = conv.kernel_size
-    rows, cols = height // kh, width // kw  # as the convolution, a remainder is dropped
-    pixel_values = pixel_values[:, :, : rows * kh, : cols * kw]
-    patches = pixel_values.reshape(batch, channels, rows, kh, cols, kw).permute(0, 2, 4, 1, 3, 5)
-    patches = patches.reshape(batch, rows, cols, channels * kh * kw)
-    return F.linear(patches, conv.weight.reshape(conv.out_channels, -1), conv.bias)
 
 
 def folded_rel_pos_attention(self, hidden_states: torch.Tensor, output_attentions=False):
@@ -173,8 +123,11 @@ def fold_sam_rel_pos(tower: torch.nn.Module) -> int:
     """Use folded_rel_pos_attention in every SAM attention layer of `tower`; returns how many."""
     n = 0
     for module in tower.modules():
-        if hasattr(module, "get_decomposed_rel_pos") and not getattr(module, "_hwocr_folded", False):
+        if hasattr(module, "get_decomposed_rel_pos") and not _folded(module):
             module.forward = types.MethodType(folded_rel_pos_attention, module)
-            module._hwocr_folded = True
             n += 1
     return n
+
+
+def _folded(module: torch.nn.Module) -> bool:
+    return getattr(vars(module).get("forward"), "__func__", None) is folded_rel_pos_attention

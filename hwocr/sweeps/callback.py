@@ -45,9 +45,9 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from hwocr.compat import failed_job_error, is_basic_sweeper_target
 from hwocr.sweeps import resume
 from hwocr.sweeps.jobs import (
-    BASIC_SWEEPER,
     JOB_STATUS_FILE,
     command_line,
     describe,
@@ -125,7 +125,7 @@ class MlflowSweepCallback(Callback):
                 "started with, or give this one its own hydra.sweep.dir"
             )
         sweeper = str(OmegaConf.select(config, "hydra.sweeper._target_"))
-        expected = expected_jobs(task, sweeper_params) if sweeper == BASIC_SWEEPER else None
+        expected = expected_jobs(task, sweeper_params) if is_basic_sweeper_target(sweeper) else None
         submissions = [*(previous.get("submissions") or []), _submission()]
         self.sweep_dir, self.tracking_uri = str(sweep_dir), uri
         for signum in (signal.SIGTERM, signal.SIGHUP):  # so that the atexit hook runs on these too
@@ -307,14 +307,14 @@ class MlflowSweepCallback(Callback):
         if status.get("status") == resume.INTERRUPTED:
             return  # stopped by a signal; the sweep is stopping too
         if job_return.status == JobStatus.FAILED and status.get("status") != "FAILED":
-            error = job_return._return_value
+            error = failed_job_error(job_return)
             update_job_status(job_dir, "FAILED", error_type=type(error).__name__, error=str(error))
             status = read_job_status(job_dir)
         upload_if_reachable(job_dir)  # what the job journaled while MLflow was down, if it is back
         if status.get("status") == "FAILED":
             self._ensure_failed_child(config, job_dir, status)
         else:
-            value = job_return._return_value
+            value = job_return.return_value
             number = value if isinstance(value, (int, float)) and not math.isnan(value) else None
             update_job_status(job_dir, resume.COMPLETED, return_value=number)
             _clear_error_tag(job_dir)

@@ -15,6 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
+from hwocr.compat import basic_sweeper_jobs, is_basic_sweeper_target
 from hwocr.io import read_json, write_json
 from hwocr.tracking.client import PARENT_RUN_ENV
 
@@ -57,12 +58,10 @@ def job_overrides(task_overrides: list[str], keys: list[str]) -> dict[str, str]:
 
 def expected_jobs(task_overrides: list[str], sweeper_params: dict | None = None) -> list[list[str]]:
     """Every job's task overrides, in job-number order, as Hydra's basic sweeper expands the grid."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     params = [f"{key}={value}" for key, value in (sweeper_params or {}).items()]
-    parsed = OverridesParser.create().parse_overrides([*params, *task_overrides])
-    return [list(job) for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    return basic_sweeper_jobs(OverridesParser.create().parse_overrides([*params, *task_overrides]))
 
 
 def describe(overrides: dict[str, str]) -> str:
@@ -118,9 +117,6 @@ def job_context() -> JobContext:
     )
 
 
-BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
-
-
 def job_failed(error: BaseException, user_error: bool = False) -> float:
     """Record a failed job in its dir, then let the sweep go on (see hwocr/sweeps/callback.py).
     Outside a multirun the error is re-raised: a single run keeps its usual exit status."""
@@ -151,7 +147,7 @@ def failed_result(error: BaseException) -> float:
 
 
 def is_basic_sweeper() -> bool:
-    return str(OmegaConf.select(HydraConfig.get(), "sweeper._target_")) == BASIC_SWEEPER
+    return is_basic_sweeper_target(str(OmegaConf.select(HydraConfig.get(), "sweeper._target_")))
 
 
 def rerun_failed() -> bool:

@@ -9,8 +9,6 @@ bit for bit (tests/test_encoding.py). On CUDA the joined batches are page-locked
 benchmarks/README.md has the timelines, thread counts and page-locking times.
 """
 
-import copy
-import logging
 import os
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -18,22 +16,15 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import torch
 from transformers import BatchFeature
 
-from hwocr.data import Sample, load_image
-from hwocr.model.load import encode
+from hwocr.compat import empty_host_cache, set_allocator_settings
+from hwocr.data import Sample
+from hwocr.evaluate.reference import encode_samples
 from hwocr.model.pixels import supports_raw_pixels
-
-log = logging.getLogger(__name__)
+from hwocr.model.processor_setup import copy_processor, setup_of
 
 # the keys a DeepSeek-OCR-2 processor returns; token rows are padded, the rest stacked per image
 TOKEN_KEYS = ("input_ids", "attention_mask")
 STACKED_KEYS = ("pixel_values", "pixel_values_local", "num_local_patches")
-
-
-def encode_samples(processor, samples: Sequence[Sample], prompt: str) -> BatchFeature:
-    """The processor's inputs for `samples`: 8-bit views where supported, prompts left-padded."""
-    images = [load_image(sample.image) for sample in samples]
-    prompts = [prompt] * len(samples)
-    return encode(processor, images, prompts, raw_pixels=True, padding=True, return_tensors="pt")
 
 
 class BatchEncoder:
@@ -53,7 +44,7 @@ class BatchEncoder:
             supports_raw_pixels(processor)  # its pixel table is built once and copied with it
             # a processor per thread, apart from the caller's too: each call may reset its fast
             # tokenizer's padding settings while the caller decodes with it
-            self.copies = [copy.deepcopy(processor) for _ in range(max(threads, 1))]
+            self.copies = [copy_processor(processor) for _ in range(max(threads, 1))]
         if threads > 1 and self.copies:
             self.slicers = ThreadPoolExecutor(max_workers=threads)
         self.pin = pin and self.slicers is not None  # only joined batches are page-locked
@@ -100,27 +91,18 @@ def prefer_registered_page_locking() -> None:
     names = ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF")
     if not torch.cuda.is_available() or any("pinned_" in os.environ.get(name, "") for name in names):
         return
-    try:
-        if hasattr(torch._C, "_accelerator_setAllocatorSettings"):  # torch 2.13...
-            torch._C._accelerator_setAllocatorSettings(REGISTERED_PAGE_LOCKING)
-        else:  # ...2.11 (the GPU image) has only this
-            torch.cuda.memory._set_allocator_settings(REGISTERED_PAGE_LOCKING)
-    except (AttributeError, RuntimeError) as error:  # a build without them: torch's default stands
-        log.warning("page-locking left to torch's default (%s)", error)
+    set_allocator_settings(REGISTERED_PAGE_LOCKING)
 
 
 def empty_pinned_cache() -> None:
     """Hand the page-locked blocks that joined batches used back to the system (GBs in crop mode),
     so that training after base evaluation does not hold them."""
-    if hasattr(torch.accelerator, "empty_host_cache"):  # torch 2.13 has it, 2.11 does not...
-        torch.accelerator.empty_host_cache()
-    elif hasattr(torch._C, "_host_emptyCache"):  # ...but has this private binding (CUDA builds)
-        torch._C._host_emptyCache()
+    empty_host_cache()
 
 
 def joinable(processor) -> bool:
     """Whether join_slices knows every key this processor returns (DeepSeek-OCR-2's)."""
-    return "hwocr_call_kwargs" in vars(processor) and type(processor).__name__ == "DeepseekOcr2Processor"
+    return setup_of(processor) is not None and type(processor).__name__ == "DeepseekOcr2Processor"
 
 
 def join_slices(parts: list[dict], tokenizer, pin: bool = False) -> BatchFeature:

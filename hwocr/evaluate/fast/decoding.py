@@ -21,6 +21,7 @@ static cache beside the next prefill's: more peak memory, for no gain measured (
 
 import contextlib
 import logging
+from contextlib import contextmanager
 
 import torch
 from transformers import DynamicCache, LogitsProcessorList, StaticCache
@@ -99,16 +100,19 @@ def greedy_generate(
 
     # ---- decoding: one token per step, from static buffers that a graph can replay
     step_ids = torch.zeros((batch, 1), dtype=torch.long, device=device)
+    # the cache slot the step writes, counted on the device (so a replayed graph reads it) in step
+    # with the cache's own count: the prompt, then one per step
+    slot = torch.full((1,), prompt_length, dtype=torch.long, device=device)
 
     def step() -> torch.Tensor:
-        position = cache.layers[0].cumulative_length  # on the device: read when the graph replays
-        allowed.index_fill_(1, position.view(1), True)
+        allowed.index_fill_(1, slot, True)
         hidden = base.model(
             input_ids=step_ids,
             attention_mask=allowed[:, None, None, :],
             past_key_values=cache,
             use_cache=True,
         ).last_hidden_state
+        slot.add_(1)
         return base.lm_head(hidden[:, -1:])
 
     steps = _Steps(step, graph and device.type == "cuda")
@@ -168,3 +172,38 @@ def _capture(graph: torch.cuda.CUDAGraph, step, stream: torch.cuda.Stream) -> to
             raise
         graph.capture_end()
     return output
+
+
+# The name under which grouped_mm is registered again for decoding (see grouped_experts_while_decoding)
+GROUPED_MM_KEPT = "grouped_mm_kept_for_decoding"
+
+
+@contextmanager
+def grouped_experts_while_decoding(model):
+    """Keep the MoE's grouped_mm kernel during decoding.
+
+    transformers switches experts that run `grouped_mm` to `batched_mm` for the decoding steps on
+    GPUs. That kernel gathers a copy of each selected expert's weights per token where grouped_mm
+    reads each expert once: at evaluation batch sizes decoding steps get much slower
+    (benchmarks/README.md). One kernel for every batch size also keeps batched
+    and one-by-one transcription on the same arithmetic. So for the duration, grouped_mm runs under
+    a second name (transformers' public ExpertsInterface.register), which the switch leaves alone.
+    """
+    generator = unwrap(model)
+    if not hasattr(generator, "get_experts_implementation"):  # transformers 4.x: no experts kernels
+        yield
+        return
+    chosen = generator.get_experts_implementation()
+    if "grouped_mm" not in chosen.values():
+        yield
+        return
+    from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS, ExpertsInterface
+
+    ExpertsInterface.register(GROUPED_MM_KEPT, ALL_EXPERTS_FUNCTIONS["grouped_mm"])
+    generator.set_experts_implementation(
+        {key: GROUPED_MM_KEPT if value == "grouped_mm" else value for key, value in chosen.items()}
+    )
+    try:
+        yield
+    finally:
+        generator.set_experts_implementation(chosen)
