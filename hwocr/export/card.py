@@ -84,7 +84,8 @@ def template_values(source: ExportSource, records: RunRecords, settings: dict, p
     license_id = settings["license"] or base_license(source)
     official = hub_id is not None and hub_id.startswith("deepseek-ai/")
     return {
-        "title": settings["repo_id"] or f"{hub_id or model.name} + LoRA" + (f" ({run.dataset.name})" if run else ""),
+        "title": settings["repo_id"]
+        or f"{hub_id or model.name} + LoRA" + (f" ({run.dataset.name})" if run else ""),
         "base": {
             "hub_id": hub_id,
             "revision": model.revision if hub_id else None,
@@ -97,7 +98,9 @@ def template_values(source: ExportSource, records: RunRecords, settings: dict, p
         "model": model,
         "prompt_literal": repr(model.prompt),
         "prompt_shown": json.dumps(model.prompt, ensure_ascii=False)[1:-1],
-        "license_text": f"`{license_id}` (the base model's)" if license_id else "not stated by the base model",
+        "license_text": f"`{license_id}` (the base model's)"
+        if license_id
+        else "not stated by the base model",
         "dataset": run.dataset if run else None,
         "data_counts": _data_counts(records.data),
         "skipped_text": _skipped(records.data),
@@ -109,13 +112,17 @@ def template_values(source: ExportSource, records: RunRecords, settings: dict, p
         "guard_text": _guard_text(guard, bool(run)),
         "repo_id": settings["repo_id"],
         "model_ref": settings["repo_id"] or ".",
-        "adapter_args": f'"{settings["repo_id"]}", subfolder="adapter"' if settings["repo_id"] else '"adapter"',
+        "adapter_args": f'"{settings["repo_id"]}", subfolder="adapter"'
+        if settings["repo_id"]
+        else '"adapter"',
         "crop_to_patches": mode["crop_to_patches"],
         "squash_side": mode["size"]["height"] if model.image_mode == "small" else None,
         "ngram": guard.ngram,
         "window": guard.window,
         "whitelist_ids": list(whitelist),
-        "whitelist_tokens": [f"`{t}`" for t in guard.whitelist if processor.tokenizer.convert_tokens_to_ids(t) in whitelist],
+        "whitelist_tokens": [
+            f"`{t}`" for t in guard.whitelist if processor.tokenizer.convert_tokens_to_ids(t) in whitelist
+        ],
         "max_new_tokens": settings["max_new_tokens"],
         "provenance": _provenance(source, records),
         "hwocr_version": __version__,
@@ -147,7 +154,13 @@ def _data_counts(report: dict) -> list[dict]:
     rows = []
     for split, name in (("train", "train"), ("val", "validation"), ("test", "test")):
         if f"n_{split}" in summary:
-            rows.append({"split": name, "samples": summary[f"n_{split}"], "writers": summary.get(f"n_writers_{split}")})
+            rows.append(
+                {
+                    "split": name,
+                    "samples": summary[f"n_{split}"],
+                    "writers": summary.get(f"n_writers_{split}"),
+                }
+            )
     return rows
 
 
@@ -167,8 +180,14 @@ def _recipe(source: ExportSource, records: RunRecords) -> list[tuple[str, str]]:
     adapter = records.adapter
     targets = adapter.get("target_modules")
     rows = [
-        ("LoRA rank / alpha / dropout", f"{adapter.get('r')} / {adapter.get('lora_alpha')} / {adapter.get('lora_dropout')}"),
-        ("LoRA targets (modules)", f"`{targets}`" if isinstance(targets, str) else ", ".join(f"`{t}`" for t in targets or [])),
+        (
+            "LoRA rank / alpha / dropout",
+            f"{adapter.get('r')} / {adapter.get('lora_alpha')} / {adapter.get('lora_dropout')}",
+        ),
+        (
+            "LoRA targets (modules)",
+            f"`{targets}`" if isinstance(targets, str) else ", ".join(f"`{t}`" for t in targets or []),
+        ),
         ("LoRA targets (routed experts' parameters)", _listed(adapter.get("target_parameters"))),
         ("trained whole (modules_to_save)", _listed(adapter.get("modules_to_save"))),
         ("steps", str(records.steps() or "not recorded")),
@@ -181,7 +200,10 @@ def _recipe(source: ExportSource, records: RunRecords) -> list[tuple[str, str]]:
         rows += [
             ("precision", precision),
             ("learning rate", f"{train.lr:g} ({train.scheduler}, warm-up {train.warmup_ratio:g})"),
-            ("batch", f"{batch} ({hardware.per_device_batch} per device x {hardware.grad_accum} accumulated x {hardware.num_devices} devices)"),
+            (
+                "batch",
+                f"{batch} ({hardware.per_device_batch} per device x {hardware.grad_accum} accumulated x {hardware.num_devices} devices)",
+            ),
             ("backend", run.backend),
             ("seed", str(train.seed)),
         ]
@@ -241,5 +263,7 @@ def _provenance(source: ExportSource, records: RunRecords) -> str:
     if source.run_dir is None:
         return f"the adapter `{source.adapter_dir.name}` (hwocr {__version__})"
     mlflow = f", MLflow run `{records.mlflow['run_id']}`" if records.mlflow.get("run_id") else ""
-    adapter = "" if source.adapter_dir == source.run_dir / "adapter" else f", adapter `{source.adapter_dir.name}`"
+    adapter = (
+        "" if source.adapter_dir == source.run_dir / "adapter" else f", adapter `{source.adapter_dir.name}`"
+    )
     return f"the run `{source.run_dir.name}`{adapter}{mlflow} (hwocr {__version__})"

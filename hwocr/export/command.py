@@ -41,7 +41,9 @@ def export(cfg: ExportConfig) -> Path:
     partial.mkdir(parents=True)
     try:
         merged = write_merged(source, partial)
-        left_out = copy_adapter(source, partial / "adapter", values["base"]["hub_id"], values["base"]["revision"])
+        left_out = copy_adapter(
+            source, partial / "adapter", values["base"]["hub_id"], values["base"]["revision"]
+        )
         write_atomic(partial / CARD, render(values))
         write_atomic(partial / "adapter" / CARD, render(values, adapter_card=True))
         write_json(

@@ -41,7 +41,9 @@ def register_schema() -> None:
 def check_export_config(cfg: ExportConfig) -> None:
     """What types cannot say; raises ConfigError naming the key."""
     if not cfg.run and not cfg.adapter:
-        raise ConfigError("export needs run=<run directory> or adapter=<PEFT adapter directory> (with model=)")
+        raise ConfigError(
+            "export needs run=<run directory> or adapter=<PEFT adapter directory> (with model=)"
+        )
     if not cfg.run and cfg.model is None:
         raise ConfigError(
             f"adapter={cfg.adapter} without run=: name its base model with model=<option> (conf/model/), "

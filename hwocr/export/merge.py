@@ -1,5 +1,6 @@
 """The LoRA folded into the base model's weights, saved as a plain transformers checkpoint."""
 
+import importlib.util
 import json
 import logging
 import shutil
@@ -16,6 +17,7 @@ log = logging.getLogger(__name__)
 # Trainer checkpoints hold pickles (training_args.bin, optimizer.pt, rng_state.pth): loading one can run
 # code, and none is needed to use the adapter.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl")
+NATIVE_PREFIX, CHECKPOINT_PREFIX = "model.language_model.", "model."
 
 
 def write_merged(source: ExportSource, output: Path) -> dict:
@@ -47,13 +49,43 @@ def write_merged(source: ExportSource, output: Path) -> dict:
     }
 
 
+def peft_converts_adapter_keys() -> bool:
+    """PEFT (0.21 on) renames adapter keys on load with transformers' checkpoint conversion."""
+    return importlib.util.find_spec("peft.utils.transformers_weight_conversion") is not None
+
+
+def _checkpoint_key_names(weights: Path) -> None:
+    """The LoRA keys in DeepSeek-OCR-2's checkpoint names (`model.layers.N`, not transformers'
+    `model.language_model.layers.N`).
+
+    On load PEFT renames LoRA keys with transformers' checkpoint conversion for the model, whose
+    `(^|model\\.)layers\\.` -> `language_model.layers.` also matches inside the native name, so an
+    adapter saved in native names loads nothing (a "missing adapter keys" warning). Checkpoint names
+    convert to the native ones. Other keys (modules_to_save) pass through unconverted and keep theirs.
+    hwocr loads both forms (model/adapt.py)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(weights, framework="pt") as handle:
+        metadata = handle.metadata()
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 - not a dict
+    renamed = {
+        key.replace(NATIVE_PREFIX, CHECKPOINT_PREFIX) if ".lora_" in key else key: value
+        for key, value in tensors.items()
+    }
+    save_file(renamed, weights, metadata=metadata)
+
+
 def _plain(value):
     return sorted(value) if isinstance(value, set) else value
 
 
-def copy_adapter(source: ExportSource, destination: Path, hub_id: str | None, revision: str | None) -> list[str]:
-    """The adapter's files as trained, less pickles; its config names the base by hub id where known
-    (PEFT's AutoPeftModel loads the base from there). Returns the names left out."""
+def copy_adapter(
+    source: ExportSource, destination: Path, hub_id: str | None, revision: str | None
+) -> list[str]:
+    """The adapter's files as trained, less pickles, for PEFT: its weights unchanged, their LoRA keys
+    in the names the installed PEFT loads (_checkpoint_key_names), its config naming the base by hub
+    id where known (PEFT's AutoPeftModel loads the base from there). Returns the names left out."""
     left_out = []
 
     def ignore(directory: str, names: list[str]) -> list[str]:
@@ -62,6 +94,8 @@ def copy_adapter(source: ExportSource, destination: Path, hub_id: str | None, re
         return skipped
 
     shutil.copytree(source.adapter_dir, destination, ignore=ignore)
+    if peft_converts_adapter_keys():
+        _checkpoint_key_names(destination / "adapter_model.safetensors")
     if hub_id:
         config_path = destination / "adapter_config.json"
         config = json.loads(config_path.read_text(encoding="utf-8"))

@@ -1,0 +1,322 @@
+"""`python -m hwocr.export` on a small demo run: the merged folder runs in a process without hwocr and
+transcribes as hwocr.predict does with the adapter; the adapter loads with plain PEFT; the card states
+the run's own figures."""
+
+import csv
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from huggingface_hub import ModelCard
+from mlflow.tracking import MlflowClient
+from PIL import Image, ImageDraw
+from safetensors.torch import load_file
+
+from hwocr.config import register_schema
+from hwocr.errors import ConfigError
+from hwocr.export import ExportConfig, export
+from hwocr.export.card import METRICS
+from hwocr.model.views import global_view_shift
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+MAX_NEW_TOKENS = 24
+# the demo's repetition guard (conf/experiment/demo.yaml), which the card's code must reproduce
+GUARD = ("repetition_guard.ngram=4", "repetition_guard.window=0")
+register_schema()
+
+
+def hydra_main(module, *overrides: str) -> int:
+    """A Hydra entrypoint's main() in this process (no second torch import); its exit code."""
+    argv = sys.argv
+    sys.argv = [module.__name__, "-cp", str(CONF), *overrides]
+    try:
+        module.main()
+    except SystemExit as stop:
+        return stop.code
+    finally:
+        sys.argv = argv
+    return 0
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """A demo run small enough for the fast tier: 2 steps, 3 test lines, base and tuned evaluation."""
+    import hwocr.run
+
+    tmp = tmp_path_factory.mktemp("export_run")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HWOCR_CACHE", str(tmp / "cache"))
+        code = hydra_main(
+            hwocr.run,
+            "+experiment=demo",
+            "train.max_steps=2",
+            "dataset.max_train_samples=8",
+            "dataset.max_eval_samples=3",
+            "dataset.synth.lines_per_writer=2",
+            f"hydra.run.dir={tmp / 'run'}",
+            f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}",
+        )
+    assert code == 0, (tmp / "run" / "run.log").read_text()[-3000:]
+    return tmp / "run"
+
+
+@pytest.fixture(scope="module")
+def exported(demo_run, tmp_path_factory) -> Path:
+    return export(
+        ExportConfig(
+            run=str(demo_run),
+            output=str(tmp_path_factory.mktemp("x") / "model"),
+            max_new_tokens=MAX_NEW_TOKENS,
+        )
+    )
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> list[Path]:
+    """Lines whose sizes put the processor's padded global view one pixel off DeepSeek's (see
+    hwocr/model/views.py), one tall, one square."""
+    folder = tmp_path_factory.mktemp("scans")
+    paths = []
+    for i, (text, size) in enumerate(
+        [
+            ("Tôi yêu tiếng Việt", (157, 41)),
+            ("học sinh đi học", (200, 40)),
+            ("mưa", (90, 130)),
+            ("xin chào", (120, 120)),
+        ]
+    ):
+        image = Image.new("RGB", size, "white")
+        ImageDraw.Draw(image).text((5, size[1] // 2 - 10), text, fill="black")
+        image.save(folder / f"{i}.png")
+        paths.append(folder / f"{i}.png")
+    return paths
+
+
+def card_code(folder: Path) -> str:
+    """The card's transformers code block."""
+    text = (folder / "README.md").read_text(encoding="utf-8")
+    [code] = re.findall(
+        r"```python\n(.*?)```", text.split("## Use with transformers")[1].split("\n## ")[0], re.S
+    )
+    return code
+
+
+def run_without_hwocr(script: str, cwd: Path, *args: str) -> str:
+    """`script` in a fresh interpreter that must never import hwocr; its stdout."""
+    guard = "\nimport sys\nassert 'hwocr' not in sys.modules, 'hwocr was imported'\n"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # hwocr not even importable
+    result = subprocess.run(
+        [sys.executable, "-c", script + guard, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def predict_with_adapter(demo_run: Path, images: list[Path], tmp_path: Path, *extra: str) -> dict[str, str]:
+    import hwocr.predict
+
+    output = tmp_path / "predictions.csv"
+    code = hydra_main(
+        hwocr.predict,
+        f"model.source={demo_run.parent / 'cache' / 'tiny-deepseek-ocr2'}",
+        f"adapter={demo_run / 'adapter'}",
+        f"images={images[0].parent}",
+        f"max_new_tokens={MAX_NEW_TOKENS}",
+        f"output={output}",
+        *extra,
+    )
+    assert code == 0
+    with open(output, encoding="utf-8") as handle:
+        return {row["image"]: row["prediction"] for row in csv.DictReader(handle)}
+
+
+def test_the_merged_weights_hold_every_part_of_the_adapter(demo_run, exported):
+    """The LoRA on the projections and on the routed experts, and the output head trained whole,
+    all changed the base's weights; nothing is quantised."""
+    base = load_file(demo_run.parent / "cache" / "tiny-deepseek-ocr2" / "model.safetensors")
+    merged = load_file(exported / "model.safetensors")
+    assert merged.keys() == base.keys()
+    changed = {key for key in base if not torch.equal(base[key], merged[key])}
+    # saved in the checkpoint's layout (transformers converts on load): experts one by one
+    assert "lm_head.weight" in changed
+    for name in ("gate_proj", "up_proj", "down_proj"):
+        assert any(
+            re.fullmatch(rf"model\.layers\.\d+\.mlp\.experts\.\d+\.{name}\.weight", k) for k in changed
+        )
+    assert any(".self_attn.q_proj" in key for key in changed)
+    assert all(
+        key.startswith(("model.layers.", "lm_head.")) for key in changed
+    )  # the vision tower: as it was
+    assert {t.dtype for t in merged.values()} == {torch.float32}  # the run's dtype
+
+
+# Run after the card's code, in the same fresh interpreter: the exported adapter/ onto the base with
+# plain PEFT. A missing adapter key is an error, and the merge must give the exported weights.
+PEFT_CHECK = """
+import warnings
+warnings.filterwarnings("error", message=".*missing adapter keys.*")
+from peft import PeftModel
+
+base = AutoModelForImageTextToText.from_pretrained(BASE)
+merged = PeftModel.from_pretrained(base, "adapter").merge_and_unload().state_dict()
+for key, value in model.state_dict().items():
+    assert torch.allclose(merged[key], value.float(), atol=1e-6), key
+print("peft: the adapter gives the exported weights")
+"""
+
+
+@pytest.mark.slow
+def test_the_export_runs_without_hwocr_as_hwocr_runs_the_adapter(demo_run, exported, images, tmp_path):
+    """In a fresh interpreter that never imports hwocr: the card's transformers code transcribes the
+    images as `python -m hwocr.predict adapter=...` does (same guard), and the adapter/ loads with
+    plain PEFT into the same weights."""
+    assert any(global_view_shift(*Image.open(p).size, 128)[0] for p in images)  # the centring is exercised
+    expected = predict_with_adapter(demo_run, images, tmp_path, *GUARD)
+    base = demo_run.parent / "cache" / "tiny-deepseek-ocr2"
+    script = card_code(exported) + f"\nBASE = {str(base)!r}\n" + PEFT_CHECK
+    lines = run_without_hwocr(script, exported, *map(str, images)).splitlines()
+    assert lines[-1] == "peft: the adapter gives the exported weights"
+    got = dict(line.split("\t", 1) for line in lines[:-1])
+    assert got == expected
+    assert len(set(got.values())) > 1  # the images are told apart
+    # the guard is reproduced, not idle: without it, hwocr transcribes otherwise
+    assert predict_with_adapter(demo_run, images, tmp_path, "repetition_guard.ngram=0") != expected
+
+
+def test_the_card_states_the_runs_metrics_data_and_recipe(demo_run, exported):
+    card = ModelCard.load(exported / "README.md")
+    metrics = {
+        stage: json.loads((demo_run / "eval" / stage / "metrics.json").read_text())
+        for stage in ("base", "tuned")
+    }
+    # the hub's model-index: the tuned metrics, exactly
+    assert {r.metric_type: r.metric_value for r in card.data.eval_results} == {
+        key: metrics["tuned"][key] for key in ("cer", "mean_cer", "median_cer", "wer")
+    }
+    table = {
+        cells[0]: cells[1:]
+        for cells in (
+            [c.strip() for c in line.strip("|").split("|")]
+            for line in card.text.splitlines()
+            if line.startswith("| ")
+        )
+    }
+    for key, name, percent in METRICS:
+        shown = [
+            f"{100 * metrics[s][key]:.2f}%" if percent else str(metrics[s][key]) for s in ("base", "tuned")
+        ]
+        assert table[name] == shown, name
+    assert metrics["tuned"]["n_samples"] == 3 and "test split (3 samples)" in card.text
+    summary = json.loads((demo_run / "data_report.json").read_text())["summary"]
+    assert f"**train:** {summary['n_train']} samples from {summary['n_writers_train']} writers" in card.text
+    assert table["steps"] == ["2"] and table["LoRA rank / alpha / dropout"] == ["16 / 16 / 0.0"]
+    assert "`lm_head`" in table["trained whole (modules_to_save)"][0]
+    assert "no 4-gram repeats within all generated tokens" in card.text
+    assert card.data.library_name == "transformers" and card.data.pipeline_tag == "image-text-to-text"
+    assert (
+        "not tested here" in card.text and "vllm serve" in card.text and "sglang.launch_server" in card.text
+    )
+
+
+def test_the_adapter_card_replaces_peft_s_empty_template(demo_run, exported):
+    assert (
+        "[More Information Needed]" in (demo_run / "adapter" / "README.md").read_text()
+    )  # PEFT's, at training
+    card = ModelCard.load(exported / "adapter" / "README.md")
+    assert card.data.library_name == "peft" and "[More Information Needed]" not in card.text
+    assert "PeftModel.from_pretrained" in card.text
+    assert not (exported / "adapter" / "training_args.bin").exists()  # a pickle stays behind
+
+
+def test_the_export_is_logged_to_the_runs_mlflow_run(demo_run, exported):
+    run_file = json.loads((demo_run / "mlflow_run.json").read_text())
+    client = MlflowClient(run_file["uri"])
+    assert {a.path for a in client.list_artifacts(run_file["run_id"], "export")} == {
+        "export/README.md",
+        "export/export.json",
+    }
+    assert client.get_run(run_file["run_id"]).data.tags["hwocr.export_dir"] == str(exported)
+
+
+def test_a_hub_base_a_4bit_run_and_a_license_go_into_the_card(demo_run, tmp_path):
+    """The card names the base by the hub id it was given (not the local path), and says that a run
+    trained in 4-bit was merged into the base loaded unquantised."""
+    run = tmp_path / "run"
+    shutil.copytree(demo_run, run, ignore=shutil.ignore_patterns("checkpoints", "plots", "mlflow_run.json"))
+    config = run / "resolved_config.yaml"
+    config.write_text(config.read_text().replace("load_in_4bit: false", "load_in_4bit: true"))
+    folder = export(
+        ExportConfig(
+            run=str(run),
+            output=str(tmp_path / "out"),
+            base_model="someone/tiny-ocr2",
+            license="apache-2.0",
+            dtype="bf16",
+        )
+    )
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.base_model == "someone/tiny-ocr2" and card.data.license == "apache-2.0"
+    assert "merged it into the base loaded\nunquantised in bf16" in card.text
+    assert "base weights in 4-bit NF4 (QLoRA)" in card.text
+    assert {t.dtype for t in load_file(folder / "model.safetensors").values()} == {torch.bfloat16}
+    adapter_config = json.loads((folder / "adapter" / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == "someone/tiny-ocr2"
+    assert ModelCard.load(folder / "adapter" / "README.md").data.base_model == "someone/tiny-ocr2"
+
+
+def test_the_command_line_composes_a_model_option_for_an_adapter_alone(demo_run, tmp_path):
+    import hwocr.export.__main__ as cli
+
+    code = hydra_main(
+        cli,
+        f"adapter={demo_run / 'adapter'}",
+        "model=tiny",
+        f"model.source={demo_run.parent / 'cache' / 'tiny-deepseek-ocr2'}",
+        "dtype=fp32",
+        f"output={tmp_path / 'out'}",
+    )
+    assert code == 0
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "Not recorded: exported from an adapter without its run." in card
+    assert json.loads((tmp_path / "out" / "export.json").read_text())["run"] is None
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({}, "run=<run directory> or adapter="),
+        ({"adapter": "ADAPTER"}, "name its base model with model="),
+        ({"run": "EMPTY_RUN"}, "holds no PEFT adapter"),
+        ({"run": "RUN", "output": "FULL"}, "exists and is not an empty directory"),
+        ({"run": "RUN", "dtype": "int8"}, "dtype='int8'"),
+    ],
+)
+def test_bad_requests_are_config_errors_naming_the_key(demo_run, tmp_path, settings, message):
+    empty_run = tmp_path / "empty_run"
+    empty_run.mkdir()
+    shutil.copy(demo_run / "resolved_config.yaml", empty_run)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "file").write_text("x")
+    paths = {
+        "ADAPTER": demo_run / "adapter",
+        "EMPTY_RUN": empty_run,
+        "RUN": demo_run,
+        "FULL": tmp_path / "full",
+    }
+    values = {key: str(paths.get(value, value)) for key, value in settings.items()}
+    values.setdefault("output", str(tmp_path / "out"))
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        export(ExportConfig(**values))
+    assert not (tmp_path / "out").exists()
