@@ -5,7 +5,7 @@ processor), the adapter as trained in adapter/ (for PEFT), a model card (README.
 export.json (what was exported from where). docs/export.md has the details.
 """
 
-from hwocr.export.config import ExportConfig, register_schema
 from hwocr.export.command import export
+from hwocr.export.config import ExportConfig, register_schema
 
 __all__ = ["ExportConfig", "export", "register_schema"]

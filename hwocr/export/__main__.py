@@ -6,8 +6,8 @@ import sys
 import hydra
 
 from hwocr.errors import USER_ERRORS
-from hwocr.export.config import ExportConfig, register_schema
 from hwocr.export.command import export
+from hwocr.export.config import ExportConfig, register_schema
 
 log = logging.getLogger("hwocr.export")
 register_schema()
