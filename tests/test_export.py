@@ -3,6 +3,7 @@ transcribes as hwocr.predict does with the adapter; the adapter loads with plain
 the run's own figures."""
 
 import csv
+import dataclasses
 import json
 import os
 import re
@@ -22,6 +23,7 @@ from hwocr.config import register_schema
 from hwocr.errors import ConfigError
 from hwocr.export import ExportConfig, export
 from hwocr.export.card import METRICS
+from hwocr.export.source import read_run_config
 from hwocr.model.views import global_view_shift
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -160,6 +162,45 @@ def test_the_merged_weights_hold_every_part_of_the_adapter(demo_run, exported):
         key.startswith(("model.layers.", "lm_head.")) for key in changed
     )  # the vision tower: as it was
     assert {t.dtype for t in merged.values()} == {torch.float32}  # the run's dtype
+
+
+def card_namespace(folder: Path) -> dict:
+    """The card's code run in this process (its command-line part not), loading the folder."""
+    code = card_code(folder).replace('MODEL = "."', f"MODEL = {str(folder)!r}")
+    namespace = {"__name__": "card"}
+    exec(compile(code, "card", "exec"), namespace)
+    return namespace
+
+
+@pytest.mark.parametrize("mode", ["base", "dynamic", "small"])
+def test_the_card_s_code_builds_the_inputs_hwocr_builds(demo_run, exported, images, tmp_path, mode):
+    """Token ids (one BOS, left padding), views, crops and their counts: hwocr's encode, exactly, in
+    each image mode (the card is written for the mode of the model it exports)."""
+    from hwocr.model import load_processor
+    from hwocr.model.load import encode
+
+    folder = exported
+    model = read_run_config(demo_run).model
+    if mode != model.image_mode:
+        model = dataclasses.replace(model, image_mode=mode)
+        folder = export(
+            ExportConfig(run=str(demo_run), model=model, output=str(tmp_path / mode), tracking=False)
+        )
+    wide = tmp_path / "wide.png"
+    Image.new("RGB", (420, 38), "white").save(wide)  # crops in the dynamic mode
+    paths = [*images, wide]
+    got = card_namespace(folder)["encode"]([str(p) for p in paths])
+    pictures = [Image.open(p).convert("RGB") for p in paths]
+    expected = encode(
+        load_processor(model), pictures, [model.prompt] * len(paths), padding=True, return_tensors="pt"
+    )
+    assert got.keys() == expected.keys()
+    for key in expected:
+        assert torch.equal(got[key], expected[key]), key
+    if mode == "dynamic":  # the wide line's crops make its prompt the longest: the others are padded, left
+        assert got["pixel_values_local"].shape[0] > 0
+        mask = got["attention_mask"]
+        assert not mask[:, 0].all() and mask[:, -1].all()
 
 
 # Run after the card's code, in the same fresh interpreter: the exported adapter/ onto the base with
