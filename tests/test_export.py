@@ -236,6 +236,34 @@ def test_the_export_runs_without_hwocr_as_hwocr_runs_the_adapter(demo_run, expor
     assert predict_with_adapter(demo_run, images, tmp_path, "repetition_guard.ngram=0") != expected
 
 
+def test_hwocr_loads_the_exported_adapter_too(demo_run, exported):
+    """Its LoRA keys are in the checkpoint's names (for PEFT); hwocr's loader takes them as well."""
+    from transformers import AutoModelForImageTextToText
+
+    from hwocr.config import HardwareConfig
+    from hwocr.model import attach_adapter, load_model
+
+    model = read_run_config(demo_run).model
+    adapted = attach_adapter(load_model(model, HardwareConfig(optimize=False)), exported / "adapter")
+    merged = adapted.merge_and_unload().state_dict()
+    for key, value in AutoModelForImageTextToText.from_pretrained(exported).state_dict().items():
+        assert torch.allclose(merged[key], value, atol=1e-6), key
+
+
+def test_deepseek_ocr_v1_is_refused_by_name(demo_run, tmp_path):
+    from hwocr.config import ModelConfig
+
+    v1 = ModelConfig(
+        name="deepseek_ocr",
+        family="ocr1",
+        source="unsloth/DeepSeek-OCR",
+        revision="0" * 40,
+        trust_remote_code=True,
+    )
+    with pytest.raises(ConfigError, match="model.family=ocr1"):
+        export(ExportConfig(adapter=str(demo_run / "adapter"), model=v1, output=str(tmp_path / "out")))
+
+
 def test_the_card_states_the_runs_metrics_data_and_recipe(demo_run, exported):
     card = ModelCard.load(exported / "README.md")
     metrics = {

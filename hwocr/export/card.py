@@ -210,7 +210,7 @@ def _recipe(source: ExportSource, records: RunRecords) -> list[tuple[str, str]]:
     if "train/final_loss" in records.train:
         rows.append(("final training loss", f"{records.train['train/final_loss']:.4f}"))
     rows.append(("exported weights", f"{source.dtype}, LoRA merged"))
-    return rows
+    return [(key, value.replace("|", "\\|")) for key, value in rows]  # a regex's | would end its cell
 
 
 def _listed(values) -> str:
