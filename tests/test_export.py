@@ -288,8 +288,13 @@ def test_the_card_states_the_runs_metrics_data_and_recipe(demo_run, exported):
         ]
         assert table[name] == shown, name
     assert metrics["tuned"]["n_samples"] == 3 and "test split (3 samples)" in card.text
-    summary = json.loads((demo_run / "data_report.json").read_text())["summary"]
+    report = json.loads((demo_run / "data_report.json").read_text())
+    summary = report["summary"]
     assert f"**train:** {summary['n_train']} samples from {summary['n_writers_train']} writers" in card.text
+    assert (
+        f"**validation:** {summary['n_val']} samples from {summary['n_writers_val']} writers ({report['splits']['val']})"
+        in card.text
+    )
     assert table["steps"] == ["2"] and table["LoRA rank / alpha / dropout"] == ["16 / 16 / 0.0"]
     assert "`lm_head`" in table["trained whole (modules_to_save)"][0]
     assert "no 4-gram repeats within all generated tokens" in card.text

@@ -159,6 +159,7 @@ def _data_counts(report: dict) -> list[dict]:
                     "split": name,
                     "samples": summary[f"n_{split}"],
                     "writers": summary.get(f"n_writers_{split}"),
+                    "how": report.get("splits", {}).get(split),  # how the split was chosen
                 }
             )
     return rows
