@@ -292,7 +292,7 @@ def test_the_card_states_the_runs_metrics_data_and_recipe(demo_run, exported):
     summary = report["summary"]
     assert f"**train:** {summary['n_train']} samples from {summary['n_writers_train']} writers" in card.text
     assert (
-        f"**validation:** {summary['n_val']} samples from {summary['n_writers_val']} writers ({report['splits']['val']})"
+        f"**validation:** {summary['n_val']} samples from {summary['n_writers_val']} writers; {report['splits']['val']}"
         in card.text
     )
     assert table["steps"] == ["2"] and table["LoRA rank / alpha / dropout"] == ["16 / 16 / 0.0"]

@@ -199,6 +199,7 @@ def _recipe(source: ExportSource, records: RunRecords) -> list[tuple[str, str]]:
         precision = hardware.dtype + (", base weights in 4-bit NF4 (QLoRA)" if hardware.load_in_4bit else "")
         batch = hardware.per_device_batch * hardware.grad_accum * hardware.num_devices
         rows += [
+            ("vision tower", run.lora.vision),
             ("precision", precision),
             ("learning rate", f"{train.lr:g} ({train.scheduler}, warm-up {train.warmup_ratio:g})"),
             (
