@@ -250,6 +250,36 @@ def test_hwocr_loads_the_exported_adapter_too(demo_run, exported):
         assert torch.allclose(merged[key], value, atol=1e-6), key
 
 
+def test_a_lora_on_the_vision_tower_is_merged_too(demo_run, tmp_path):
+    """An adapter on SAM and the encoder (lora.vision=tower), exported alone with model=: the
+    merged vision weights are the base's plus the LoRA's, as hwocr's own merge makes them."""
+    from transformers import AutoModelForImageTextToText
+
+    from hwocr.config import HardwareConfig, LoraConfig
+    from hwocr.model import load_model, prepare_for_training
+
+    model = read_run_config(demo_run).model
+    hardware = HardwareConfig(optimize=False)
+    adapted = prepare_for_training(load_model(model, hardware), LoraConfig(vision="tower"), hardware)
+    with torch.no_grad():  # a trained-looking adapter: B is zero at initialisation
+        for name, param in adapted.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.02)
+    adapted.save_pretrained(tmp_path / "adapter")
+    expected = adapted.merge_and_unload().state_dict()
+    folder = export(
+        ExportConfig(
+            adapter=str(tmp_path / "adapter"), model=model, dtype="fp32", output=str(tmp_path / "out")
+        )
+    )
+    merged = AutoModelForImageTextToText.from_pretrained(folder).state_dict()
+    base = load_model(model, hardware).state_dict()
+    vision = [key for key in merged if "vision_tower" in key and not torch.equal(merged[key], base[key])]
+    assert any("sam_encoder" in key for key in vision) and any("vision_encoder" in key for key in vision)
+    for key, value in merged.items():
+        assert torch.allclose(value, expected[key], atol=1e-6), key
+
+
 def test_deepseek_ocr_v1_is_refused_by_name(demo_run, tmp_path):
     from hwocr.config import ModelConfig
 
