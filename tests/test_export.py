@@ -219,11 +219,18 @@ print("peft: the adapter gives the exported weights")
 
 
 @pytest.mark.slow
-def test_the_export_runs_without_hwocr_as_hwocr_runs_the_adapter(demo_run, exported, images, tmp_path):
-    """In a fresh interpreter that never imports hwocr: the card's transformers code transcribes the
-    images as `python -m hwocr.predict adapter=...` does (same guard), and the adapter/ loads with
-    plain PEFT into the same weights."""
+def test_the_export_runs_without_hwocr_as_hwocr_runs_the_adapter(demo_run, images, tmp_path):
+    """`python -m hwocr.export run=... output=...`; then, in a fresh interpreter that never imports
+    hwocr, the card's transformers code transcribes the images as `python -m hwocr.predict
+    adapter=...` does (same guard), and the adapter/ loads with plain PEFT into the same weights."""
     assert any(global_view_shift(*Image.open(p).size, 128)[0] for p in images)  # the centring is exercised
+    exported = tmp_path / "model"
+    command = [sys.executable, "-m", "hwocr.export", f"run={demo_run}", f"output={exported}"]
+    result = subprocess.run(
+        [*command, f"max_new_tokens={MAX_NEW_TOKENS}"], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"exported to {exported}" in result.stdout
     expected = predict_with_adapter(demo_run, images, tmp_path, *GUARD)
     base = demo_run.parent / "cache" / "tiny-deepseek-ocr2"
     script = card_code(exported) + f"\nBASE = {str(base)!r}\n" + PEFT_CHECK

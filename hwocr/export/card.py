@@ -7,6 +7,7 @@ model_card.md beside this module, rendered by huggingface_hub's ModelCard (Jinja
 """
 
 import json
+import logging
 from importlib import resources
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from hwocr.evaluate.guard import token_ids
 from hwocr.export.source import ExportSource
 from hwocr.io import read_json
 from hwocr.model.load import image_mode_settings
+
+log = logging.getLogger(__name__)
 
 PIPELINE_TAG = "image-text-to-text"
 TAGS = ["hwocr", "ocr", "handwriting", "deepseek-ocr-2", "lora"]
@@ -69,7 +72,8 @@ def base_license(source: ExportSource) -> str | None:
             _raise_exceptions_for_missing_entries=False,
         )
         return ModelCard.load(path).data.license if path else None
-    except (OSError, ValueError):
+    except (OSError, ValueError) as error:  # offline without a cached card, or a card without YAML
+        log.warning("the base model's license could not be read (%s); pass license=<id> to state it", error)
         return None
 
 
