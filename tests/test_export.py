@@ -379,7 +379,7 @@ def test_a_hub_base_a_4bit_run_and_a_license_go_into_the_card(demo_run, tmp_path
     )
     card = ModelCard.load(folder / "README.md")
     assert card.data.base_model == "someone/tiny-ocr2" and card.data.license == "apache-2.0"
-    assert "merged it into the base loaded\nunquantised in bf16" in card.text
+    assert "merged it into the base loaded\nunquantised in bf16: weights the adapter never saw" in card.text
     assert "base weights in 4-bit NF4 (QLoRA)" in card.text
     assert {t.dtype for t in load_file(folder / "model.safetensors").values()} == {torch.bfloat16}
     adapter_config = json.loads((folder / "adapter" / "adapter_config.json").read_text())

@@ -37,7 +37,8 @@ def write_merged(source: ExportSource, output: Path) -> dict:
     if source.trained_in_4bit:
         log.warning(
             "the adapter was trained on the 4-bit base; it is merged into the base loaded unquantised (%s), "
-            "so the exported model's arithmetic differs a little from the one the run evaluated",
+            "whose weights it never saw (it learnt against their NF4 rounding): the exported model's "
+            "outputs can differ from the run's tuned evaluation",
             source.dtype,
         )
     return {
