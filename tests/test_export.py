@@ -404,6 +404,23 @@ def test_the_command_line_composes_a_model_option_for_an_adapter_alone(demo_run,
     assert json.loads((tmp_path / "out" / "export.json").read_text())["run"] is None
 
 
+def test_the_command_line_names_a_missing_output(demo_run, capsys):
+    import hwocr.export.__main__ as cli
+
+    assert hydra_main(cli, f"run={demo_run}") == 2
+    assert "output is required" in capsys.readouterr().out
+
+
+def test_a_store_that_cannot_take_the_export_is_a_warning(exported, monkeypatch, caplog):
+    from hwocr.export.tracking import log_export
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    with caplog.at_level("WARNING", logger="hwocr.export.tracking"):
+        assert log_export({"uri": "http://127.0.0.1:9", "run_id": "0" * 32}, exported) is False
+    assert "the export was not logged to MLflow run" in caplog.text
+
+
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
