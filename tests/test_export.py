@@ -225,9 +225,16 @@ def test_the_export_runs_without_hwocr_as_hwocr_runs_the_adapter(demo_run, image
     adapter=...` does (same guard), and the adapter/ loads with plain PEFT into the same weights."""
     assert any(global_view_shift(*Image.open(p).size, 128)[0] for p in images)  # the centring is exercised
     exported = tmp_path / "model"
-    command = [sys.executable, "-m", "hwocr.export", f"run={demo_run}", f"output={exported}"]
+    # tracking=false: the run's MLflow run keeps the module's export (test_the_export_is_logged_...)
+    command = [
+        "hwocr.export",
+        f"run={demo_run}",
+        f"output={exported}",
+        f"max_new_tokens={MAX_NEW_TOKENS}",
+        "tracking=false",
+    ]
     result = subprocess.run(
-        [*command, f"max_new_tokens={MAX_NEW_TOKENS}"], cwd=ROOT, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", *command], cwd=ROOT, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert f"exported to {exported}" in result.stdout
