@@ -148,6 +148,8 @@ def render(values: dict, adapter_card: bool = False) -> str:
         model_name=values["title"],
         eval_results=_eval_results(values) or None,
     )
+    if adapter_card and not values["repo_id"]:  # paths from adapter/, inside the export's folder
+        values = {**values, "model_ref": "..", "adapter_args": '"."'}
     template = resources.files("hwocr.export").joinpath("model_card.md").read_text(encoding="utf-8")
     card = ModelCard.from_template(card_data, template_str=template, adapter_card=adapter_card, **values)
     return str(card)
