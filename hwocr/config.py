@@ -55,7 +55,9 @@ class LoraConfig:
     target_modules: str | None = None
     # What of the vision tower adapts, with LoRA or under full fine-tuning (lora=none):
     # frozen = nothing; encoder = DeepSeek-OCR-2's Qwen2-like encoder (v1: CLIP-L), as Unsloth's
-    # finetune_vision_layers; tower = the encoder and SAM.
+    # finetune_vision_layers; tower = the encoder and SAM. Frozen by default: at the T4 profile the
+    # encoder's LoRA about halves training speed and takes the batch past a T4's memory
+    # (experiments/full_size_learning.md).
     vision: str = "frozen"
     # Whole modules trained beside the adapters and saved with them (PEFT's modules_to_save), e.g.
     # [lm_head]: the tiny random model's output head bounds its logits (demo preset).

@@ -64,7 +64,8 @@ def _overfit(run_cli, tmp_path, tiny_model_config, *overrides) -> dict:
     [
         pytest.param((), id="presets-default-lora"),
         pytest.param(("lora=r16_vision",), id="vision-lora"),
-        pytest.param(("lora=none",), id="full-fine-tuning"),
+        # every weight of the language model moves: smaller steps, more of them
+        pytest.param(("lora=none", "train.lr=3e-3", "train.max_steps=200"), id="full-fine-tuning"),
     ],
 )
 def test_training_teaches_the_model_to_tell_images_apart(run_cli, tmp_path, tiny_model_config, adaptation):

@@ -240,7 +240,9 @@ def generate_synth_dataset(
     if level not in LEVELS:
         raise ValueError(f"level={level!r} is not one of {', '.join(LEVELS)}")
     if cfg.vocabulary and level != "word":
-        raise ValueError(f"a closed vocabulary (synth.vocabulary={cfg.vocabulary}) needs level=word, not {level}")
+        raise ValueError(
+            f"a closed vocabulary (synth.vocabulary={cfg.vocabulary}) needs level=word, not {level}"
+        )
     root = Path(root)
     fonts = _usable_fonts(find_fonts(font_dirs))
     settings = _settings(cfg, level, fonts, height, max_width)
