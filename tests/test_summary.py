@@ -67,7 +67,8 @@ def result_of(references: list[str], predictions: list[str]) -> Result:
     from hwocr.metrics import corpus_metrics
 
     preds = [
-        Prediction(str(i), "w", f"{i}.jpg", r, p) for i, (r, p) in enumerate(zip(references, predictions))
+        Prediction(str(i), "w", f"{i}.jpg", r, p)
+        for i, (r, p) in enumerate(zip(references, predictions, strict=True))
     ]
     return Result(preds, corpus_metrics(preds))
 
