@@ -372,7 +372,7 @@ class StepTimer:
 def run_product_trainer(args, mcfg, hw, lora, processor, samples, result) -> None:
     """The product's training path: hwocr.train.train (HF Trainer, OcrCollator in dataloader workers),
     eval and saving pushed past the run, timed per optimizer step after the same warm-up as the bare
-    step. Its samples/s over the bare step's is the ratio issue 14 asks for."""
+    step. Its samples/s over the bare step's says what the Trainer path costs."""
     import tempfile
     from dataclasses import replace
 
@@ -590,12 +590,12 @@ def _generation_record(stats, predictions: list, cuda: bool) -> dict:
     return record
 
 
-# Named generation passes for --compare, each a change of GenerationSettings. "start" is the path
-# issue 14 measured from (the tower eager, transformers' generate) but with 8-bit views, an early
-# change of that issue; "issue_start" is that path exactly (float32 views from the processor). The
-# first pass with the tower compiled includes its one-off compile.
+# Named generation passes for --compare, each a change of GenerationSettings. "plain" is evaluation
+# without any of hwocr's speed-ups (the tower eager, transformers' generate, one encoding thread, the
+# processor's float32 views); "start" is the same with 8-bit views. The first pass with the tower
+# compiled includes its one-off compile. Records written before the rename call "plain" "issue_start".
 PASSES = {
-    "issue_start": {
+    "plain": {
         "compile_vision": False,
         "graph_decoding": False,
         "encode_threads": 1,

@@ -41,7 +41,7 @@ for phase in "$@"; do case $phase in
   lossmatch)
     b full_lossmatch_fp16_4bit_b4 --task loss-match --dtype fp16 --load-in-4bit --batch 4
     b full_lossmatch_bf16_b4 --task loss-match --dtype bf16 --batch 4 ;;
-  runpath)  # the product's Trainer path beside the bare step (issue 14), base and gundam
+  runpath)  # the product's Trainer path beside the bare step, base and gundam
     b h200_run_bf16_base_b32_pad1 --task run --dtype bf16 --batch 32 --steps 12 --warmup 3 --workers 8 --pad-multiple 1
     b h200_run_bf16_base_b32_pad32 --task run --dtype bf16 --batch 32 --steps 12 --warmup 3 --workers 8
     b h200_run_bf16_gundam_b32_pad32 --task run --dtype bf16 --image-mode gundam --batch 32 --steps 8 --warmup 3 --workers 8 ;;
@@ -54,7 +54,7 @@ for phase in "$@"; do case $phase in
     b h200_t4settings_generate_gundam_b32 --task generate --dtype fp16 --load-in-4bit --image-mode gundam --gen-images 128 --gen-batch 32 --new-tokens 48
     b h200_t4settings_generate_base_b32 --task generate --dtype fp16 --load-in-4bit --gen-images 128 --gen-batch 32 --new-tokens 48
     b h200_generate_gundam_auto --task generate --dtype bf16 --image-mode gundam --gen-images 512 --new-tokens 48 ;;
-  recipe)  # issue 13: DeepSeek's crop mode (dynamic) vs base, LoRA on the routed experts or not
+  recipe)  # DeepSeek's crop mode (dynamic) vs base, LoRA on the routed experts or not
     T4="--dtype fp16 --load-in-4bit --steps 6 --memory-profile"
     b h200_t4_dynamic_b8 $T4 --image-mode dynamic --batch 8
     b h200_t4_dynamic_b8_noexperts $T4 --image-mode dynamic --batch 8 --no-lora-experts
@@ -81,7 +81,7 @@ for phase in "$@"; do case $phase in
   rawpix)  # 8-bit views normalised on the GPU (hwocr/model/pixels.py), automatic batch, several batches
     b h200_generate_rawpixels_dynamic_auto --task generate --dtype bf16 --image-mode dynamic --gen-images 512 --new-tokens 48 --profile
     b h200_generate_rawpixels_base_auto --task generate --dtype bf16 --gen-images 1024 --new-tokens 48 --profile ;;
-  compiled)  # issue 14: the product's generation (8-bit views, compiled tower) against the eager tower
+  compiled)  # the product's generation (8-bit views, compiled tower) against the eager tower
     G="--task generate --dtype bf16 --new-tokens 48 --eager-decoding --compare start compiled_tower compiled_tower"
     LIMIT=280 b h200_generate_compiled_vs_eager_dynamic_auto $G --image-mode dynamic --gen-images 512
     LIMIT=170 b h200_generate_compiled_vs_eager_base_auto $G --gen-images 1024
@@ -95,7 +95,7 @@ for phase in "$@"; do case $phase in
     LIMIT=150 b h200_generate_graphed_profile_compiled_base_b256 --task generate --dtype bf16 --gen-images 256 --gen-batch 256 --new-tokens 48 --profile
     LIMIT=200 b h200_generate_graphed_profile_compiled_dynamic_b256 --task generate --dtype bf16 --image-mode dynamic --gen-images 256 --gen-batch 256 --new-tokens 48 --profile
     LIMIT=150 b h200_generate_identity_fp32_graphed --task generate --dtype fp32 --gen-images 16 --gen-batch 16 --new-tokens 48 --compare compiled_tower graphed --check-unbatched 16 ;;
-  graphed)  # issue 14's start, the compiled tower, then graphed decoding too; same images, one process each
+  graphed)  # the 8-bit start, the compiled tower, then graphed decoding too; same images, one process each
     G="--task generate --dtype bf16 --new-tokens 48 --compare start compiled_tower compiled_tower graphed graphed"
     LIMIT=200 b h200_generate_graphed_base_auto $G --gen-images 1024
     LIMIT=330 b h200_generate_graphed_dynamic_auto $G --image-mode dynamic --gen-images 512 ;;
@@ -117,13 +117,13 @@ for phase in "$@"; do case $phase in
     G="--task generate --dtype bf16 --new-tokens 48 --compare start graphed threads4 threads8 --timeline"
     LIMIT=300 b h200_generate_threads_dynamic_auto $G --image-mode dynamic --gen-images 1024
     LIMIT=170 b h200_generate_threads_base_auto $G --gen-images 1024 ;;
-  threadsfinal)  # issue 14 at the product's default, 4 encoding threads (that pass twice: is the first one's first batch slower?)
+  threadsfinal)  # the product's default, 4 encoding threads (that pass twice: is the first one's first batch slower?)
     G="--task generate --dtype bf16 --new-tokens 48 --timeline --compare start graphed threads4 threads4"
     LIMIT=300 b h200_generate_threads4_dynamic_auto $G threads8 --image-mode dynamic --gen-images 1024
     LIMIT=150 b h200_generate_threads4_base_auto $G --gen-images 1024
     # tuned evaluation's path: a LoRA (experts on) and the presets' guard
     LIMIT=200 b h200_generate_threads4_dynamic_guard_lora $G --image-mode dynamic --gen-images 384 --gen-lora --no-repeat-ngram 20 --no-repeat-window 90 ;;
-  final)  # issue 14 at the final code (4 encoding threads, SAM's patch embedding as a matmul); measured at 506d2f8
+  final)  # 4 encoding threads (4 encoding threads, SAM's patch embedding as a matmul); measured at 506d2f8
     # first: fresh host memory, before any other process of this machine has used it
     timeout 60 python3 benchmarks/first_touch.py --gib 8 --json "$RES/gpuhost_first_touch.json" 2>&1 | grep -v "Warning\|warn("
     G="--task generate --dtype bf16 --new-tokens 48 --timeline --compare start graphed threads4 threads4"
@@ -137,14 +137,14 @@ for phase in "$@"; do case $phase in
   firsttouch)  # fresh host memory: pageable, page-locked by cudaHostAlloc (torch's default) and by registration (the product's: encoding.prefer_registered_page_locking)
     timeout 120 python3 benchmarks/first_touch.py --gib 8 --json "$RES/gpuhost_first_touch.json" 2>&1 | grep -v "Warning\|warn("
     PYTORCH_CUDA_ALLOC_CONF=$REGISTERED timeout 120 python3 benchmarks/first_touch.py --gib 8 --json "$RES/gpuhost_first_touch_register.json" 2>&1 | grep -v "Warning\|warn(" ;;
-  issue14)  # issue 14's generation target within one run: its own start (float32 views) and the 8-bit start, the product's path twice (the first graphed pass compiles the tower), the 8-bit start again on warm host memory
-    G="--task generate --dtype bf16 --new-tokens 48 --timeline --compare issue_start start graphed threads4 threads4 start"
+  evalspeed)  # evaluation's speed within one run: the plain path (float32 views) and the 8-bit start, the product's path twice (the first graphed pass compiles the tower), the 8-bit start again on warm host memory
+    G="--task generate --dtype bf16 --new-tokens 48 --timeline --compare plain start graphed threads4 threads4 start"
     LIMIT=480 b h200_generate_issue14_dynamic_auto $G --image-mode dynamic --gen-images 1024 ;;
-  issue14base)
-    LIMIT=200 b h200_generate_issue14_base_auto --task generate --dtype bf16 --new-tokens 48 --timeline --compare issue_start start graphed threads4 threads4 start --gen-images 1024 ;;
-  issue14lora)  # tuned evaluation's path: a LoRA (experts on) and the presets' guard: applied at every step, then merged (what tuned evaluation runs)
-    LIMIT=300 b h200_generate_issue14_dynamic_guard_lora --task generate --dtype bf16 --new-tokens 48 --timeline --compare issue_start start graphed threads4 merged merged --image-mode dynamic --gen-images 512 --gen-lora --no-repeat-ngram 20 --no-repeat-window 90 ;;
-  issue14fp32)  # batch-1 against batched token ids in fp32 at issue 14's final code, then the GPU-marked tests
+  evalspeedbase)
+    LIMIT=200 b h200_generate_issue14_base_auto --task generate --dtype bf16 --new-tokens 48 --timeline --compare plain start graphed threads4 threads4 start --gen-images 1024 ;;
+  evalspeedlora)  # tuned evaluation's path: a LoRA (experts on) and the presets' guard: applied at every step, then merged (what tuned evaluation runs)
+    LIMIT=300 b h200_generate_issue14_dynamic_guard_lora --task generate --dtype bf16 --new-tokens 48 --timeline --compare plain start graphed threads4 merged merged --image-mode dynamic --gen-images 512 --gen-lora --no-repeat-ngram 20 --no-repeat-window 90 ;;
+  evalspeedfp32)  # batch-1 against batched token ids in fp32, then the GPU-marked tests
     LIMIT=150 b h200_generate_issue14_identity_fp32 --task generate --dtype fp32 --gen-images 16 --gen-batch 16 --new-tokens 48 --check-unbatched 16
     timeout 300 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_decode.py 2>&1 | tail -15 ;;
   samconvs)  # SAM's convolutions with cuDNN's default algorithms and with cudnn.benchmark

@@ -61,7 +61,7 @@ def estimate(h200_train: float, h200_generate: float, gpu: str, n_gpus: int, tra
     }
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--train", type=int, default=DEFAULT_TRAIN, help="training lines")
     p.add_argument("--test", type=int, default=DEFAULT_TEST, help="test lines")
@@ -70,21 +70,27 @@ def main() -> None:
     p.add_argument("--t4-generate", default="h200_generate_compiled_vs_eager_dynamic_guard_lora")
     p.add_argument("--h100-train", default="h200_run_bf16_gundam_b32_pad32", help="result: bf16 settings")
     p.add_argument("--h100-generate", default="h200_generate_issue14_dynamic_guard_lora")
-    args = p.parse_args()
+    return p
+
+
+def render(args: argparse.Namespace) -> str:
+    """The estimate as markdown: a title line, the table, and its arithmetic."""
     rows = [
         ("2xT4 (Kaggle), hardware=t4x2", "T4", 2, args.t4_train, args.t4_generate),
         ("1xH100, hardware=h100", "H100", 1, args.h100_train, args.h100_generate),
     ]
-    print(
-        f"UIT-HWDB line, {args.train} training and {args.test} test lines, DeepSeek's crop mode (image_mode=dynamic), ESTIMATE\n"
-    )
-    print("| machine | train samples/s | eval images/s | 1 epoch | base + tuned eval | total | GPU-hours |")
-    print("|---|---|---|---|---|---|---|")
+    lines = [
+        f"UIT-HWDB line, {args.train} training and {args.test} test lines, DeepSeek's crop mode "
+        "(image_mode=dynamic), ESTIMATE",
+        "",
+        "| machine | train samples/s | eval images/s | 1 epoch | base + tuned eval | total | GPU-hours |",
+        "|---|---|---|---|---|---|---|",
+    ]
     notes = []
     for label, gpu, n, train_name, generate_name in rows:
         train_h200, generate_h200 = train_rate(read(train_name)), generate_rate(read(generate_name))
         e = estimate(train_h200, generate_h200, gpu, n, args.train, args.test)
-        print(
+        lines.append(
             f"| {label} | {e['train_samples_per_s']:.2f} | {e['eval_images_per_s']:.2f} | {e['train_h']:.2f} h | "
             f"{e['eval_h']:.2f} h | {e['total_h']:.2f} h | {e['gpu_h']:.2f} |"
         )
@@ -94,7 +100,11 @@ def main() -> None:
             f"({generate_name}) x {min(e['compute_scale'], e['bandwidth_scale']):.3f} (the smaller of the compute "
             f"and bandwidth ratios {gpu}/H200) x {n} GPU(s)."
         )
-    print("\n" + "\n".join(notes))
+    return "\n".join([*lines, "", *notes])
+
+
+def main() -> None:
+    print(render(parser().parse_args()))
 
 
 if __name__ == "__main__":
