@@ -1,4 +1,4 @@
-"""Batched transcription of image files: the replacement for the seed's one-image `model.infer`.
+"""Batched transcription of image files, through evaluation's own generation code.
 
 python -m hwocr.predict model=deepseek_ocr2 adapter=outputs/runs/lines/<ts>/adapter images=scans/
 

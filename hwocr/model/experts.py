@@ -1,13 +1,13 @@
 """4-bit routed experts: NF4 storage for the fused 3-D expert weights that bitsandbytes skips.
 
 bitsandbytes quantizes only nn.Linear, so a 4-bit load leaves DeepSeek-OCR-2's 2.42 B routed-expert
-weights (`mlp.experts.gate_up_proj` / `down_proj`, fused 3-D parameters) in 16-bit: 4.8 GB of the
-6.1 GB the model then needs. `quantize_experts` packs each of them with bitsandbytes' own NF4
+weights (`mlp.experts.gate_up_proj` / `down_proj`, fused 3-D parameters) in 16-bit: most of the
+memory the model then needs. `quantize_experts` packs each of them with bitsandbytes' own NF4
 blockwise format (blocksize 64, double-quantized absmax, as the rest of the model) and keeps
 only the packed bytes. In forward, a layer's experts are dequantized to the compute dtype once and
 handed to the experts kernel the model is configured with (`grouped_mm` where torch has it, the
-per-expert loop otherwise); the dequantized copy is a transient of that one layer (0.44 GB at full
-size), released after the layer (under gradient checkpointing also during backward).
+per-expert loop otherwise); the dequantized copy is a transient of that one layer, released after
+the layer (under gradient checkpointing also during backward).
 
 Outputs equal those of a model whose expert weights were rounded to NF4: the same rounding that
 bitsandbytes applies to every other linear layer of a QLoRA model.

@@ -2,8 +2,8 @@
 
 A line sample has ~280 positions (257 image tokens, the prompt) but only its transcription and EOS
 (~20-40 tokens) carry a label. The stock forward projects every position to the 129,280-token
-vocabulary and the loss upcasts those logits to fp32: ~0.15 GB per sample and a third of the
-language model's FLOPs spent on positions whose loss is masked out. Here the model is asked for
+vocabulary and the loss upcasts those logits to fp32 (280 x 129,280 x 4 bytes, ~0.15 GB per
+sample), and the head's matmul runs on positions whose loss is masked out. Here the model is asked for
 logits only at the columns that predict a label (`logits_to_keep` as an index tensor, shared by
 the batch: the union over rows), and the labels are sliced to match, so the loss is the same
 number as transformers' full-logits ForCausalLMLoss.
