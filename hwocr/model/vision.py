@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from transformers.modeling_outputs import BaseModelOutput
 
-# Images per vision-tower call (benchmarks/README.md has the measured trade-off).
+# Images per vision-tower call: bounds the tower's transient memory in large batches.
 VISION_CHUNK = 32
 
 
