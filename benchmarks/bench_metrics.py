@@ -1,4 +1,4 @@
-"""Time the metrics on N line pairs (issue target: 10,000 pairs well under 1 s).
+"""Time the metrics on N line pairs (the target: 10,000 pairs well under 1 s).
 
 python benchmarks/bench_metrics.py [--pairs 10000] [--repeats 5]
 """

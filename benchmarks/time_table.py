@@ -1,7 +1,7 @@
 """Estimate the user's real job from measured H200 figures: UIT-HWDB line, one epoch of training plus
 the base and the tuned evaluation, on Kaggle's 2xT4 and on one H100.
 
-An ESTIMATE, not a measurement: no T4 or H100 was lent here. Each H200 figure (benchmarks/results)
+An ESTIMATE, not a measurement: no T4 or H100 was measured. Each H200 figure (benchmarks/results)
 is scaled by the ratio of the GPUs' datasheet peaks: compute for training; for generation the
 smaller of the compute and the memory-bandwidth ratios (the vision prefill is compute-bound,
 decoding reads every weight per step), so the evaluation estimate errs long. 2xT4 is taken as
