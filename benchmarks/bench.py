@@ -30,7 +30,7 @@ import os
 import shlex
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -458,10 +458,10 @@ def loss_match(args, mcfg, hw, lora, processor, samples, result) -> None:
     batch = {k: v.to(device) for k, v in batch.items()}
     out = {}
     for recipe in ("baseline", "optimized"):
-        hw_r = HardwareConfig(**{**asdict(hw), "optimize": recipe == "optimized"})
+        mcfg_r = replace(mcfg, memory_optimizations=recipe == "optimized")
         torch.manual_seed(0)
-        model = load_model(mcfg, hw_r, device_map={"": 0} if cuda else None)
-        model = prepare_for_training(model, lora, hw_r)
+        model = load_model(mcfg_r, hw, device_map={"": 0} if cuda else None)
+        model = prepare_for_training(model, lora, hw)
         model.eval()
         with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
             full = model(**batch).loss.float().item()
@@ -1054,7 +1054,7 @@ def main(argv=None) -> dict:
     if args.device == "cpu" and args.dtype != "fp32":
         print("note: CPU runs use fp32 autocast off; fp16/bf16 weights are slow or unsupported on CPU")
     torch.manual_seed(0)
-    mcfg = model_config(args)
+    mcfg = replace(model_config(args), memory_optimizations=args.recipe == "optimized")
     hw = HardwareConfig(
         name="bench",
         device=args.device,
@@ -1062,7 +1062,6 @@ def main(argv=None) -> dict:
         load_in_4bit=args.load_in_4bit,
         per_device_batch=args.batch,
         gradient_checkpointing=not args.no_grad_ckpt,
-        optimize=args.recipe == "optimized",
     )
     if args.backend == "unsloth" and args.lora_experts and args.model != "v1":
         raise SystemExit(

@@ -46,7 +46,7 @@ SUMMARY = [
     Section(
         "Training step on one GPU (peak GiB per GPU)",
         "hwocr",
-        "plain recipe (`hardware.optimize=false`)",
+        "plain recipe (`model.memory_optimizations=false`)",
         [
             Row(
                 "`hardware=t4`/`t4x2`: fp16, 4-bit, crop mode, LoRA with experts, batch 16",

@@ -72,7 +72,7 @@ def rows(folder: Path = RESULTS) -> list[str]:
         with_lora = train or s.get("gen_lora")  # generate rows decode through a LoRA only with --gen-lora
         experts = "" if not with_lora else ("yes" if s.get("lora_experts") or v1 else "no")
         recipe = s["recipe"]
-        if s.get("model") == "v1":  # v1 has one recipe: its remote forward (hardware.optimize is ocr2's)
+        if s.get("model") == "v1":  # one recipe, its remote forward: model.memory_optimizations is ocr2-only
             recipe = f"v1, backend={s.get('backend', 'hf')}"
         out.append(
             f"| {r['name']} | {r['device'].replace('NVIDIA ', '')} | {recipe} | {s['dtype']} | "

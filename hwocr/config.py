@@ -6,17 +6,21 @@ entrypoint converts the composed config to these dataclasses once; no other modu
 DictConfig.
 """
 
+import logging
 from dataclasses import dataclass, field, fields, is_dataclass
 
 from hwocr.errors import ConfigError
 
+log = logging.getLogger(__name__)
+
 STAGES = ("base_eval", "train", "tuned_eval")
-# DeepSeek-OCR-2: dynamic (its only official mode; hwocr called it gundam, still accepted), base,
-# small. v1: its five official modes.
+# DeepSeek-OCR-2: dynamic (its official mode), base, small. v1: its five official modes.
 IMAGE_MODES = {
-    "ocr2": ("dynamic", "gundam", "base", "small"),
+    "ocr2": ("dynamic", "base", "small"),
     "ocr1": ("tiny", "small", "base", "large", "gundam"),
 }
+# Older names still accepted, with a warning: (family, old name) -> the mode it means.
+DEPRECATED_IMAGE_MODES = {("ocr2", "gundam"): "dynamic"}
 BACKENDS = ("hf", "unsloth")
 VISION_ADAPTATIONS = ("frozen", "encoder", "tower")
 # hardware.dtype -> the torch dtype's name (hwocr.model.load.torch_dtype); no torch import here
@@ -36,11 +40,19 @@ class ModelConfig:
     # Native resolutions of the checkpoint: global view and local tile (both in pixels).
     image_size: int = 1024
     tile_size: int = 768
-    # ocr2: dynamic (= gundam) = DeepSeek's own mode, a global view at image_size plus tile_size
-    # crops of wide images; base = the global view alone; small = one view at tile_size.
+    # ocr2: dynamic = DeepSeek's own mode, a global view at image_size plus tile_size crops of wide
+    # images; base = the global view alone; small = one view at tile_size (768 px for DeepSeek-OCR-2).
     # ocr1: tiny 512, small 640, base 1024, large 1280 (one view each), gundam (global + tiles).
+    # `small` is one view in both families, but not the same size: v1's is its fixed 640 px preset,
+    # DeepSeek-OCR-2's follows tile_size (768 px).
     image_mode: str = "base"
     prompt: str = DEFAULT_PROMPT
+    # ocr2 only: hwocr's memory savings, each computing what the stock model computes
+    # (tests/test_optimizations.py): routed experts packed as NF4 under 4-bit loading, SAM attention
+    # without a materialised bias, the vision tower run in chunks of images, and the training loss
+    # from logits at target positions only. They apply when the model is loaded, for evaluation and
+    # hwocr.predict too, hence a model key. false = transformers' stock model (the benchmarks' baseline).
+    memory_optimizations: bool = True
 
 
 @dataclass
@@ -126,12 +138,8 @@ class HardwareConfig:
     grad_accum: int = 1
     gradient_checkpointing: bool = False
     dataloader_workers: int = 0
-    eval_batch: int = 0  # 0 = pick automatically to fit memory
     # With several devices: a collective that waits longer than this fails the job instead of hanging.
     collective_timeout_s: int = 1800
-    # 4-bit routed experts, a vision tower run in chunks, logits only at target positions
-    # (benchmarks/README.md). false = the plain recipe, kept as the benchmarks' baseline.
-    optimize: bool = True
 
 
 @dataclass
@@ -161,11 +169,14 @@ class RepetitionGuardConfig:
 
 
 @dataclass
-class EvalConfig:
-    adapter: str | None = None  # re-evaluate an existing adapter instead of training one
-    batch_size: int = 0  # 0 = hardware.eval_batch
-    max_new_tokens_margin: int = 16
-    # the same guard for base and tuned evaluation (and hwocr.predict)
+class InferenceConfig:
+    """How a checkpoint transcribes images: `eval.*` of both hwocr.run and hwocr.predict."""
+
+    # An existing PEFT adapter (a run's adapter/ or a Trainer checkpoint-N dir). hwocr.run evaluates
+    # it instead of training one; hwocr.predict transcribes with it.
+    adapter: str | None = None
+    batch_size: int = 0  # images per generation batch on each device; 0 = start large, halve on OOM
+    # the same guard for base and tuned evaluation, and for hwocr.predict
     repetition_guard: RepetitionGuardConfig = field(default_factory=RepetitionGuardConfig)
     # GPU only: compile the vision tower's layers for evaluation (a one-off compile per view size,
     # then a faster prefill; benchmarks/README.md has both figures). false = eager, as in training
@@ -181,6 +192,13 @@ class EvalConfig:
     # tuned evaluation through the LoRA folded into the 16-bit weights (hwocr.model.merge_for_evaluation;
     # 4-bit models and backend=unsloth keep it apart). false = the adapter applied at every step
     merge_adapter: bool = True
+
+
+@dataclass
+class EvalConfig(InferenceConfig):
+    """`eval.*` of hwocr.run: inference, plus what scoring against the references needs."""
+
+    max_new_tokens_margin: int = 16  # new tokens allowed beyond the longest reference
     bootstrap_samples: int = 2000
     gallery_rows: int = 50  # samples per section of eval/gallery.html
 
@@ -208,10 +226,23 @@ class Config:
     output_dir: str | None = None  # None = the Hydra job dir
 
 
+@dataclass
+class PredictConfig:
+    """`python -m hwocr.predict`: the run's model, hardware and inference settings, and the images."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    eval: InferenceConfig = field(default_factory=InferenceConfig)
+    images: str = "???"  # a directory, one image, or comma-separated image paths
+    output: str | None = None  # None = print "image<TAB>text"; a .csv path = write image,prediction,error
+    max_new_tokens: int = 160  # no reference to size it from, unlike eval.max_new_tokens_margin
+
+
 def register_schema() -> None:
-    from hydra.core.config_store import ConfigStore  # lazy: benchmarks and predict need no Hydra
+    from hydra.core.config_store import ConfigStore  # lazy: benchmarks need no Hydra
 
     ConfigStore.instance().store(name="hwocr_schema", node=Config)
+    ConfigStore.instance().store(name="hwocr_predict_schema", node=PredictConfig)
 
 
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
@@ -219,10 +250,58 @@ def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
         raise ConfigError(f"{key}={value!r} is not one of {', '.join(choices)}")
 
 
-def check_encode_threads(key: str, threads: int) -> None:
-    """eval.encode_threads (and predict's) counts threads: at least the one."""
-    if threads < 1:
-        raise ConfigError(f"{key}={threads} must be >= 1")
+def _check_at_least(key: str, value: int, low: int) -> None:
+    if value < low:
+        raise ConfigError(f"{key}={value} must be >= {low}")
+
+
+def validate_model(model: ModelConfig) -> None:
+    """model.*: the checks every entrypoint that loads a model makes (a deprecated mode is renamed)."""
+    _check_choice("model.family", model.family, tuple(IMAGE_MODES))
+    renamed = DEPRECATED_IMAGE_MODES.get((model.family, model.image_mode))
+    if renamed:
+        log.warning(
+            "model.image_mode=%s is deprecated for model.family=%s and will be refused in a later release; "
+            "it means %s: set model.image_mode=%s",
+            model.image_mode,
+            model.family,
+            renamed,
+            renamed,
+        )
+        model.image_mode = renamed
+    _check_choice("model.image_mode", model.image_mode, IMAGE_MODES[model.family])
+    if model.family == "ocr1" and not model.trust_remote_code:
+        raise ConfigError(
+            "model.family=ocr1 (DeepSeek-OCR v1) has no native transformers class and runs the hub's "
+            "remote code; set model.trust_remote_code=true (with a pinned model.revision) to allow it"
+        )
+    if model.trust_remote_code and not model.revision and not is_local_dir(model.source):
+        raise ConfigError(
+            "model.trust_remote_code=true needs a pinned model.revision: it runs code from the hub, so "
+            f"pin model.revision to the commit you reviewed (the hub's file history for "
+            f"{model.source}), or set model.source to a local directory holding a reviewed download"
+        )
+
+
+def validate_hardware(hardware: HardwareConfig) -> None:
+    """hardware.*: values a profile or an override can get wrong (the GPUs themselves: preflight.py)."""
+    _check_choice("hardware.dtype", hardware.dtype, tuple(DTYPES))
+    _check_choice("hardware.device", hardware.device, ("cpu", "cuda"))
+    _check_at_least("hardware.num_devices", hardware.num_devices, 1)
+    _check_at_least("hardware.per_device_batch", hardware.per_device_batch, 1)
+    _check_at_least("hardware.grad_accum", hardware.grad_accum, 1)
+
+
+def validate_inference(inference: InferenceConfig) -> None:
+    """eval.*: the settings hwocr.run's evaluation and hwocr.predict share."""
+    guard = inference.repetition_guard
+    if guard.ngram < 0 or guard.window < 0 or (guard.window and guard.window < guard.ngram):
+        raise ConfigError(
+            f"eval.repetition_guard: ngram={guard.ngram}, window={guard.window}: both must be >= 0 and "
+            "a window (0 = the whole generation) must hold at least one n-gram"
+        )
+    _check_at_least("eval.batch_size", inference.batch_size, 0)
+    _check_at_least("eval.encode_threads", inference.encode_threads, 1)  # the thread that encodes
 
 
 def validate_dataset(dataset: DatasetConfig) -> None:
@@ -256,24 +335,14 @@ def validate_dataset(dataset: DatasetConfig) -> None:
 
 
 def validate(cfg: Config) -> Config:
-    """Checks that go beyond types; raises ConfigError naming the key."""
-    _check_choice("model.family", cfg.model.family, tuple(IMAGE_MODES))
-    _check_choice("model.image_mode", cfg.model.image_mode, IMAGE_MODES[cfg.model.family])
+    """Every check of `python -m hwocr.run`'s config beyond types; raises ConfigError naming the key."""
+    validate_model(cfg.model)
+    validate_hardware(cfg.hardware)
+    validate_inference(cfg.eval)
     _check_choice("backend", cfg.backend, BACKENDS)
-    _check_choice("hardware.dtype", cfg.hardware.dtype, tuple(DTYPES))
-    _check_choice("hardware.device", cfg.hardware.device, ("cpu", "cuda"))
     validate_dataset(cfg.dataset)
     for stage in cfg.stages:
         _check_choice("stages[]", stage, STAGES)
-    guard = cfg.eval.repetition_guard
-    if guard.ngram < 0 or guard.window < 0 or (guard.window and guard.window < guard.ngram):
-        raise ConfigError(
-            f"eval.repetition_guard: ngram={guard.ngram}, window={guard.window}: both must be >= 0 and "
-            "a window (0 = the whole generation) must hold at least one n-gram"
-        )
-    if cfg.hardware.num_devices < 1:
-        raise ConfigError("hardware.num_devices must be >= 1")
-    check_encode_threads("eval.encode_threads", cfg.eval.encode_threads)
     _check_choice("lora.vision", cfg.lora.vision, VISION_ADAPTATIONS)
     if cfg.lora.target_modules and cfg.lora.vision != "frozen":
         raise ConfigError(
@@ -283,11 +352,6 @@ def validate(cfg: Config) -> Config:
     if cfg.hardware.load_in_4bit and not cfg.lora.enabled:
         raise ConfigError(
             "hardware.load_in_4bit=true needs LoRA: 4-bit weights cannot be fine-tuned directly"
-        )
-    if cfg.model.family == "ocr1" and not cfg.model.trust_remote_code:
-        raise ConfigError(
-            "model.family=ocr1 (DeepSeek-OCR v1) has no native transformers class and runs the hub's "
-            "remote code; set model.trust_remote_code=true (with a pinned model.revision) to allow it"
         )
     if cfg.model.family == "ocr1" and not cfg.lora.enabled:
         raise ConfigError("model.family=ocr1 trains LoRA adapters only; choose a lora other than none")
@@ -311,12 +375,15 @@ def validate(cfg: Config) -> Config:
             "backend=unsloth does not adapt DeepSeek-OCR-2's routed experts (hwocr passes them to PEFT "
             "as target_parameters only on backend=hf); set lora.experts=false, or use backend=hf"
         )
-    if cfg.model.trust_remote_code and not cfg.model.revision and not is_local_dir(cfg.model.source):
-        raise ConfigError(
-            "model.trust_remote_code=true needs a pinned model.revision: it runs code from the hub, so "
-            f"pin model.revision to the commit you reviewed (the hub's file history for "
-            f"{cfg.model.source}), or set model.source to a local directory holding a reviewed download"
-        )
+    return cfg
+
+
+def validate_predict(cfg: PredictConfig) -> PredictConfig:
+    """`python -m hwocr.predict`'s config: the run's model, hardware and inference checks, and its own."""
+    validate_model(cfg.model)
+    validate_hardware(cfg.hardware)
+    validate_inference(cfg.eval)
+    _check_at_least("max_new_tokens", cfg.max_new_tokens, 1)
     return cfg
 
 
@@ -335,21 +402,34 @@ def is_local_dir(source: str) -> bool:
 def _reject_unknown_keys(node, schema: type, prefix: str = "") -> None:
     """`+key=value` bypasses Hydra's struct check, and merging into the schema drops such keys
     silently, so look for them explicitly."""
-    from omegaconf import DictConfig
+    from omegaconf import DictConfig, OmegaConf
 
     known = {f.name: f.type for f in fields(schema)}
     for key in node:
         if key not in known:
             raise ConfigError(f"unknown config key {prefix}{key} (known keys here: {', '.join(known)})")
-        child = node[key] if not node._get_node(key)._is_interpolation() else None
+        child = None if OmegaConf.is_interpolation(node, key) else node[key]
         if isinstance(child, DictConfig) and is_dataclass(known[key]):
             _reject_unknown_keys(child, known[key], f"{prefix}{key}.")
 
 
-def to_config(cfg) -> Config:
-    """Resolve the composed DictConfig into the typed schema, then validate it."""
+def _typed(cfg, schema: type):
+    """The composed DictConfig as an instance of `schema`; unknown and unset keys are ConfigErrors."""
     from omegaconf import OmegaConf
+    from omegaconf.errors import MissingMandatoryValue
 
-    _reject_unknown_keys(cfg, Config)
-    merged = OmegaConf.merge(OmegaConf.structured(Config), cfg)
-    return validate(OmegaConf.to_object(merged))
+    _reject_unknown_keys(cfg, schema)
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), cfg))
+    except MissingMandatoryValue as error:
+        raise ConfigError(f"{error.full_key} must be set (it has no default)") from None
+
+
+def to_config(cfg) -> Config:
+    """`python -m hwocr.run`'s composed config as the typed schema, validated."""
+    return validate(_typed(cfg, Config))
+
+
+def to_predict_config(cfg) -> PredictConfig:
+    """`python -m hwocr.predict`'s composed config as the typed schema, validated."""
+    return validate_predict(_typed(cfg, PredictConfig))

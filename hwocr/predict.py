@@ -1,6 +1,10 @@
 """Batched transcription of image files, through evaluation's own generation code.
 
-python -m hwocr.predict model=deepseek_ocr2 adapter=outputs/runs/lines/<ts>/adapter images=scans/
+python -m hwocr.predict model=deepseek_ocr2 eval.adapter=outputs/runs/lines/<ts>/adapter images=scans/
+
+The config is the run's: the same model, hardware and `eval.*` keys (PredictConfig in
+hwocr/config.py), checked by the same validation, so a model the run refuses to load (remote code
+without a pinned revision) is refused here too.
 
 Every image is screened before the model sees it (the dataset loaders' checks, hwocr/data/screen.py):
 a file over MAX_IMAGE_BYTES, a header claiming more than MAX_IMAGE_PIXELS pixels or a side over
@@ -13,15 +17,14 @@ import csv
 import io
 import logging
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import hydra
 
-from hwocr.config import HardwareConfig, ModelConfig, RepetitionGuardConfig, check_encode_threads
+from hwocr.config import PredictConfig, register_schema, to_predict_config, validate_predict
 from hwocr.data import Sample
 from hwocr.data.screen import IMAGE_SUFFIXES, image_problem
-from hwocr.errors import ConfigError, ModelLoadError, PreflightError
+from hwocr.errors import USER_ERRORS, ConfigError
 from hwocr.evaluate.generate import GenerationSettings, guard_settings, transcribe
 from hwocr.io import write_atomic
 from hwocr.metrics import Prediction
@@ -34,21 +37,7 @@ log = logging.getLogger("hwocr.predict")
 MAX_IMAGE_BYTES = 100 * 2**20  # a compressed scan of a page is a few MB
 FILE_TOO_LARGE = "file_too_large"
 
-
-@dataclass
-class PredictConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    hardware: HardwareConfig = field(default_factory=HardwareConfig)
-    images: str = "???"  # a directory, one image, or comma-separated image paths
-    adapter: str | None = None  # a PEFT adapter dir (a run's adapter/ or a Trainer checkpoint-N)
-    output: str | None = None  # None = print "image<TAB>text"; a .csv path = write image,prediction,error
-    max_new_tokens: int = 160
-    repetition_guard: RepetitionGuardConfig = field(default_factory=RepetitionGuardConfig)
-    batch_size: int = 0  # 0 = hardware.eval_batch, or the largest that fits
-    compile_vision: bool = True  # GPU only: as eval.compile_vision
-    graph_decoding: bool = True  # bf16 on GPUs: as eval.graph_decoding
-    encode_threads: int = 4  # as eval.encode_threads
-    merge_adapter: bool = True  # as eval.merge_adapter
+register_schema()
 
 
 def find_images(spec: str) -> list[Path]:
@@ -80,7 +69,7 @@ def screen(path: Path) -> str | None:
 
 
 def predict(cfg: PredictConfig) -> list:
-    check_encode_threads("encode_threads", cfg.encode_threads)
+    validate_predict(cfg)
     images = find_images(cfg.images)
     problems = {path: screen(path) for path in images}
     skipped = {path: why for path, why in problems.items() if why}
@@ -94,19 +83,19 @@ def predict(cfg: PredictConfig) -> list:
     check_hardware(cfg.hardware)
     processor = load_processor(cfg.model)
     model = load_model(cfg.model, cfg.hardware)
-    if cfg.adapter:
-        model = attach_adapter(model, Path(cfg.adapter))
-        if cfg.merge_adapter:
+    if cfg.eval.adapter:
+        model = attach_adapter(model, Path(cfg.eval.adapter))
+        if cfg.eval.merge_adapter:
             merge_for_evaluation(model)
     samples = {p: Sample(id=str(p), writer="", split="predict", image=p.resolve(), text="") for p in images}
     settings = GenerationSettings(
         prompt=cfg.model.prompt,
         max_new_tokens=cfg.max_new_tokens,
-        batch_size=cfg.batch_size or cfg.hardware.eval_batch,
-        compile_vision=cfg.compile_vision,
-        graph_decoding=cfg.graph_decoding,
-        encode_threads=cfg.encode_threads,
-        **guard_settings(cfg.repetition_guard, processor.tokenizer),
+        batch_size=cfg.eval.batch_size,
+        compile_vision=cfg.eval.compile_vision,
+        graph_decoding=cfg.eval.graph_decoding,
+        encode_threads=cfg.eval.encode_threads,
+        **guard_settings(cfg.eval.repetition_guard, processor.tokenizer),
     )
     usable = [samples[p] for p in images if p not in skipped]
     predictions, stats = (
@@ -141,23 +130,12 @@ def write_output(predictions: list, output: str | None) -> None:
     print(f"wrote {len(predictions)} transcriptions to {path.resolve()}")
 
 
-def _register() -> None:
-    from hydra.core.config_store import ConfigStore
-
-    ConfigStore.instance().store(name="hwocr_predict_schema", node=PredictConfig)
-
-
-_register()
-
-
 @hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
 def main(composed) -> None:
-    from omegaconf import OmegaConf
-
-    cfg: PredictConfig = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(PredictConfig), composed))
     try:
+        cfg = to_predict_config(composed)
         write_output(predict(cfg), cfg.output)
-    except (ConfigError, ModelLoadError, PreflightError, FileNotFoundError) as error:
+    except (*USER_ERRORS, FileNotFoundError) as error:
         log.error("%s", error)
         sys.exit(2)
 

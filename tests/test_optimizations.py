@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hwocr.config import DEFAULT_PROMPT, HardwareConfig, LoraConfig
+from hwocr.config import DEFAULT_PROMPT, HardwareConfig, LoraConfig, ModelConfig
 from hwocr.data import Sample
 from hwocr.evaluate.generate import GenerationSettings, transcribe
 from hwocr.model import load_model, load_processor, prepare_for_training
@@ -20,8 +20,12 @@ from hwocr.train.collator import OcrCollator
 from hwocr.train.loss import causal_lm_loss_on_targets, target_columns
 
 PROMPT = DEFAULT_PROMPT
-PLAIN = HardwareConfig(optimize=False)
-OPTIMIZED = HardwareConfig(optimize=True)
+HARDWARE = HardwareConfig()
+
+
+def plain(cfg: ModelConfig) -> ModelConfig:
+    """The stock model: none of hwocr's memory optimizations."""
+    return replace(cfg, memory_optimizations=False)
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +43,10 @@ def test_target_columns_cover_every_label():
     assert target_columns(labels).tolist() == [1, 2, 3]
 
 
-@pytest.mark.parametrize("mode", ["base", pytest.param("gundam", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("mode", ["base", pytest.param("dynamic", marks=pytest.mark.slow)])
 def test_target_logits_loss_equals_full_logits_loss(tiny_model_config, lines, mode):
     cfg = replace(tiny_model_config, image_mode=mode)
-    model = prepare_for_training(load_model(cfg, PLAIN), LoraConfig(), PLAIN)
+    model = prepare_for_training(load_model(plain(cfg), HARDWARE), LoraConfig(), HARDWARE)
     batch = _batch(cfg, lines)
     torch.manual_seed(0)
     full = model(**batch).loss
@@ -61,7 +65,7 @@ def test_target_logits_loss_equals_full_logits_loss(tiny_model_config, lines, mo
 
 
 def test_folded_rel_pos_attention_equals_stock_attention(tiny_model_config):
-    model = load_model(tiny_model_config, PLAIN)
+    model = load_model(plain(tiny_model_config), HARDWARE)
     tower = model.model.vision_tower
     pixels = torch.randn(3, 3, 128, 128)
     for (
@@ -80,14 +84,14 @@ def test_folded_rel_pos_attention_equals_stock_attention(tiny_model_config):
 
 def test_the_tiny_models_vision_features_depend_on_the_image(tiny_model_config):
     """Else every vision-path test here compares constants (transformers' init leaves SAM at ~0)."""
-    tower = load_model(tiny_model_config, PLAIN).model.vision_tower
+    tower = load_model(plain(tiny_model_config), HARDWARE).model.vision_tower
     with torch.no_grad():
         out = tower(torch.randn(2, 3, 128, 128)).last_hidden_state
     assert float((out[0] - out[1]).abs().max()) > 1e-2
 
 
 def test_chunked_vision_tower_gives_the_same_features(tiny_model_config):
-    tower = load_model(tiny_model_config, PLAIN).model.vision_tower
+    tower = load_model(plain(tiny_model_config), HARDWARE).model.vision_tower
     pixels = torch.randn(5, 3, 128, 128)
     with torch.no_grad():
         reference = tower(pixels).last_hidden_state
@@ -102,7 +106,7 @@ def test_compiled_vision_pads_every_chunk_and_restores_the_eager_layers(tiny_mod
     import hwocr.evaluate.fast.vision as vision
     from hwocr.evaluate.fast.vision import patches_as_matmul
 
-    tower = load_model(tiny_model_config, PLAIN).model.vision_tower
+    tower = load_model(plain(tiny_model_config), HARDWARE).model.vision_tower
     pixels = torch.randn(5, 3, 128, 128)
     seen = []
     unfolded = []
@@ -146,7 +150,7 @@ def test_compiled_vision_pads_every_chunk_and_restores_the_eager_layers(tiny_mod
 def test_really_compiled_vision_tower_gives_the_same_features(tiny_model_config):
     import hwocr.evaluate.fast.vision as vision
 
-    tower = load_model(tiny_model_config, PLAIN).model.vision_tower
+    tower = load_model(plain(tiny_model_config), HARDWARE).model.vision_tower
     pixels = torch.randn(3, 3, 128, 128)
     with torch.no_grad():
         reference = tower(pixels).last_hidden_state
@@ -163,7 +167,7 @@ def test_quantized_experts_equal_nf4_rounded_weights(tiny_model_config, lines):
 
     from hwocr.model.experts import QuantizedExpertsMixin, quantize_experts
 
-    model = load_model(tiny_model_config, PLAIN)
+    model = load_model(plain(tiny_model_config), HARDWARE)
     reference = copy.deepcopy(model)
     assert quantize_experts(model) > 0
     experts = [m for m in model.modules() if isinstance(m, QuantizedExpertsMixin)]
@@ -187,11 +191,11 @@ def test_quantized_experts_equal_nf4_rounded_weights(tiny_model_config, lines):
 def test_optimized_qlora_step_matches_plain_recipe(tiny_model_config, lines):
     """4-bit load + every optimization: same loss as the plain 4-bit recipe up to NF4 rounding of experts."""
     losses = {}
-    for name, hw in (("plain", PLAIN), ("optimized", OPTIMIZED)):
-        hw = replace(hw, load_in_4bit=True)
-        model = prepare_for_training(load_model(tiny_model_config, hw), LoraConfig(), hw)
-        batch = _batch(tiny_model_config, lines)
-        if hw.optimize:
+    hw = replace(HARDWARE, load_in_4bit=True)
+    for name, cfg in (("plain", plain(tiny_model_config)), ("optimized", tiny_model_config)):
+        model = prepare_for_training(load_model(cfg, hw), LoraConfig(), hw)
+        batch = _batch(cfg, lines)
+        if cfg.memory_optimizations:
             loss, _ = causal_lm_loss_on_targets(model, batch)
         else:
             loss = model(**batch).loss
@@ -204,7 +208,7 @@ def test_optimized_qlora_step_matches_plain_recipe(tiny_model_config, lines):
 @pytest.mark.slow
 def test_optimized_batched_generation_equals_unbatched(tiny_model_config, lines):
     processor = load_processor(tiny_model_config)
-    model = load_model(tiny_model_config, replace(OPTIMIZED, load_in_4bit=True))
+    model = load_model(tiny_model_config, replace(HARDWARE, load_in_4bit=True))
     texts = {}
     for batch_size in (1, len(lines)):
         settings = GenerationSettings(PROMPT, max_new_tokens=12, batch_size=batch_size)
@@ -285,7 +289,7 @@ def test_padding_to_a_multiple_changes_shapes_not_the_loss(tiny_model_config, li
     padded = OcrCollator(processor, PROMPT, pad_to_multiple_of=32)(lines)
     assert padded["input_ids"].shape[1] % 32 == 0
     assert padded["input_ids"].shape[1] > tight["input_ids"].shape[1]  # the check pads something
-    model = prepare_for_training(load_model(tiny_model_config, PLAIN), LoraConfig(), PLAIN)
+    model = prepare_for_training(load_model(plain(tiny_model_config), HARDWARE), LoraConfig(), HARDWARE)
     model.eval()  # no dropout: the same function on both batches
     results = []
     for batch in (tight, padded):
@@ -305,7 +309,7 @@ def test_patch_embedding_as_a_matmul_equals_the_convolution(tiny_model_config, s
 
     from hwocr.evaluate.fast.vision import _patches_tile, patches_as_matmul
 
-    embedding = load_model(tiny_model_config, PLAIN).model.vision_tower.sam_encoder.patch_embed
+    embedding = load_model(plain(tiny_model_config), HARDWARE).model.vision_tower.sam_encoder.patch_embed
     assert _patches_tile(embedding.projection)
     pixels = torch.randn(3, 3, side, side + 16)
     with torch.no_grad():

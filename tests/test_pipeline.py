@@ -24,11 +24,11 @@ PROMPT = DEFAULT_PROMPT
 
 @pytest.fixture(scope="session")
 def line_samples(render_lines) -> list[Sample]:
-    """Lines of varying width, so gundam mode crops differently per image."""
+    """Lines of varying width, so dynamic mode crops differently per image."""
     return render_lines([(300 + 280 * i, 60) for i in range(5)])
 
 
-@pytest.mark.parametrize("mode", ["base", "small", pytest.param("gundam", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("mode", ["base", "small", pytest.param("dynamic", marks=pytest.mark.slow)])
 def test_collator_masks_everything_but_the_target(tiny_model_config, line_samples, mode):
     cfg = replace(tiny_model_config, image_mode=mode)
     processor = load_processor(cfg)
@@ -53,9 +53,9 @@ def test_collator_masks_everything_but_the_target(tiny_model_config, line_sample
             batch["pixel_values"], batch.get("pixel_values_local"), batch["num_local_patches"]
         ).pooler_output
     assert n_image_tokens == sum(f.shape[0] for f in features)
-    expected_global = {"base": 257, "small": 145, "gundam": 257}[mode]
+    expected_global = {"base": 257, "small": 145, "dynamic": 257}[mode]
     assert (batch["input_ids"][0] == model.config.image_token_id).sum().item() >= expected_global
-    if mode == "gundam":
+    if mode == "dynamic":
         assert batch["num_local_patches"].max() > 0
     else:
         assert batch["num_local_patches"].sum() == 0
@@ -67,7 +67,7 @@ def test_image_modes_use_fewer_tokens_for_lines():
     cfg = ModelConfig(source="x", image_size=1024, tile_size=768)
     assert image_mode_settings(replace(cfg, image_mode="base"))["crop_to_patches"] is False
     assert image_mode_settings(replace(cfg, image_mode="small"))["size"] == {"height": 768, "width": 768}
-    assert image_mode_settings(replace(cfg, image_mode="gundam"))["crop_to_patches"] is True
+    assert image_mode_settings(replace(cfg, image_mode="dynamic"))["crop_to_patches"] is True
 
 
 def test_lora_adapts_only_the_language_model_and_keeps_the_tower_out_of_backward(
@@ -135,7 +135,7 @@ def _settings(processor, samples, batch_size):
     )
 
 
-@pytest.mark.parametrize("mode", ["base", pytest.param("gundam", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("mode", ["base", pytest.param("dynamic", marks=pytest.mark.slow)])
 def test_batched_generation_equals_one_by_one(tiny_model_config, line_samples, mode):
     cfg = replace(tiny_model_config, image_mode=mode)
     processor = load_processor(cfg)

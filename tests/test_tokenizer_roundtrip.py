@@ -120,7 +120,7 @@ HF_VECTORS = {
 
 @pytest.fixture(scope="module")
 def released_tokenizer():
-    processor = load_processor(ModelConfig(name="deepseek_ocr2", source=HUB, image_mode="gundam"))
+    processor = load_processor(ModelConfig(name="deepseek_ocr2", source=HUB, image_mode="dynamic"))
     return processor.tokenizer
 
 

@@ -40,7 +40,7 @@ def processor_for(tiny_model_config, mode: str):
     return load_processor(cfg)
 
 
-@pytest.mark.parametrize("mode", ["base", "gundam"])
+@pytest.mark.parametrize("mode", ["base", "dynamic"])
 def test_global_view_is_placed_as_imageops_pad_places_it(tiny_model_config, mode):
     processor = processor_for(tiny_model_config, mode)
     side = processor.image_processor.size["height"]
@@ -65,7 +65,7 @@ def test_small_mode_squashes_like_infer(tiny_model_config):
 
 
 def test_exif_orientation_is_applied_like_infer(tiny_model_config, tmp_path):
-    processor = processor_for(tiny_model_config, "gundam")
+    processor = processor_for(tiny_model_config, "dynamic")
     upright = picture((400, 60), 7)
     exif = Image.Exif()
     exif[0x0112] = 6  # stored turned a quarter left: shown after turning it a quarter right

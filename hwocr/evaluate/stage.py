@@ -50,7 +50,7 @@ def generation_settings(cfg: Config, processor, test: list[Sample]) -> Generatio
         max_new_tokens=max_new_tokens_for(
             [s.text for s in test], processor.tokenizer, cfg.eval.max_new_tokens_margin
         ),
-        batch_size=cfg.eval.batch_size or cfg.hardware.eval_batch,
+        batch_size=cfg.eval.batch_size,
         compile_vision=cfg.eval.compile_vision,
         # Unsloth patches the model's forward for its own inference path: never captured or checked
         graph_decoding=cfg.eval.graph_decoding and cfg.backend == "hf",

@@ -40,7 +40,7 @@ def image_mode_settings(cfg: ModelConfig) -> dict:
         side, tile, crop = cfg.image_size, cfg.image_size, False
     elif cfg.image_mode == "small":
         side, tile, crop = cfg.tile_size, cfg.tile_size, False
-    else:  # dynamic (gundam): a global view plus tile crops of wide images, as DeepSeek's code does
+    else:  # dynamic: a global view plus tile crops of wide images, as DeepSeek's code does
         side, tile, crop = cfg.image_size, cfg.tile_size, True
     return {"size": {"height": side, "width": side}, "tile_size": tile, "crop_to_patches": crop}
 
@@ -219,7 +219,7 @@ def load_model(
     )
     if cfg.family == "ocr1":
         _restore_integer_position_ids(model)
-    if hardware.optimize and cfg.family == "ocr2":
+    if cfg.memory_optimizations and cfg.family == "ocr2":
         optimize_loaded_model(model, hardware)
     return model
 

@@ -130,7 +130,7 @@ def train(
         args.eval_strategy = "no"
         log.warning("no validation samples: validation loss is not computed")
     # v1's remote forward takes no logits_to_keep: it computes its own loss from full logits.
-    trainer_class = OcrTrainer if cfg.hardware.optimize and cfg.model.family == "ocr2" else Trainer
+    trainer_class = OcrTrainer if cfg.model.memory_optimizations and cfg.model.family == "ocr2" else Trainer
     trainer = trainer_class(
         model=model,
         args=args,

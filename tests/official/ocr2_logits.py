@@ -80,9 +80,15 @@ def native_logits(
     from hwocr.config import HardwareConfig, ModelConfig
     from hwocr.model.load import load_model
 
-    cfg = ModelConfig(name="deepseek_ocr2", family="ocr2", source=str(checkpoint), revision=None)
+    cfg = ModelConfig(
+        name="deepseek_ocr2",
+        family="ocr2",
+        source=str(checkpoint),
+        revision=None,
+        memory_optimizations=optimize,
+    )
     dtype_name = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
-    hardware = HardwareConfig(device=device, dtype=dtype_name, load_in_4bit=False, optimize=optimize)
+    hardware = HardwareConfig(device=device, dtype=dtype_name, load_in_4bit=False)
     model = load_model(cfg, hardware, device_map={"": device} if device != "cpu" else None).eval()
     crops = [c for c in batch["crops"] if c is not None]
     with torch.no_grad():
@@ -151,7 +157,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--save-dtype", default="float32", help="the random checkpoint's dtype on disk")
-    parser.add_argument("--plain", action="store_true", help="hardware.optimize=false on hwocr's side")
+    parser.add_argument(
+        "--plain", action="store_true", help="model.memory_optimizations=false on hwocr's side"
+    )
     parser.add_argument("--hub", default=os.environ.get("HWOCR_OCR2_HUB"))
     parser.add_argument("--github", default=os.environ.get("HWOCR_OCR2_OFFICIAL"))
     parser.add_argument("--official-pythonpath", default=os.environ.get("HWOCR_OCR2_PYTHONPATH"))
