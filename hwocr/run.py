@@ -1,24 +1,24 @@
 """The one entrypoint: `python -m hwocr.run +experiment=demo`.
 
 config -> data -> model -> base eval -> train -> tuned eval -> report.
+
+How a job starts and ends (a sweep's resume plan, exit codes, failed jobs that let the sweep go on):
+hwocr/sweeps/job.py.
 """
 
 import logging
-import shlex
-import sys
 import time
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
-from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from transformers import set_seed
 
 from hwocr import distributed
 from hwocr.config import Config, register_schema, to_config
 from hwocr.data import load_splits, prepare_dataset
-from hwocr.errors import USER_ERRORS, TrainingInterrupted
+from hwocr.errors import TrainingInterrupted
 from hwocr.evaluate.stage import delta_metrics, evaluate_checkpoint, generation_settings
 from hwocr.io import write_atomic, write_json
 from hwocr.model import (
@@ -34,9 +34,8 @@ from hwocr.preflight import preflight
 from hwocr.report import write_comparison, write_gallery
 from hwocr.report.record import environment_info
 from hwocr.report.summary import closing_summary
-from hwocr.sweeps import jobs as sweep
-from hwocr.sweeps import resume
-from hwocr.sweeps.jobs import command_line, update_job_status
+from hwocr.sweeps.job import run_job
+from hwocr.sweeps.jobs import JobContext, job_context
 from hwocr.tracking.client import (
     NullTracker,
     Tracker,
@@ -52,102 +51,32 @@ from hwocr.train.progress import TimeLeft
 log = logging.getLogger("hwocr")
 register_schema()
 
-EXIT_INTERRUPTED = 143  # 128 + SIGTERM, what a shell reports for a job ended by SIGTERM
-
-
-def resume_command() -> str:
-    """This job's command line, pinned to its job directory: rerunning it resumes (train.resume=auto)."""
-    hydra_cfg = HydraConfig.get()
-    overrides = [o for o in hydra_cfg.overrides.task if not o.startswith("hydra.run.dir=")]
-    overrides.append(f"hydra.run.dir={hydra_cfg.runtime.output_dir}")
-    return " ".join(["python -m hwocr.run", *(shlex.quote(o) for o in overrides)])
-
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(composed: DictConfig) -> float:
-    if not sweep.in_multirun():
-        return _main(composed)
-    # A job of a sweep: its dir may hold an earlier attempt (a resubmitted sweep, hwocr/sweeps/resume.py).
-    hydra_cfg = HydraConfig.get()
-    job_dir = Path(hydra_cfg.runtime.output_dir)
-    overrides = [str(o) for o in hydra_cfg.overrides.task]
-    with resume.job_lock(job_dir):
-        try:
-            plan = resume.plan(job_dir, overrides, sweep.rerun_failed())
-        except resume.JobDirConflict as error:
-            log.error("%s", error)
-            return sweep.failed_result(error)  # nothing written: the dir is another job's
-        if plan.action == "skip":
-            log.info(
-                "job %s already completed (job_status.json): reusing its result (%s)",
-                hydra_cfg.job.num,
-                plan.previous.get("return_value"),
-            )
-            return plan.return_value
-        if plan.action == "keep_failed":
-            log.warning("job %s %s: %s", hydra_cfg.job.num, plan.reason, plan.previous.get("error"))
-            return sweep.failed_result(RuntimeError(f"job {hydra_cfg.job.num} {plan.reason}"))
-        if plan.reason:
-            log.info("job %s %s", hydra_cfg.job.num, plan.reason)
-        resume.start_attempt(job_dir, overrides, plan.previous)
-        return _main(composed)
+    return run_job(start, composed)
 
 
-def _main(composed: DictConfig) -> float:
-    try:
-        cfg = to_config(composed)
-        cfg.output_dir = cfg.output_dir or HydraConfig.get().runtime.output_dir
-        resolved_yaml = OmegaConf.to_yaml(composed, resolve=True)
-        job = sweep.job_context()  # parent run + tags when this job is part of a sweep
-        preflight(cfg)
-        if cfg.hardware.num_devices > 1 and not distributed.in_worker():
-            # One command, N workers: they share this job dir and config (composed once, here).
-            result = distributed.launch(
-                _worker,
-                (cfg, resolved_yaml, job),
-                cfg.hardware.num_devices,
-                cfg.hardware.collective_timeout_s,
-            )
-            if isinstance(result, distributed.Stopped):  # the workers stopped on a signal, checkpoint saved
-                raise TrainingInterrupted(result.message, result.step, result.checkpoint)
-            return result
+def start(composed: DictConfig) -> float:
+    """Validate the config and check prerequisites, then run here or in hardware.num_devices workers."""
+    # --- config ----------------------------------------------------------------------------------------
+    cfg = to_config(composed)
+    cfg.output_dir = cfg.output_dir or HydraConfig.get().runtime.output_dir
+    resolved_yaml = OmegaConf.to_yaml(composed, resolve=True)
+    job = job_context()  # parent run + tags when this job is part of a sweep
+    preflight(cfg)
+    if cfg.hardware.num_devices == 1 or distributed.in_worker():
         return run(cfg, resolved_yaml, job)
-    except TrainingInterrupted as error:
-        if sweep.in_multirun():
-            job_dir = Path(HydraConfig.get().runtime.output_dir)
-            sweep_dir = Path(HydraConfig.get().sweep.dir).resolve()
-            update_job_status(job_dir, resume.INTERRUPTED, step=error.step, checkpoint=str(error.checkpoint))
-            log.error(
-                "%s\nThe job stopped early, and so does the sweep. Resubmit the sweep to resume it (completed "
-                "jobs are reused; this one continues from that checkpoint and its MLflow run):\n  %s",
-                error,
-                resume.resubmit_command(
-                    sweep.read_parent_file(sweep_dir).get("command") or command_line(), sweep_dir
-                ),
-            )
-        else:
-            log.error(
-                "%s\nThe job stopped early. Resume it (it continues from that checkpoint and the same MLflow "
-                "run) with:\n  %s",
-                error,
-                resume_command(),
-            )
-        sys.exit(EXIT_INTERRUPTED)
-    except USER_ERRORS as error:
-        log.error("%s", error)
-        if sweep.in_multirun():  # a failed job must not stop the sweep (hwocr/sweeps/callback.py)
-            return sweep.job_failed(error, user_error=True)
-        sys.exit(2)
-    except ChildFailedError as error:
-        log.error("a worker process failed, so the job was stopped:\n%s", distributed.describe_failure(error))
-        if sweep.in_multirun():
-            return sweep.job_failed(error)
-        sys.exit(1)
-    except Exception as error:
-        return sweep.job_failed(error)  # re-raises outside a multirun
+    # One command, N workers: they share this job dir and config (composed once, here).
+    result = distributed.launch(
+        _worker, (cfg, resolved_yaml, job), cfg.hardware.num_devices, cfg.hardware.collective_timeout_s
+    )
+    if isinstance(result, distributed.Stopped):  # the workers stopped on a signal, checkpoint saved
+        raise TrainingInterrupted(result.message, result.step, result.checkpoint)
+    return result
 
 
-def _worker(cfg: Config, resolved_yaml: str, job: sweep.JobContext) -> "float | distributed.Stopped":
+def _worker(cfg: Config, resolved_yaml: str, job: JobContext) -> "float | distributed.Stopped":
     distributed.configure_worker_logging()
     try:
         return run(cfg, resolved_yaml, job)
@@ -171,18 +100,19 @@ def log_gallery(run_dir: Path, results: dict, cfg: Config, tracker: Tracker) -> 
         tracker.log_artifact(path, "eval" if path.is_file() else f"eval/{path.name}")
 
 
-def run(cfg: Config, resolved_yaml: str, job: sweep.JobContext) -> float:
+def run(cfg: Config, resolved_yaml: str, job: JobContext) -> float:
     """Run every selected stage; return the tuned corpus CER (the base CER if nothing was tuned)."""
     started = time.monotonic()
     run_dir = Path(cfg.output_dir).resolve()
     rank = distributed.init(cfg.hardware.device)
 
-    # Before any data or model work: an unreachable store fails here, in seconds.
+    # --- tracking: before any data or model work, so an unreachable store fails in seconds -------------
     tracker = (
         Tracker(cfg.tracking, outputs_dir=Path("outputs"), run_dir=run_dir) if rank.is_main else NullTracker()
     )
     tracker.check_reachable()
 
+    # --- data ------------------------------------------------------------------------------------------
     if rank.is_main:
         prepare_dataset(cfg.dataset)
         resolve_source(cfg.model)  # builds the tiny model once, before the other ranks load it
@@ -205,10 +135,12 @@ def run(cfg: Config, resolved_yaml: str, job: sweep.JobContext) -> float:
             tracker.set_tags({f"data.{split}": how for split, how in splits.provenance.items()})
             tracker.log_artifact(write_json(run_dir / "data_report.json", splits.report()))
 
+        # --- model -------------------------------------------------------------------------------------
         processor = load_processor(cfg.model)
         model = load_model(cfg.model, cfg.hardware, backend=cfg.backend)
         settings = generation_settings(cfg, processor, splits.test)
 
+        # --- base eval ---------------------------------------------------------------------------------
         results, trained = {}, None
         if "base_eval" in cfg.stages:
             results["base"] = evaluate_checkpoint(
@@ -217,6 +149,7 @@ def run(cfg: Config, resolved_yaml: str, job: sweep.JobContext) -> float:
             if rank.is_main:
                 log_gallery(run_dir, results, cfg, tracker)
 
+        # --- train (or an existing adapter) ------------------------------------------------------------
         if "train" in cfg.stages and not cfg.eval.adapter:
             set_seed(cfg.train.seed)  # LoRA init draws random numbers: same seed, same starting adapter
             model = prepare_for_training(model, cfg.lora, cfg.hardware, cfg.backend)
@@ -237,6 +170,7 @@ def run(cfg: Config, resolved_yaml: str, job: sweep.JobContext) -> float:
         elif cfg.eval.adapter:
             model = attach_adapter(model, Path(cfg.eval.adapter))
 
+        # --- tuned eval --------------------------------------------------------------------------------
         if "tuned_eval" in cfg.stages and ("train" in cfg.stages or cfg.eval.adapter):
             if cfg.backend == "unsloth":
                 for_inference(model)  # Unsloth leaves training mode (no KV cache) on after training
@@ -250,6 +184,7 @@ def run(cfg: Config, resolved_yaml: str, job: sweep.JobContext) -> float:
             if rank.is_main:
                 log_gallery(run_dir, results, cfg, tracker)
 
+        # --- report ------------------------------------------------------------------------------------
         if {"base", "tuned"} <= results.keys() and rank.is_main:
             comparison = write_comparison(
                 run_dir / "eval",

@@ -30,7 +30,6 @@ and a sweep that survives preemption: resubmitting the same command finishes it.
 
 import atexit
 import logging
-import math
 import os
 import shlex
 import signal
@@ -314,9 +313,9 @@ class MlflowSweepCallback(Callback):
         if status.get("status") == "FAILED":
             self._ensure_failed_child(config, job_dir, status)
         else:
-            value = job_return.return_value
-            number = value if isinstance(value, (int, float)) and not math.isnan(value) else None
-            update_job_status(job_dir, resume.COMPLETED, return_value=number)
+            update_job_status(
+                job_dir, resume.COMPLETED, return_value=resume.completed_value(job_return.return_value)
+            )
             _clear_error_tag(job_dir)
 
     def _ensure_failed_child(self, config: DictConfig, job_dir: Path, status: dict) -> None:

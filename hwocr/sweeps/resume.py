@@ -106,6 +106,7 @@ def start_attempt(job_dir: Path, overrides: list[str], previous: dict) -> None:
 
 
 def completed_value(value) -> float | None:
+    """What job_status.json records as a completed job's result: a number, or None for NaN or none."""
     return value if isinstance(value, (int, float)) and not math.isnan(value) else None
 
 
