@@ -418,8 +418,8 @@ def _typed(cfg, schema: type):
     from omegaconf import OmegaConf
     from omegaconf.errors import MissingMandatoryValue
 
-    _reject_unknown_keys(cfg, schema)
     try:
+        _reject_unknown_keys(cfg, schema)
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), cfg))
     except MissingMandatoryValue as error:
         raise ConfigError(f"{error.full_key} must be set (it has no default)") from None

@@ -12,13 +12,31 @@ LINE_TEXTS = ["Tôi yêu tiếng Việt", "học sinh đi học", "mưa rơi ư�
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
+# The demo cut to a couple of steps on a few samples: the end-to-end tests start from it and change
+# what they exercise (more steps, checkpoints, samples).
+SMALL_DEMO = {
+    "train.max_steps": 2,
+    "train.save_steps": 100,
+    "train.eval_steps": 100,
+    "train.logging_steps": 1,
+    "dataset.max_train_samples": 8,
+    "dataset.max_eval_samples": 4,
+    "dataset.synth.lines_per_writer": 4,
+    "eval.bootstrap_samples": 100,
+}
 
-def composed(*overrides: str):
-    """conf/config.yaml composed with `overrides` (register_schema() must have run)."""
+
+def small_demo(changes: dict | None = None) -> list[str]:
+    """`+experiment=demo` plus SMALL_DEMO updated with `changes` ({"train.max_steps": 6}), as overrides."""
+    return ["+experiment=demo", *(f"{key}={value}" for key, value in (SMALL_DEMO | (changes or {})).items())]
+
+
+def composed(*overrides: str, config_name: str = "config"):
+    """conf/<config_name>.yaml composed with `overrides` (register_schema() must have run)."""
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+        return compose(config_name=config_name, overrides=list(overrides))
 
 
 @pytest.fixture(scope="session")

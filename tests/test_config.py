@@ -1,30 +1,26 @@
 """Every preset composes and validates; bad keys and values fail with a message naming them."""
 
-from pathlib import Path
+import logging
 
 import pytest
-from hydra import compose, initialize_config_dir
+import torch
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
-from hwocr.config import Config, register_schema, to_config
-from hwocr.errors import ConfigError
-
-ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
-EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+from hwocr.config import Config, experts_adapted, register_schema, to_config, to_predict_config
+from hwocr.errors import ConfigError, PreflightError
+from tests.conftest import CONF, composed
 
 register_schema()
 
-
-def composed(*overrides: str):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
-
-
-def test_presets_exist():
-    assert {"demo", "lines", "words", "paragraphs"} <= set(EXPERIMENTS)
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+GROUP_OPTIONS = sorted(
+    (p.parent.name, p.stem)
+    for p in CONF.glob("*/*.yaml")
+    if p.parent.name in ("model", "lora", "dataset", "hardware")
+)
+PINNED = "model.revision=" + "0" * 40  # a commit hash: what model=deepseek_ocr (remote code) asks for
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -35,40 +31,55 @@ def test_every_experiment_composes_and_validates(experiment):
     assert cfg.model.prompt == "<image>\nFree OCR."  # DeepSeek-OCR's transcription prompt
 
 
-def test_demo_is_tiny_on_cpu_with_synthetic_lines():
-    cfg = to_config(composed("+experiment=demo"))
-    assert (cfg.model.name, cfg.hardware.name, cfg.dataset.name) == ("tiny", "cpu", "synth_line")
+@pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS, ids=lambda v: str(v))
+def test_every_group_option_composes_and_validates_for_run_and_predict(group, option):
+    """Each option names itself (a copied file that keeps its source's name would be a different option
+    under a wrong name in MLflow); model and hardware options load in hwocr.predict too."""
+    pin = [PINNED] if (group, option) == ("model", "deepseek_ocr") else []
+    cfg = to_config(composed(f"{group}={option}", *pin))
+    if group != "lora":  # LoraConfig has no name: runs record lora.r and the rest
+        assert getattr(cfg, group).name == option
+    if group in ("model", "hardware"):
+        predict_cfg = to_predict_config(
+            composed(f"{group}={option}", *pin, "images=x", config_name="predict")
+        )
+        assert getattr(predict_cfg, group) == getattr(cfg, group)
 
 
 @pytest.mark.parametrize("experiment", ["lines", "words", "paragraphs"])
-def test_real_presets_are_qlora_r16_on_dual_t4(experiment):
+def test_real_presets_compose_to_the_documented_recipe(experiment, caplog):
+    """README's recipe: DeepSeek-OCR-2 at a pinned revision in DeepSeek's own image mode, NF4 4-bit
+    weights with LoRA r16 on the language model and its experts, fp16 on two GPUs, 32 samples per
+    optimizer step, on the UIT-HWDB level the preset is named after."""
+    from hwocr.model.load import quantization_config, warn_unpinned
+
     cfg = to_config(composed(f"+experiment={experiment}"))
-    assert cfg.model.name == "deepseek_ocr2" and not cfg.model.trust_remote_code
-    assert (cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.bias) == (16, 16, 0.0, "none")
-    assert cfg.lora.target_modules is None  # = the language model's projections (hwocr/model/adapt.py)
-    assert (cfg.hardware.num_devices, cfg.hardware.dtype, cfg.hardware.load_in_4bit) == (2, "fp16", True)
-    level = {"lines": "line", "words": "word", "paragraphs": "paragraph"}[experiment]
-    assert (cfg.dataset.kind, cfg.dataset.level, cfg.dataset.name) == ("uit_hwdb", level, f"uit_hwdb_{level}")
-    assert cfg.dataset.root.endswith(f"/UIT_HWDB_{level}")
+    with caplog.at_level(logging.WARNING):
+        warn_unpinned(cfg.model)
+    assert caplog.text == ""
+    assert (cfg.model.family, cfg.model.image_mode, cfg.model.trust_remote_code) == ("ocr2", "dynamic", False)
+    quantized = quantization_config(cfg.model, cfg.hardware)
+    assert quantized.bnb_4bit_quant_type == "nf4" and quantized.bnb_4bit_compute_dtype == torch.float16
+    assert (cfg.lora.enabled, cfg.lora.r, experts_adapted(cfg)) == (True, 16, True)
+    assert cfg.hardware.per_device_batch * cfg.hardware.grad_accum * cfg.hardware.num_devices == 32
+    assert cfg.hardware.num_devices == 2
+    assert f"uit_hwdb_{cfg.dataset.level}" == cfg.dataset.name and experiment.startswith(cfg.dataset.level)
 
 
-# device, GPUs, dtype, 4-bit, effective batch (per_device_batch x grad_accum x GPUs)
-HARDWARE = {
-    "cpu": ("cpu", 1, "fp32", False, 4),
-    "t4": ("cuda", 1, "fp16", True, 32),  # a T4 has no bf16; 16 per step, as on each of t4x2's
-    "t4x2": ("cuda", 2, "fp16", True, 32),
-    "a100": ("cuda", 1, "bf16", False, 16),
-    "h100": ("cuda", 1, "bf16", False, 32),
-}
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_only_the_demo_runs_without_a_gpu(experiment, monkeypatch, tmp_path):
+    """The demo passes preflight on a machine without GPUs; a real preset stops there at once, naming
+    the profile and the demo."""
+    from hwocr.preflight import preflight
 
-
-@pytest.mark.parametrize("hardware", sorted(p.stem for p in (CONF / "hardware").glob("*.yaml")))
-def test_hardware_profiles(hardware):
-    hw = to_config(composed(f"hardware={hardware}")).hardware
-    batch = hw.per_device_batch * hw.grad_accum * hw.num_devices
-    assert hw.name == hardware
-    assert (hw.device, hw.num_devices, hw.dtype, hw.load_in_4bit, batch) == HARDWARE[hardware]
-    assert hw.gradient_checkpointing == (hw.device == "cuda")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    cfg = to_config(composed(f"+experiment={experiment}", f"dataset.root={tmp_path}"))
+    if experiment == "demo":
+        preflight(cfg)
+        return
+    with pytest.raises(PreflightError) as info:
+        preflight(cfg)
+    assert f"hardware={cfg.hardware.name}" in str(info.value) and "+experiment=demo" in str(info.value)
 
 
 def _leaves(node, prefix=""):
@@ -140,15 +151,68 @@ def test_mistyped_key_names_it():
         to_config(composed("+train.lrr=1"))
 
 
+def test_predict_refuses_the_run_only_keys_instead_of_ignoring_them():
+    """hwocr.predict's eval.* is the run's inference part: scoring keys would be silently unused."""
+    with pytest.raises(ConfigError, match=r"eval\.bootstrap_samples"):
+        to_predict_config(composed("images=x", "+eval.bootstrap_samples=10", config_name="predict"))
+
+
 def test_wrong_type_names_the_key():
     with pytest.raises((ValidationError, ConfigCompositionException)) as info:
         composed("train.max_steps=many")
     assert "max_steps" in str(info.value) + str(info.value.__cause__)
 
 
-def test_bad_choice_names_the_key():
-    with pytest.raises(ConfigError, match="model.image_mode"):
-        to_config(composed("model.image_mode=huge"))
+# an override with a value the schema's types allow but hwocr cannot use -> the key the error names
+BAD_VALUES = [
+    ("model.image_mode=huge", "model.image_mode"),
+    ("model.family=ocr3", "model.family"),
+    ("hardware.dtype=fp8", "hardware.dtype"),
+    ("hardware.device=tpu", "hardware.device"),
+    ("hardware.num_devices=0", "hardware.num_devices"),
+    ("hardware.per_device_batch=0", "hardware.per_device_batch"),
+    ("hardware.grad_accum=0", "hardware.grad_accum"),
+    ("eval.batch_size=-1", "eval.batch_size"),
+    ("eval.encode_threads=0", "eval.encode_threads"),
+    ("eval.repetition_guard.window=3", "eval.repetition_guard"),  # shorter than its 20-gram
+]
+RUN_ONLY_BAD_VALUES = [
+    ("dataset.val_fraction=1.0", "dataset.val_fraction"),
+    ("dataset.level=page", "dataset.level"),
+    ("backend=vllm", "backend"),
+    ("stages=[base_eval,test]", "stages"),
+]
+
+
+@pytest.mark.parametrize(("override", "key"), BAD_VALUES + RUN_ONLY_BAD_VALUES)
+def test_a_bad_value_is_a_config_error_naming_its_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        to_config(composed(override))
+
+
+@pytest.mark.parametrize(("override", "key"), BAD_VALUES + [("max_new_tokens=0", "max_new_tokens")])
+def test_predict_refuses_what_the_run_refuses(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        to_predict_config(composed(override, "images=x", config_name="predict"))
+
+
+def test_predict_without_images_names_the_key():
+    with pytest.raises(ConfigError, match="images must be set"):
+        to_predict_config(composed(config_name="predict"))
+
+
+def test_gundam_on_deepseek_ocr2_is_dynamic_with_a_deprecation_warning(caplog):
+    with caplog.at_level(logging.WARNING, logger="hwocr.config"):
+        run_cfg = to_config(composed("model=deepseek_ocr2", "model.image_mode=gundam"))
+        predict_cfg = to_predict_config(
+            composed("model=deepseek_ocr2", "model.image_mode=gundam", "images=x", config_name="predict")
+        )
+    assert run_cfg.model.image_mode == predict_cfg.model.image_mode == "dynamic"
+    assert caplog.text.count("model.image_mode=gundam is deprecated") == 2
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="hwocr.config"):
+        v1 = to_config(composed("model=deepseek_ocr", PINNED, "model.image_mode=gundam"))
+    assert v1.model.image_mode == "gundam" and caplog.text == ""  # v1's own mode of that name
 
 
 def test_remote_code_needs_a_pinned_revision():

@@ -13,8 +13,16 @@ from mlflow.tracking import MlflowClient
 from spec import METRIC_KEYS, PREDICTION_COLUMNS
 
 from hwocr.config import register_schema
+from tests.conftest import small_demo
 
 ROOT = Path(__file__).resolve().parents[1]
+DEMO_RUN = {
+    "train.max_steps": 6,
+    "train.save_steps": 3,
+    "train.eval_steps": 3,
+    "dataset.max_train_samples": 24,
+    "dataset.max_eval_samples": 6,
+}
 register_schema()
 
 
@@ -27,14 +35,7 @@ def demo_run(tmp_path_factory):
             sys.executable,
             "-m",
             "hwocr.run",
-            "+experiment=demo",
-            "train.max_steps=6",
-            "train.save_steps=3",
-            "train.eval_steps=3",
-            "train.logging_steps=1",
-            "dataset.max_train_samples=24",
-            "dataset.max_eval_samples=6",
-            "dataset.synth.lines_per_writer=4",
+            *small_demo(DEMO_RUN),
             f"hydra.run.dir={run_dir}",
             f"tracking.uri=sqlite:///{db}",
         ],
@@ -151,11 +152,9 @@ def test_reevaluate_an_adapter_only(demo_run, tmp_path, monkeypatch, run_cli):
     run_dir, _, _ = demo_run
     monkeypatch.setenv("HWOCR_CACHE", str(run_dir.parent / "cache"))
     code = run_cli(
-        "+experiment=demo",
+        *small_demo(DEMO_RUN),  # the same test set
         "stages=[tuned_eval]",
         f"eval.adapter={run_dir / 'adapter'}",
-        "dataset.max_eval_samples=6",
-        "dataset.synth.lines_per_writer=4",
         f"hydra.run.dir={tmp_path / 'again'}",
         f"tracking.uri=sqlite:///{tmp_path / 'db'}",
     )

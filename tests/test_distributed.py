@@ -14,18 +14,11 @@ from mlflow.tracking import MlflowClient
 
 from hwocr import distributed
 from hwocr.distributed import Rank, interleave, shard
+from tests.conftest import small_demo
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = [
-    "+experiment=demo",
-    "train.max_steps=3",
-    "train.logging_steps=1",
-    "train.save_steps=100",
-    "train.eval_steps=100",
-    "dataset.max_train_samples=24",
-    "dataset.max_eval_samples=7",  # odd: the shards differ in size
-    "dataset.synth.lines_per_writer=4",
-]
+# an odd number of test samples: the shards differ in size
+SMALL = small_demo({"train.max_steps": 3, "dataset.max_train_samples": 24, "dataset.max_eval_samples": 7})
 
 
 @pytest.mark.parametrize("n_items", [0, 1, 5, 7, 8])

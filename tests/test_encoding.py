@@ -57,13 +57,6 @@ def test_no_encoding_thread_is_a_config_error():
         validate(cfg)
 
 
-def test_no_encoding_thread_is_refused_by_predict_too(tmp_path):
-    from hwocr.predict import PredictConfig, predict
-
-    with pytest.raises(ConfigError, match="encode_threads"):
-        predict(PredictConfig(images=str(tmp_path), encode_threads=0))
-
-
 def _counting_joins(monkeypatch, pins: list | None = None) -> list[int]:
     """Slices per joined batch; `pins` gets whether each was to be page-locked (joined pageable:
     a CPU build of torch has no page-locked memory)."""

@@ -22,7 +22,7 @@ from tests.conftest import composed
 
 PROMPT = "<image>\nFree OCR."
 SIXTEEN_BIT = HardwareConfig()
-PACKED = HardwareConfig(load_in_4bit=True)  # optimize=true: NF4-packed experts
+PACKED = HardwareConfig(load_in_4bit=True)  # model.memory_optimizations (default): NF4-packed experts
 PATHS = pytest.mark.parametrize("hardware", [SIXTEEN_BIT, PACKED], ids=["16-bit", "nf4-packed"])
 
 register_schema()

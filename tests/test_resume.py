@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
 from hwocr.train.checkpoints import checkpoint_problem
+from tests.conftest import small_demo
 
 pytestmark = pytest.mark.slow
 
@@ -30,14 +31,7 @@ def command(work: Path, name: str, save_steps: int = 2) -> list[str]:
         sys.executable,
         "-m",
         "hwocr.run",
-        "+experiment=demo",
-        "train.max_steps=8",
-        f"train.save_steps={save_steps}",
-        "train.logging_steps=1",
-        "train.eval_steps=100",
-        "dataset.max_train_samples=16",
-        "dataset.max_eval_samples=4",
-        "dataset.synth.lines_per_writer=4",
+        *small_demo({"train.max_steps": 8, "train.save_steps": save_steps, "dataset.max_train_samples": 16}),
         "stages=[train]",
         f"hydra.run.dir={work / name}",
         f"tracking.uri=sqlite:///{work / name}.db",

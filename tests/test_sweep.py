@@ -16,17 +16,10 @@ import pandas as pd
 import pytest
 from browser import CHROMIUM, CHROMIUM_ARGS, server_args, start_mlflow, stop
 
+from tests.conftest import small_demo
+
 REPO = Path(__file__).resolve().parents[1]
-SMALL = [
-    "+experiment=demo",
-    "train.max_steps=2",
-    "dataset.max_train_samples=8",
-    "dataset.max_eval_samples=4",
-    "train.save_steps=100",
-    "train.eval_steps=100",
-    "dataset.synth.lines_per_writer=4",
-    "eval.bootstrap_samples=200",
-]
+SMALL = small_demo()
 # the launcher tests need a job that works and one that fails, not training: this halves their time
 BASE_EVAL_ONLY = ["stages=[base_eval]", "dataset.max_eval_samples=2"]
 SWEEP_TIMEOUT_S = 420

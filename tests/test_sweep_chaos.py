@@ -30,21 +30,13 @@ from browser import server_args, start_mlflow, stop
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
+from tests.conftest import small_demo
+
 pytestmark = pytest.mark.slow
 
 SECRET = "hf_chaos-secret-value"
 JOBS = ["lora=r8,r16", "train.lr=1e-3,2e-3"]  # 4 jobs
-SMALL = [
-    "+experiment=demo",
-    "train.max_steps=6",
-    "train.save_steps=2",
-    "train.logging_steps=1",
-    "train.eval_steps=100",
-    "dataset.max_train_samples=8",
-    "dataset.max_eval_samples=2",
-    "dataset.synth.lines_per_writer=4",
-    "eval.bootstrap_samples=100",
-]
+SMALL = small_demo({"train.max_steps": 6, "train.save_steps": 2, "dataset.max_eval_samples": 2})
 SUBMISSION_TIMEOUT_S = 480  # one submission of the sweep, start to exit
 EVENT_TIMEOUT_S = 240  # any one thing the test waits for
 MAX_SUBMISSIONS = 5

@@ -233,12 +233,13 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
 
 def attach_adapter(model: PreTrainedModel, adapter_dir: Path) -> PeftModel:
     """Load a saved PEFT adapter (adapter_config.json + adapter_model.safetensors) for inference."""
+    from hwocr.errors import CheckpointError, ConfigError, ModelLoadError
+
     if not (adapter_dir / "adapter_config.json").is_file():
-        raise FileNotFoundError(
-            f"{adapter_dir} is not a PEFT adapter: it has no adapter_config.json "
+        raise ConfigError(
+            f"eval.adapter={adapter_dir} is not a PEFT adapter: it has no adapter_config.json "
             "(point eval.adapter at the run's adapter/ dir or a Trainer checkpoint-N dir)"
         )
-    from hwocr.errors import CheckpointError, ModelLoadError
 
     try:
         require_safetensors(adapter_dir, "adapter")  # refuses a pickled adapter_model.bin
