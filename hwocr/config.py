@@ -1,9 +1,11 @@
 """The config schema.
 
 Hydra composes `conf/`; these dataclasses are registered as its schema, so a mistyped key or a
-wrong type fails at composition (also under `--cfg job`) with a message naming the key. The
-entrypoint converts the composed config to these dataclasses once; no other module sees a
-DictConfig.
+wrong type fails at composition (also under `--cfg job`) with a message naming the key. Each
+entrypoint converts the composed config to these dataclasses once (`to_config` for hwocr.run,
+`to_predict_config` for hwocr.predict); no other module sees a DictConfig. The two share the model,
+hardware and inference (`eval.*`) sections and the functions that validate them, so whatever the
+run refuses to load, predict refuses too.
 """
 
 import logging
@@ -41,10 +43,9 @@ class ModelConfig:
     image_size: int = 1024
     tile_size: int = 768
     # ocr2: dynamic = DeepSeek's own mode, a global view at image_size plus tile_size crops of wide
-    # images; base = the global view alone; small = one view at tile_size (768 px for DeepSeek-OCR-2).
+    # images; base = the global view alone; small = one view at tile_size (768 px).
     # ocr1: tiny 512, small 640, base 1024, large 1280 (one view each), gundam (global + tiles).
-    # `small` is one view in both families, but not the same size: v1's is its fixed 640 px preset,
-    # DeepSeek-OCR-2's follows tile_size (768 px).
+    # So `small` is one view in both families, but 768 px on DeepSeek-OCR-2 and 640 px on v1.
     image_mode: str = "base"
     prompt: str = DEFAULT_PROMPT
     # ocr2 only: hwocr's memory savings, each computing what the stock model computes

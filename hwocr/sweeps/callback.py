@@ -12,8 +12,8 @@ and a sweep that survives preemption: resubmitting the same command finishes it.
 - Resubmitted (same command, same `hydra.sweep.dir`), it reopens that parent run instead, after
   checking that the overrides are the ones the sweep was started with; each job then skips, resumes
   or reruns itself (hwocr/sweeps/resume.py).
-- A job that fails does not stop the sweep: run.py's `main` calls `job_failed()`, which records the
-  error in `<job dir>/job_status.json` and returns NaN (Optuna marks that trial FAILED). The job's
+- A job that fails does not stop the sweep: hwocr/sweeps/job.py calls `job_failed()`, which records
+  the error in `<job dir>/job_status.json` and returns NaN (Optuna marks that trial FAILED). The job's
   MLflow run ends FAILED; if the job failed before it created its run, on_job_end creates a FAILED
   child for it (and records it in the job dir, so a rerun continues that child), so no job goes
   missing.
@@ -302,7 +302,7 @@ class MlflowSweepCallback(Callback):
         if recorded is not None and not same_overrides(
             recorded, [str(o) for o in config.hydra.overrides.task]
         ):
-            return  # the dir is another job's (refused by run.py): leave its record alone
+            return  # the dir is another job's (refused by job.py): leave its record alone
         if status.get("status") == resume.INTERRUPTED:
             return  # stopped by a signal; the sweep is stopping too
         if job_return.status == JobStatus.FAILED and status.get("status") != "FAILED":

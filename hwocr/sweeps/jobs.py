@@ -1,6 +1,6 @@
 """The job side of a sweep: which keys it varies, what each job got, and the files in the sweep dir
 that tie jobs to the parent run (mlflow_parent.json) and record how each job ended (job_status.json).
-The callback (hwocr/sweeps/callback.py) writes the first, run.py and the callback the second, and
+The callback (hwocr/sweeps/callback.py) writes the first, job.py and the callback the second, and
 the comparison (hwocr/sweeps/compare.py) reads both."""
 
 import logging
@@ -75,7 +75,7 @@ def command_line(argv: list[str] | None = None) -> str:
     return shlex.join(argv)
 
 
-# --- the job side (run.py) ------------------------------------------------------------------------
+# --- the job side (job.py) ------------------------------------------------------------------------
 
 
 @dataclass
