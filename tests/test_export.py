@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 MAX_NEW_TOKENS = 24
 # the demo's repetition guard (conf/experiment/demo.yaml), which the card's code must reproduce
-GUARD = ("repetition_guard.ngram=4", "repetition_guard.window=0")
+GUARD = ("eval.repetition_guard.ngram=4", "eval.repetition_guard.window=0")
 register_schema()
 
 
@@ -133,7 +133,7 @@ def predict_with_adapter(demo_run: Path, images: list[Path], tmp_path: Path, *ex
     code = hydra_main(
         hwocr.predict,
         f"model.source={demo_run.parent / 'cache' / 'tiny-deepseek-ocr2'}",
-        f"adapter={demo_run / 'adapter'}",
+        f"eval.adapter={demo_run / 'adapter'}",
         f"images={images[0].parent}",
         f"max_new_tokens={MAX_NEW_TOKENS}",
         f"output={output}",
@@ -222,7 +222,7 @@ print("peft: the adapter gives the exported weights")
 def test_the_export_runs_without_hwocr_as_hwocr_runs_the_adapter(demo_run, images, tmp_path):
     """`python -m hwocr.export run=... output=...`; then, in a fresh interpreter that never imports
     hwocr, the card's transformers code transcribes the images as `python -m hwocr.predict
-    adapter=...` does (same guard), and the adapter/ loads with plain PEFT into the same weights."""
+    eval.adapter=...` does (same guard), and the adapter/ loads with plain PEFT into the same weights."""
     assert any(global_view_shift(*Image.open(p).size, 128)[0] for p in images)  # the centring is exercised
     exported = tmp_path / "model"
     # tracking=false: the run's MLflow run keeps the module's export (test_the_export_is_logged_...)
@@ -247,7 +247,7 @@ def test_the_export_runs_without_hwocr_as_hwocr_runs_the_adapter(demo_run, image
     assert got == expected
     assert len(set(got.values())) > 1  # the images are told apart
     # the guard is reproduced, not idle: without it, hwocr transcribes otherwise
-    assert predict_with_adapter(demo_run, images, tmp_path, "repetition_guard.ngram=0") != expected
+    assert predict_with_adapter(demo_run, images, tmp_path, "eval.repetition_guard.ngram=0") != expected
 
 
 def test_hwocr_loads_the_exported_adapter_too(demo_run, exported):
@@ -257,8 +257,8 @@ def test_hwocr_loads_the_exported_adapter_too(demo_run, exported):
     from hwocr.config import HardwareConfig
     from hwocr.model import attach_adapter, load_model
 
-    model = read_run_config(demo_run).model
-    adapted = attach_adapter(load_model(model, HardwareConfig(optimize=False)), exported / "adapter")
+    model = dataclasses.replace(read_run_config(demo_run).model, memory_optimizations=False)
+    adapted = attach_adapter(load_model(model, HardwareConfig()), exported / "adapter")
     merged = adapted.merge_and_unload().state_dict()
     for key, value in AutoModelForImageTextToText.from_pretrained(exported).state_dict().items():
         assert torch.allclose(merged[key], value, atol=1e-6), key
@@ -272,8 +272,8 @@ def test_a_lora_on_the_vision_tower_is_merged_too(demo_run, tmp_path):
     from hwocr.config import HardwareConfig, LoraConfig
     from hwocr.model import load_model, prepare_for_training
 
-    model = read_run_config(demo_run).model
-    hardware = HardwareConfig(optimize=False)
+    model = dataclasses.replace(read_run_config(demo_run).model, memory_optimizations=False)
+    hardware = HardwareConfig()
     adapted = prepare_for_training(load_model(model, hardware), LoraConfig(vision="tower"), hardware)
     with torch.no_grad():  # a trained-looking adapter: B is zero at initialisation
         for name, param in adapted.named_parameters():

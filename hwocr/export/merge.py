@@ -4,6 +4,7 @@ import importlib.util
 import json
 import logging
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -26,9 +27,10 @@ def write_merged(source: ExportSource, output: Path) -> dict:
     Every LoRA the adapter holds is folded in: the projections' (target_modules), the routed experts'
     (target_parameters), and whole modules trained beside them (modules_to_save) replace the base's.
     Returns what was merged, for the export's record."""
-    hardware = HardwareConfig(device="cpu", dtype=source.dtype, load_in_4bit=False, optimize=False)
+    hardware = HardwareConfig(device="cpu", dtype=source.dtype, load_in_4bit=False)
     processor = load_processor(source.model)
-    model = attach_adapter(load_model(source.model, hardware), source.adapter_dir)
+    stock = replace(source.model, memory_optimizations=False)
+    model = attach_adapter(load_model(stock, hardware), source.adapter_dir)
     adapter = model.peft_config["default"]
     with torch.no_grad():
         merged = model.merge_and_unload(safe_merge=True)  # safe: a NaN from the merge is an error
