@@ -4,7 +4,8 @@
 # hwocr/model/live_vision.py), the T4 profile (fp16, 4-bit NF4 with the routed experts, crop mode,
 # expert LoRA, gradient checkpointing), through `python -m hwocr.run`, on 8 distinct word images that
 # are train and test set at once: with the images, and with every pixel zeroed (the control).
-# Wheels the GPU image lacks travel in .whl/ (benchmarks/README.md).
+# Wheels the GPU image lacks (bitsandbytes, hydra-core, mlflow-skinny, ...) travel in .whl/, as for
+# benchmarks/gpu_suite.sh.
 #   bash experiments/full_size_learning.sh spread seeing     (then: cut, vision_cost)
 set -u
 export PYTHONUNBUFFERED=1 TQDM_DISABLE=1 HWOCR_CACHE=/tmp/hwocr-cache
