@@ -202,7 +202,6 @@ def run_train(args, mcfg, hw, lora, processor, samples, result) -> None:
     from hwocr.model import load_model, prepare_for_training
     from hwocr.model.adapt import count_parameters, vision_tower
     from hwocr.model.expert_lora import adapted_expert_parameters
-    from hwocr.model.ocr1 import move_images
     from hwocr.train.loss import causal_lm_loss_on_targets
 
     cuda = torch.cuda.is_available() and args.device == "cuda"
@@ -228,7 +227,8 @@ def run_train(args, mcfg, hw, lora, processor, samples, result) -> None:
     batches = []
     for i in range(n_batches):
         batch = collator(samples[i * args.batch : (i + 1) * args.batch])
-        move_images(batch, device, dtype)  # v1's per-sample image tuples
+        if "images" in batch:  # v1's per-sample (tiles, global view) pairs
+            batch["images"] = [(t.to(device, dtype), g.to(device, dtype)) for t, g in batch["images"]]
         batches.append({k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()})
     result["sequence_length"] = int(batches[0]["input_ids"].shape[1])
     result["target_tokens_per_sample"] = round(
@@ -322,7 +322,7 @@ def run_train(args, mcfg, hw, lora, processor, samples, result) -> None:
 
 
 def make_collator(args, processor, dtype):
-    from hwocr.train.collator import OcrCollator
+    from hwocr.inputs import OcrCollator
 
     if args.pad_multiple is None:
         return OcrCollator(processor, DEFAULT_PROMPT, pixel_dtype=dtype)
@@ -447,8 +447,8 @@ def time_collator(args, processor, samples, dtype) -> float:
 
 def loss_match(args, mcfg, hw, lora, processor, samples, result) -> None:
     """Baseline loss (full logits, model.loss) vs optimized loss on the same batch and weights."""
+    from hwocr.inputs import OcrCollator
     from hwocr.model import load_model, prepare_for_training
-    from hwocr.train.collator import OcrCollator
     from hwocr.train.loss import causal_lm_loss_on_targets
 
     cuda = torch.cuda.is_available() and args.device == "cuda"
@@ -668,18 +668,18 @@ def float_views():
     """Transcription's batches encoded as before 8-bit views: the processor rescales and normalises
     on the CPU and float32 views go to the GPU. Only the views change: encode_samples stays the
     product's, its call to encode loses raw_pixels."""
-    from hwocr.evaluate import reference
+    from hwocr.inputs import processor as product
 
-    eight_bit = reference.encode
+    eight_bit = product.encode
 
     def encode_floats(processor, images, texts, raw_pixels=False, **kwargs):
         return eight_bit(processor, images, texts, **kwargs)
 
-    reference.encode = encode_floats
+    product.encode = encode_floats
     try:
         yield
     finally:
-        reference.encode = eight_bit
+        product.encode = eight_bit
 
 
 @contextlib.contextmanager
@@ -800,9 +800,7 @@ def _profile_batch(model, processor, samples, settings, args) -> dict:
     from hwocr.data import load_image
     from hwocr.evaluate.fast.decoding import can_graph, greedy_generate, grouped_experts_while_decoding
     from hwocr.evaluate.generate import _floating_dtype
-    from hwocr.model.load import encode
-    from hwocr.model.ocr1 import move_images
-    from hwocr.model.pixels import pixels_to_device
+    from hwocr.inputs import encode, pixels_to_device
 
     batch = samples[: settings.batch_size or 128]
     dtype = _floating_dtype(model)
@@ -820,7 +818,6 @@ def _profile_batch(model, processor, samples, settings, args) -> dict:
         lambda: encode(processor, images, prompts, raw_pixels=True, padding=True, return_tensors="pt")
     )
     inputs, t_to_device = timed(lambda: pixels_to_device(inputs, processor, "cuda", dtype))
-    move_images(inputs, "cuda", dtype)
     kwargs = dict(
         do_sample=False,
         num_beams=1,

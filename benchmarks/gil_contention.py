@@ -22,9 +22,9 @@ import bench  # noqa: E402  (the bench's synthetic lines)
 
 from hwocr.config import ModelConfig  # noqa: E402
 from hwocr.data import load_image  # noqa: E402
+from hwocr.inputs import encode  # noqa: E402
 from hwocr.io import write_atomic  # noqa: E402
 from hwocr.model import load_processor  # noqa: E402
-from hwocr.model.load import encode  # noqa: E402
 
 
 def main() -> dict:

@@ -67,7 +67,8 @@ def stage_spreads(model, pixel_values: torch.Tensor) -> dict[str, float]:
 def checkpoint_spreads(checkpoint: Path, dataset: Path, image_size: int = 1024) -> dict[str, float]:
     """stage_spreads of a saved DeepSeek-OCR-2 checkpoint over a word dataset's test images."""
     from hwocr.config import HardwareConfig, ModelConfig
-    from hwocr.model.load import encode, load_model, load_processor
+    from hwocr.inputs import encode
+    from hwocr.model.load import load_model, load_processor
 
     cuda = torch.cuda.is_available()
     hardware = HardwareConfig(device="cuda" if cuda else "cpu", dtype="bf16" if cuda else "fp32")

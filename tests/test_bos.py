@@ -7,10 +7,9 @@ import pytest
 import torch
 from tokenizers import processors
 
+from hwocr.inputs import OcrCollator, encode
+from hwocr.inputs.bos import with_one_bos
 from hwocr.model import load_processor
-from hwocr.model.bos import with_one_bos
-from hwocr.model.load import encode
-from hwocr.train.collator import OcrCollator
 
 PROMPT = "<image>\nFree OCR."
 # what the tokenizer's post-processor does to a single text

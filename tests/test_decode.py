@@ -16,9 +16,9 @@ from hwocr.config import DEFAULT_PROMPT, HardwareConfig
 from hwocr.evaluate.fast.decoding import can_graph, greedy_generate
 from hwocr.evaluate.generate import GenerationSettings, transcribe
 from hwocr.evaluate.guard import WindowedNoRepeatNGram
+from hwocr.inputs import encode
 from hwocr.model import load_model, load_processor
 from hwocr.model.adapt import unwrap
-from hwocr.model.load import encode
 
 NEW_TOKENS = 24
 

@@ -11,7 +11,7 @@ from hwocr.config import ConfigError, HardwareConfig
 from hwocr.evaluate.fast import encoding
 from hwocr.evaluate.fast.encoding import BatchEncoder, join_slices
 from hwocr.evaluate.generate import GenerationSettings, transcribe
-from hwocr.evaluate.reference import encode_samples
+from hwocr.inputs import encode_samples
 from hwocr.model import load_model, load_processor
 
 PROMPT = "<image>\nFree OCR."

@@ -13,11 +13,11 @@ from peft.tuners.lora import LoraLayer
 from hwocr.config import HardwareConfig, LoraConfig, register_schema, to_config
 from hwocr.errors import ConfigError
 from hwocr.evaluate.generate import GenerationSettings, max_new_tokens_for, transcribe
+from hwocr.inputs import OcrCollator
 from hwocr.model import attach_adapter, load_model, load_processor, merge_for_evaluation, prepare_for_training
 from hwocr.model.adapt import expert_targets
 from hwocr.model.expert_lora import PackedExpertsParamWrapper
 from hwocr.model.experts import QuantizedExpertsMixin
-from hwocr.train.collator import OcrCollator
 from tests.conftest import composed
 
 PROMPT = "<image>\nFree OCR."

@@ -12,7 +12,8 @@ import pytest
 from learning import WORDS, images_cut, stage_spreads, word_image, write_word_dataset
 
 from hwocr.config import HardwareConfig, register_schema
-from hwocr.model.load import encode, load_model, load_processor
+from hwocr.inputs import encode
+from hwocr.model.load import load_model, load_processor
 
 register_schema()
 

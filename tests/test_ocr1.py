@@ -11,9 +11,9 @@ from PIL import Image
 
 from hwocr.config import DEFAULT_PROMPT
 from hwocr.data import Sample, load_image
+from hwocr.inputs import IGNORE_INDEX, OcrCollator
 from hwocr.model import load_processor
 from hwocr.model.ocr1 import Ocr1Processor, closest_grid
-from hwocr.train.collator import IGNORE_INDEX, OcrCollator
 
 PROMPT = DEFAULT_PROMPT
 

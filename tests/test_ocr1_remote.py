@@ -17,8 +17,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from hwocr.data import Sample, load_image
+from hwocr.inputs import IGNORE_INDEX, OcrCollator
 from hwocr.model.ocr1 import Ocr1Processor, closest_grid
-from hwocr.train.collator import IGNORE_INDEX, OcrCollator
 
 CHECKPOINT = os.environ.get("HWOCR_V1_CHECKPOINT", "")
 PROMPT = "<image>\nFree OCR. "  # the model card's prompt; both sides strip the trailing space

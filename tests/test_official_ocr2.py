@@ -28,8 +28,8 @@ from PIL import Image, ImageDraw
 
 from hwocr.config import ModelConfig
 from hwocr.data import load_image
-from hwocr.model.load import encode, load_processor
-from hwocr.model.processor_setup import setup_of
+from hwocr.inputs import encode, setup_of
+from hwocr.model.load import load_processor
 
 OFFICIAL = os.environ.get("HWOCR_OCR2_OFFICIAL", "")
 HUB = os.environ.get("HWOCR_OCR2_HUB", "")
@@ -243,7 +243,7 @@ def test_vllm_no_crop_mode_has_no_hwocr_counterpart(images, official, processors
 
 
 def test_the_port_alone_differs_where_hwocr_adapts_it(images, official, processors):
-    """Without hwocr/model/views.py the port's views differ from infer()'s: one pixel of global-view
+    """Without hwocr/inputs/views.py the port's views differ from infer()'s: one pixel of global-view
     placement (1600x120, 1603x120 lines), EXIF orientation, and the small mode's squash. When this
     fails, transformers has converged on DeepSeek's behaviour and the adapter can go."""
     differs = {}

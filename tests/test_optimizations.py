@@ -14,9 +14,9 @@ import torch
 from hwocr.config import DEFAULT_PROMPT, HardwareConfig, LoraConfig, ModelConfig
 from hwocr.data import Sample
 from hwocr.evaluate.generate import GenerationSettings, transcribe
+from hwocr.inputs import OcrCollator
 from hwocr.model import load_model, load_processor, prepare_for_training
 from hwocr.model.vision import chunk_vision_tower, chunking, fold_sam_rel_pos
-from hwocr.train.collator import OcrCollator
 from hwocr.train.loss import causal_lm_loss_on_targets, target_columns
 
 PROMPT = DEFAULT_PROMPT

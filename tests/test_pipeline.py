@@ -15,9 +15,8 @@ from hwocr.evaluate.generate import (
     max_new_tokens_for,
     transcribe,
 )
+from hwocr.inputs import IGNORE_INDEX, OcrCollator, image_mode_settings
 from hwocr.model import attach_adapter, load_model, load_processor, prepare_for_training, vision_tower
-from hwocr.model.load import image_mode_settings
-from hwocr.train.collator import IGNORE_INDEX, OcrCollator
 
 PROMPT = DEFAULT_PROMPT
 

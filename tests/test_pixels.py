@@ -1,4 +1,4 @@
-"""8-bit views normalised on the device (hwocr/model/pixels.py) equal the processor's own, bit for bit."""
+"""8-bit views normalised on the device (hwocr/inputs/pixels.py) equal the processor's own, bit for bit."""
 
 import numpy as np
 import pytest
@@ -6,8 +6,9 @@ import torch
 from PIL import Image
 
 from hwocr.config import ModelConfig
-from hwocr.model.load import encode, load_processor
-from hwocr.model.pixels import normalization_table, pixels_to_device
+from hwocr.inputs import encode, pixels_to_device
+from hwocr.inputs.pixels import normalization_table
+from hwocr.model.load import load_processor
 
 PROMPT = "<image>\nFree OCR."
 # wide (crops in dynamic mode), an odd margin (the global view rolled by views.py), tall, square
@@ -52,7 +53,7 @@ def test_the_table_is_the_processors_arithmetic(tiny_model_config):
 def test_a_table_that_cannot_be_built_leaves_normalising_to_the_processor(
     tiny_model_config, monkeypatch, caplog
 ):
-    import hwocr.model.pixels as pixels
+    import hwocr.inputs.pixels as pixels
 
     def broken(image_processor):
         raise TypeError("unhashable type: 'list'")

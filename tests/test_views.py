@@ -1,4 +1,4 @@
-"""hwocr's DeepSeek-OCR-2 views follow DeepSeek's own preprocessing (hwocr/model/views.py), checked
+"""hwocr's DeepSeek-OCR-2 views follow DeepSeek's own preprocessing (hwocr/inputs/views.py), checked
 against the PIL calls DeepSeek's infer() makes; tests/test_official_ocr2.py runs DeepSeek's code
 itself. Also: deepseek-ai's own config layout read as a native config, and the loader's guards."""
 
@@ -11,10 +11,11 @@ from PIL import Image, ImageDraw, ImageOps
 
 from hwocr.config import ModelConfig
 from hwocr.errors import ModelLoadError
+from hwocr.inputs import encode
+from hwocr.inputs.views import global_view_shift
 from hwocr.model.architecture import full_size_config
-from hwocr.model.load import _require_every_weight, encode, load_processor, warn_unpinned
+from hwocr.model.load import _require_every_weight, load_processor, warn_unpinned
 from hwocr.model.official import is_official, native_config
-from hwocr.model.views import global_view_shift
 
 PROMPT = "<image>\nFree OCR."
 # wide, tall and square; (1600, 163) and (128, 125) leave a margin of 4k+3 at side 128, where

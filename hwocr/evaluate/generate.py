@@ -28,11 +28,10 @@ from hwocr.evaluate.fast.decoding import can_graph, greedy_generate, grouped_exp
 from hwocr.evaluate.fast.encoding import BatchEncoder, empty_pinned_cache
 from hwocr.evaluate.fast.vision import compiled_vision
 from hwocr.evaluate.guard import WindowedNoRepeatNGram, token_ids
-from hwocr.evaluate.reference import InlineEncoder, encode_samples, reference_generate
+from hwocr.evaluate.reference import InlineEncoder, reference_generate
+from hwocr.inputs import encode_samples, pixels_to_device
 from hwocr.metrics import Prediction
 from hwocr.model.adapt import vision_tower
-from hwocr.model.ocr1 import move_images
-from hwocr.model.pixels import pixels_to_device
 from hwocr.text import normalize_text
 
 log = logging.getLogger(__name__)
@@ -205,7 +204,6 @@ def generate_ids(
     Graphed decoding where settings and model allow it (fast/decoding.py), transformers' generate
     otherwise; on GPUs either keeps the experts' grouped_mm kernel while decoding."""
     inputs = pixels_to_device(inputs, processor, device, dtype)
-    move_images(inputs, device, dtype)  # DeepSeek-OCR v1's per-sample (tiles, global view) pairs
     tokenizer = processor.tokenizer
     prompt_length = inputs["input_ids"].shape[1]
     guard = settings.guard(prompt_length, (tokenizer.eos_token_id,))

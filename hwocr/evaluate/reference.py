@@ -1,4 +1,4 @@
-"""The reference evaluation path: each batch through the processor, then transformers' `generate`.
+"""The reference evaluation path: each batch encoded (hwocr/inputs/), then transformers' `generate`.
 
 Greedy decoding with the repetition guard as a logits processor, nothing else. The fast path
 (evaluate/fast/) must produce the same tokens (tests/test_evaluation_paths.py).
@@ -9,15 +9,8 @@ from collections.abc import Callable, Sequence
 import torch
 from transformers import BatchFeature, LogitsProcessorList
 
-from hwocr.data import Sample, load_image
-from hwocr.model.load import encode
-
-
-def encode_samples(processor, samples: Sequence[Sample], prompt: str) -> BatchFeature:
-    """The processor's inputs for `samples`: 8-bit views where supported, prompts left-padded."""
-    images = [load_image(sample.image) for sample in samples]
-    prompts = [prompt] * len(samples)
-    return encode(processor, images, prompts, raw_pixels=True, padding=True, return_tensors="pt")
+from hwocr.data import Sample
+from hwocr.inputs import encode_samples
 
 
 class InlineEncoder:

@@ -9,11 +9,8 @@ from transformers import AutoProcessor, BitsAndBytesConfig, PreTrainedModel, Pro
 
 from hwocr.config import DTYPES, HardwareConfig, ModelConfig, is_local_dir
 from hwocr.errors import ModelLoadError
-from hwocr.model.bos import with_one_bos
+from hwocr.inputs.settings import set_up_processor
 from hwocr.model.official import is_official, native_config, native_processor, read_config
-from hwocr.model.pixels import RAW_PIXELS, supports_raw_pixels
-from hwocr.model.processor_setup import ProcessorSetup, set_up, setup_of
-from hwocr.model.views import follow_pil_centering, squash, upright
 from hwocr.preflight import require_ocr1_transformers
 
 log = logging.getLogger(__name__)
@@ -27,22 +24,6 @@ OCR1_NOT_QUANTIZED = ["model.sam_model", "model.vision_model", "model.projector"
 
 def torch_dtype(hardware: HardwareConfig) -> torch.dtype:
     return getattr(torch, DTYPES[hardware.dtype])
-
-
-def image_mode_settings(cfg: ModelConfig) -> dict:
-    """Image-processor settings for a mode.
-
-    The processor counts image tokens from its *instance* size and tile_size, so the mode is set on
-    the processor itself rather than passed per call (a per-call size gives "Image features and
-    image tokens do not match").
-    """
-    if cfg.image_mode == "base":
-        side, tile, crop = cfg.image_size, cfg.image_size, False
-    elif cfg.image_mode == "small":
-        side, tile, crop = cfg.tile_size, cfg.tile_size, False
-    else:  # dynamic: a global view plus tile crops of wide images, as DeepSeek's code does
-        side, tile, crop = cfg.image_size, cfg.tile_size, True
-    return {"size": {"height": side, "width": side}, "tile_size": tile, "crop_to_patches": crop}
 
 
 def resolve_source(cfg: ModelConfig) -> tuple[str, str | None]:
@@ -77,54 +58,7 @@ def load_processor(cfg: ModelConfig) -> ProcessorMixin:
             processor = AutoProcessor.from_pretrained(
                 source, revision=revision, trust_remote_code=cfg.trust_remote_code
             )
-    settings = image_mode_settings(cfg)
-    # size and tile_size are read from the instance when image tokens are counted...
-    processor.image_processor.size = settings["size"]
-    processor.image_processor.tile_size = settings["tile_size"]
-    processor.image_processor.crop_to_patches = settings["crop_to_patches"]
-    # ...but the processor's class-level default crop_to_patches=True beats the instance attribute,
-    # so it must be passed on every call: encode() does that. The tokenizer adds no special tokens:
-    # encode() puts exactly one BOS in front, as DeepSeek's code does (model/bos.py).
-    if processor.tokenizer.bos_token_id is None:
-        raise ModelLoadError(
-            f"the tokenizer of model.source={cfg.source!r} names no BOS token; DeepSeek-OCR-2 prompts "
-            "start with one (DeepSeek's code hard-codes id 0)"
-        )
-    set_up(
-        processor,
-        ProcessorSetup(
-            call_kwargs={"crop_to_patches": settings["crop_to_patches"], "add_special_tokens": False},
-            # infer(image_size=768, crop_mode=False) squashes; base (image_size 1024) pads as the port does
-            squash=settings["size"]["height"] if cfg.image_mode == "small" else None,
-        ),
-    )
-    processor.tokenizer.padding_side = "left"  # batched generation
-    return processor
-
-
-def encode(processor: ProcessorMixin, images: list, texts: list[str], raw_pixels: bool = False, **kwargs):
-    """Run the processor with the image mode chosen in load_processor, on the views DeepSeek's own
-    code builds where the port's differ (hwocr/model/views.py); for DeepSeek-OCR-2, each prompt
-    starts with exactly one BOS (hwocr/model/bos.py; v1's Ocr1Processor puts its own BOS first).
-
-    raw_pixels: DeepSeek-OCR-2's views stay 8-bit, for model/pixels.py to normalise on the GPU."""
-    images = upright(images)
-    setup = setup_of(processor)  # None: v1's processor, which needs none of this
-    if setup is not None and setup.squash:
-        images = squash(images, setup.squash)
-    if raw_pixels and supports_raw_pixels(processor):
-        kwargs = {**kwargs, **RAW_PIXELS}
-    encoded = processor(images=images, text=texts, **(setup.call_kwargs if setup else {}), **kwargs)
-    if setup is not None:
-        side = processor.image_processor.size["height"]  # the global view's side in every hwocr mode
-        encoded["pixel_values"] = follow_pil_centering(
-            encoded["pixel_values"], [im.size for im in images], side
-        )
-        tokenizer = processor.tokenizer
-        encoded = with_one_bos(
-            encoded, tokenizer.bos_token_id, tokenizer.pad_token_id, tokenizer.padding_side
-        )
-    return encoded
+    return set_up_processor(processor, cfg)
 
 
 def official_layout(cfg: ModelConfig, source: str, revision: str | None) -> bool:

@@ -163,13 +163,6 @@ class Ocr1Processor:
         )
 
 
-def move_images(inputs, device, dtype) -> None:
-    """BatchFeature.to moves tensors only: v1's `images` is a list of (tiles, global) tuples, moved
-    and cast to the model's dtype here, in place (a no-op for inputs without `images`)."""
-    if "images" in inputs:
-        inputs["images"] = [(t.to(device, dtype), g.to(device, dtype)) for t, g in inputs["images"]]
-
-
 def view_tokens(side: int) -> int:
     rows = side // PIXELS_PER_FEATURE
     return rows * (rows + 1)  # a newline feature ends each row

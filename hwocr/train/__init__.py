@@ -1,4 +1,3 @@
-from hwocr.train.collator import OcrCollator
 from hwocr.train.trainer import TrainResult, train
 
-__all__ = ["OcrCollator", "TrainResult", "train"]
+__all__ = ["TrainResult", "train"]

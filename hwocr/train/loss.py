@@ -12,7 +12,7 @@ number as transformers' full-logits ForCausalLMLoss.
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100
+from hwocr.inputs import IGNORE_INDEX
 
 
 def target_columns(labels: torch.Tensor) -> torch.Tensor:

@@ -13,10 +13,10 @@ from hwocr import distributed
 from hwocr.config import Config
 from hwocr.data import Sample
 from hwocr.errors import TrainingInterrupted
+from hwocr.inputs import OcrCollator
 from hwocr.io import atomic_directory
 from hwocr.train import checkpoints
 from hwocr.train.checkpoints import CompletionMarker, GracefulStop
-from hwocr.train.collator import OcrCollator
 from hwocr.train.loss import causal_lm_loss_on_targets
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""Encode transcription batches (images read, the processor run) beside the GPU.
+"""Encode transcription batches (hwocr.inputs.encode_samples) beside the GPU.
 
 A thread beside transcribe's main thread encodes the next batch while the GPU works. With the
 compiled tower and graphed decoding, one processor call per batch could not keep up on the GPU host
@@ -18,9 +18,7 @@ from transformers import BatchFeature
 
 from hwocr.compat import empty_host_cache, set_allocator_settings
 from hwocr.data import Sample
-from hwocr.evaluate.reference import encode_samples
-from hwocr.model.pixels import supports_raw_pixels
-from hwocr.model.processor_setup import copy_processor, setup_of
+from hwocr.inputs import copy_processor, encode_samples, setup_of, supports_raw_pixels
 
 # the keys a DeepSeek-OCR-2 processor returns; token rows are padded, the rest stacked per image
 TOKEN_KEYS = ("input_ids", "attention_mask")

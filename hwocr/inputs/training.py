@@ -1,4 +1,4 @@
-"""Turn samples into model batches: prompt + image tokens + target + EOS, labels only on the target."""
+"""Training batches: prompt + image tokens + target + EOS, labels only on the target."""
 
 from collections.abc import Sequence
 
@@ -6,7 +6,8 @@ import torch
 from transformers import ProcessorMixin
 
 from hwocr.data import Sample, load_image
-from hwocr.model.load import encode
+from hwocr.inputs.processor import encode
+from hwocr.inputs.settings import setup_of
 from hwocr.model.ocr1 import Ocr1Processor
 
 IGNORE_INDEX = -100
@@ -23,6 +24,9 @@ class OcrCollator:
     Each sample is processed alone because gundam crops give each image its own number of image
     tokens; the prompt part (BOS, image tokens, instruction) is masked with -100 so the loss is on
     the transcription and the EOS that ends it.
+
+    The collator holds the processor's setup itself: a DataLoader that starts its workers by spawn
+    or forkserver pickles the collator, and the copy must encode as this one does.
     """
 
     def __init__(
@@ -33,6 +37,7 @@ class OcrCollator:
         pad_to_multiple_of: int = PAD_TO_MULTIPLE_OF,
     ):
         self.processor = processor
+        self.setup = setup_of(processor)  # None: v1's processor
         self.pad_to_multiple_of = pad_to_multiple_of
         self.pixel_dtype = pixel_dtype  # the processor emits float32; fp16/bf16 layers need their own
         self.prompt = prompt
@@ -43,7 +48,13 @@ class OcrCollator:
             return self._collate_ocr1(samples)
         sequences, labels, pixel_values, local_values, n_local = [], [], [], [], []
         for sample in samples:
-            encoded = encode(self.processor, [load_image(sample.image)], [self.prompt], return_tensors="pt")
+            encoded = encode(
+                self.processor,
+                [load_image(sample.image)],
+                [self.prompt],
+                setup=self.setup,
+                return_tensors="pt",
+            )
             prompt_ids, target_ids = encoded["input_ids"][0], self._target(sample)
             sequences.append(torch.cat([prompt_ids, target_ids]))
             labels.append(torch.cat([torch.full_like(prompt_ids, IGNORE_INDEX), target_ids]))

@@ -1,7 +1,7 @@
 """Exactly one BOS at the start of every prompt, whatever the tokenizer's post-processor does.
 
 DeepSeek's own code builds the prompt as BOS (id 0, hard-coded) followed by the prompt text tokenized
-with add_special_tokens=False. hwocr tokenizes the same way (load.encode passes
+with add_special_tokens=False. hwocr tokenizes the same way (encode() in processor.py passes
 add_special_tokens=False) and puts the tokenizer's BOS in front itself, so a checkpoint whose
 tokenizer adds no BOS, or adds one of its own, still gets what DeepSeek's code feeds the model.
 """

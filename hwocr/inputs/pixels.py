@@ -13,7 +13,7 @@ import logging
 import numpy as np
 import torch
 
-from hwocr.model.processor_setup import setup_of
+from hwocr.inputs.settings import setup_of
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ _CHUNK = 32  # views per lookup: bounds the int64 index tensor's size
 
 
 def supports_raw_pixels(processor) -> bool:
-    """DeepSeek-OCR-2 processors set up by load_processor, with one of transformers' two image
+    """DeepSeek-OCR-2 processors set up by set_up_processor, with one of transformers' two image
     backends (v1's processor normalises itself). The table is built here, once: if that fails, the
     processor keeps normalising (a warning says why) rather than every batch failing later."""
     from transformers.image_processing_backends import PilBackend, TorchvisionBackend
@@ -67,8 +67,10 @@ def normalization_table(image_processor) -> torch.Tensor:
 
 def pixels_to_device(inputs, processor, device, dtype: torch.dtype):
     """Move a processor batch to `device`; its image views become `dtype`, 8-bit ones normalised
-    on the way."""
+    on the way (DeepSeek-OCR v1's per-sample (tiles, global view) pairs too)."""
     inputs = inputs.to(device, non_blocking=True)  # asynchronous from page-locked memory
+    if "images" in inputs:  # v1's: BatchFeature.to moves tensors only, not a list of tuples
+        inputs["images"] = [(t.to(device, dtype), g.to(device, dtype)) for t, g in inputs["images"]]
     for key in PIXEL_KEYS:
         if key not in inputs:
             continue
