@@ -13,7 +13,7 @@ import logging
 import numpy as np
 import torch
 
-from hwocr.inputs.settings import setup_of
+from hwocr.inputs.settings import ProcessorSetup, setup_of
 
 log = logging.getLogger(__name__)
 
@@ -22,13 +22,15 @@ RAW_PIXELS = {"do_rescale": False, "do_normalize": False}
 _CHUNK = 32  # views per lookup: bounds the int64 index tensor's size
 
 
-def supports_raw_pixels(processor) -> bool:
-    """DeepSeek-OCR-2 processors set up by set_up_processor, with one of transformers' two image
-    backends (v1's processor normalises itself). The table is built here, once: if that fails, the
-    processor keeps normalising (a warning says why) rather than every batch failing later."""
+def supports_raw_pixels(processor, setup: ProcessorSetup | None = None) -> bool:
+    """DeepSeek-OCR-2 processors set up by set_up_processor (`setup`: its settings, when the caller
+    holds them), with one of transformers' two image backends (v1's processor normalises itself).
+    The table is built here, once: if that fails, the processor keeps normalising (a warning says
+    why) rather than every batch failing later."""
     from transformers.image_processing_backends import PilBackend, TorchvisionBackend
 
-    setup = setup_of(processor)
+    if setup is None:
+        setup = setup_of(processor)
     if setup is None:
         return False
     if not setup.pixel_table_built:

@@ -31,7 +31,7 @@ def encode(
         setup = setup_of(processor)  # still None: v1's processor, which needs none of this
     if setup is not None and setup.squash:
         images = squash(images, setup.squash)
-    if raw_pixels and supports_raw_pixels(processor):
+    if raw_pixels and supports_raw_pixels(processor, setup):
         kwargs = {**kwargs, **RAW_PIXELS}
     encoded = processor(images=images, text=texts, **(setup.call_kwargs if setup else {}), **kwargs)
     if setup is not None:

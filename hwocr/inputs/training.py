@@ -21,7 +21,7 @@ PAD_TO_MULTIPLE_OF = 32
 class OcrCollator:
     """Builds right-padded training batches.
 
-    Each sample is processed alone because gundam crops give each image its own number of image
+    Each sample is processed alone because crop mode gives each image its own number of image
     tokens; the prompt part (BOS, image tokens, instruction) is masked with -100 so the loss is on
     the transcription and the EOS that ends it.
 
@@ -74,7 +74,7 @@ class OcrCollator:
         """DeepSeek-OCR v1: the image-position mask runs along input_ids, so it is padded with them."""
         sequences, labels, image_masks, views, grids = [], [], [], [], []
         for sample in samples:
-            encoded = self.processor([load_image(sample.image)], self.prompt)
+            encoded = encode(self.processor, [load_image(sample.image)], [self.prompt])
             prompt_ids, target_ids = encoded["input_ids"][0], self._target(sample)
             sequences.append(torch.cat([prompt_ids, target_ids]))
             labels.append(torch.cat([torch.full_like(prompt_ids, IGNORE_INDEX), target_ids]))
