@@ -78,7 +78,7 @@ for phase in "$@"; do case $phase in
     b h200_generate_static_cudagraphs_base_b256 --task generate --dtype bf16 --gen-images 512 --gen-batch 256 --new-tokens 48 --gen-cache static --gen-compile-backend cudagraphs ;;
   vision)  # ways of running the vision tower: transformers' layers, folded rel-pos, FlexAttention, compiled
     timeout ${LIMIT:-300} python3 benchmarks/vision_variants.py --repeats 3 --json "$RES/h200_vision_variants.json" 2>&1 | grep -v "Warning\|warn(" ;;
-  rawpix)  # 8-bit views normalised on the GPU (hwocr/model/pixels.py), automatic batch, several batches
+  rawpix)  # 8-bit views normalised on the GPU (hwocr/inputs/pixels.py), automatic batch, several batches
     b h200_generate_rawpixels_dynamic_auto --task generate --dtype bf16 --image-mode dynamic --gen-images 512 --new-tokens 48 --profile
     b h200_generate_rawpixels_base_auto --task generate --dtype bf16 --gen-images 1024 --new-tokens 48 --profile ;;
   compiled)  # the product's generation (8-bit views, compiled tower) against the eager tower

@@ -24,7 +24,7 @@ from hwocr.errors import ConfigError
 from hwocr.export import ExportConfig, export
 from hwocr.export.card import METRICS
 from hwocr.export.source import read_run_config
-from hwocr.model.views import global_view_shift
+from hwocr.inputs.views import global_view_shift
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -83,7 +83,7 @@ def exported(demo_run, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> list[Path]:
     """Lines whose sizes put the processor's padded global view one pixel off DeepSeek's (see
-    hwocr/model/views.py), one tall, one square."""
+    hwocr/inputs/views.py), one tall, one square."""
     folder = tmp_path_factory.mktemp("scans")
     paths = []
     for i, (text, size) in enumerate(
@@ -176,8 +176,8 @@ def card_namespace(folder: Path) -> dict:
 def test_the_card_s_code_builds_the_inputs_hwocr_builds(demo_run, exported, images, tmp_path, mode):
     """Token ids (one BOS, left padding), views, crops and their counts: hwocr's encode, exactly, in
     each image mode (the card is written for the mode of the model it exports)."""
+    from hwocr.inputs import encode
     from hwocr.model import load_processor
-    from hwocr.model.load import encode
 
     folder = exported
     model = read_run_config(demo_run).model

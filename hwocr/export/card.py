@@ -18,8 +18,8 @@ from hwocr import __version__
 from hwocr.config import RepetitionGuardConfig
 from hwocr.evaluate.guard import token_ids
 from hwocr.export.source import ExportSource
+from hwocr.inputs import image_mode_settings
 from hwocr.io import read_json
-from hwocr.model.load import image_mode_settings
 
 log = logging.getLogger(__name__)
 
