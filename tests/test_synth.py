@@ -67,6 +67,21 @@ def test_text_file_and_word_level(tmp_path: Path) -> None:
     assert set(labels.values()) <= {"Xin", "chào", "Tạm", "biệt"}
 
 
+def test_a_closed_vocabulary_draws_every_word_from_the_text_s_most_common(tmp_path: Path) -> None:
+    text_file = tmp_path / "lines.txt"
+    text_file.write_text("ba ba ba hai hai một\nba hai bốn\n", encoding="utf-8")
+    cfg = SynthConfig(
+        n_train_writers=2, n_test_writers=1, lines_per_writer=6, text_file=str(text_file), vocabulary=2
+    )
+    root = generate_synth_dataset(tmp_path / "closed", cfg, level="word")
+    words = [
+        w for f in root.glob("*/*/label.json") for w in json.loads(f.read_text(encoding="utf-8")).values()
+    ]
+    assert len(words) == 18 and set(words) == {"ba", "hai"}
+    with pytest.raises(ValueError, match="needs level=word"):
+        generate_synth_dataset(tmp_path / "lines", cfg, level="line")
+
+
 def test_generator_covers_every_vietnamese_letter() -> None:
     assert set("".join(generate_lines(500, seed=0))) >= LOWER
     assert set("".join(generate_lines(6000, seed=0))) >= UPPER

@@ -211,8 +211,8 @@ def _settings(
 def _write_split(
     out: Path, split: str, writers: range, texts: list[str], fonts, cfg, level, height, max_width
 ):
-    vocabulary = closed_vocabulary(texts, cfg.vocabulary) if cfg.vocabulary else None
     """Writers are numbered globally, so train and test writers (and their styles) never coincide."""
+    vocabulary = closed_vocabulary(texts, cfg.vocabulary) if cfg.vocabulary else None
     for w in writers:
         style = writer_style(fonts, w, cfg.seed, height)
         font = _load_font(style)
