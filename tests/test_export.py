@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from huggingface_hub import ModelCard
 from mlflow.tracking import MlflowClient
 from PIL import Image, ImageDraw
@@ -465,6 +466,20 @@ def test_bad_requests_are_config_errors_naming_the_key(demo_run, tmp_path, setti
     with pytest.raises(ConfigError, match=re.escape(message)):
         export(ExportConfig(**values))
     assert not (tmp_path / "out").exists()
+
+
+def test_a_run_saved_with_retired_config_keys_exports(demo_run, tmp_path, caplog):
+    old_run = tmp_path / "old_run"
+    shutil.copytree(demo_run, old_run)
+    saved = old_run / "resolved_config.yaml"
+    config = yaml.safe_load(saved.read_text(encoding="utf-8"))
+    config["hardware"]["optimize"] = config["model"].pop("memory_optimizations")
+    config["hardware"]["eval_batch"] = config["eval"].pop("batch_size")
+    saved.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
+    with caplog.at_level("WARNING", logger="hwocr.saved_config"):
+        folder = export(ExportConfig(run=str(old_run), output=str(tmp_path / "out")))
+    assert json.loads((folder / "export.json").read_text())["run"] == str(old_run)
+    assert "hardware.optimize is retired; read as model.memory_optimizations=" in caplog.text
 
 
 def _keep_in_fp32(folder: Path):

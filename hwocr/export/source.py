@@ -4,9 +4,10 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from hwocr.config import Config, ModelConfig, is_local_dir, to_config, validate
+from hwocr.config import Config, ModelConfig, is_local_dir, validate
 from hwocr.errors import ConfigError
 from hwocr.export.config import ExportConfig
+from hwocr.saved_config import read_saved_config
 
 DEFAULT_DTYPE = "bf16"  # DeepSeek-OCR-2's own weights
 
@@ -59,16 +60,10 @@ def resolve(cfg: ExportConfig) -> ExportSource:
 
 
 def read_run_config(run_dir: Path) -> Config:
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
     path = run_dir / "resolved_config.yaml"
     if not path.is_file():
         raise ConfigError(f"run={run_dir}: no resolved_config.yaml, so not a hwocr run directory")
-    try:
-        return to_config(OmegaConf.load(path))
-    except (ConfigError, OmegaConfBaseException) as error:
-        raise ConfigError(f"{path}: {error}") from error
+    return read_saved_config(path)
 
 
 def check_output(output: str) -> Path:
