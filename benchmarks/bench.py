@@ -684,91 +684,82 @@ def float_views():
 
 @contextlib.contextmanager
 def batch_timeline(batches: list[dict]):
-    """Where each batch of transcribe goes, in seconds from the batch's call to _generate: the
-    wait before it (the main thread between batches: waiting for the encoding, bookkeeping),
-    the copy to the GPU, the prefill, the first decoding step (with its capture, when graphed),
-    the rest of the steps; and how long the batch's encoding took, and how (one processor call
-    in the thread, or slices in threads, joined; the join's own time, into pageable or page-locked
-    memory). CUDA is synchronised at each mark, which adds a little to
-    the run being measured."""
-    from hwocr.evaluate import generate
-    from hwocr.evaluate.fast import decoding, encoding
+    """Where each batch of transcribe goes, read from a torch.profiler trace of the product's own
+    ranges (hwocr/trace_markers.py), in seconds from the batch's start: the wait before it (the main
+    thread between batches: waiting for the encoding, bookkeeping), the copy to the device, the
+    prefill, the first decoding step (with its capture, when graphed), the whole batch; and how long
+    the batch's encoding took, and how (one processor call in the thread, or slices in threads, joined;
+    the join's own time, into pageable or page-locked memory). On CUDA a range ends when the last
+    kernel it launched does. The profiler's own cost is part of the pass it records."""
+    from torch.profiler import ProfilerActivity, _ExperimentalConfig, profile
 
-    to_device, generate_batch, steps = generate.pixels_to_device, generate._generate, decoding._Steps
-    whole, in_slices = encoding.BatchEncoder._whole, encoding.BatchEncoder._in_slices
-    join = encoding.join_slices
-    encoded: list[tuple[str, float]] = []  # (where, seconds), in the order the batches were submitted
-    joins: list[tuple[bool, float]] = []  # (page-locked, seconds) of each join, in the same order
-    state: dict = {"last_end": None}
-
-    def sync() -> float:
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        return time.perf_counter()
-
-    def timed(where, encode):
-        def run(self, *args):
-            start = time.perf_counter()
-            out = encode(self, *args)
-            encoded.append((where, time.perf_counter() - start))
-            return out
-
-        return run
-
-    def timed_to_device(*a, **kw):
-        out = to_device(*a, **kw)
-        state["row"]["to_device_s"] = sync() - state["start"]
-        return out
-
-    class TimedSteps(steps):
-        def __init__(self, *a, **kw):
-            state["row"]["prefill_done_s"] = sync() - state["start"]
-            super().__init__(*a, **kw)
-            self.calls = 0
-
-        def __call__(self):
-            out = super().__call__()
-            self.calls += 1
-            if self.calls == 1:
-                state["row"]["first_step_done_s"] = sync() - state["start"]
-            return out
-
-    def timed_generate(*a, **kw):
-        start = sync()
-        state["start"], state["row"] = start, {}
-        if state["last_end"] is not None:
-            state["row"]["waited_before_s"] = start - state["last_end"]
-        out = generate_batch(*a, **kw)
-        end = sync()
-        state["row"]["generate_s"] = end - start
-        state["last_end"] = end
-        batches.append({k: round(v, 3) for k, v in state["row"].items()})
-        return out
-
-    def timed_join(parts, tokenizer, pin=False):
-        start = time.perf_counter()
-        out = join(parts, tokenizer, pin)
-        joins.append((pin, time.perf_counter() - start))
-        return out
-
-    generate.pixels_to_device, generate._generate, decoding._Steps = (
-        timed_to_device,
-        timed_generate,
-        TimedSteps,
-    )
-    encoding.BatchEncoder._whole = timed("thread", whole)
-    encoding.BatchEncoder._in_slices = timed("threads", in_slices)
-    encoding.join_slices = timed_join
-    try:
+    activities = [ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        activities.append(ProfilerActivity.CUDA)
+    # the encoding threads' ranges too: by default the profiler records the thread that started it
+    every_thread = _ExperimentalConfig(profile_all_threads=True)
+    with profile(activities=activities, experimental_config=every_thread) as trace:
         yield
-    finally:
-        generate.pixels_to_device, generate._generate, decoding._Steps = to_device, generate_batch, steps
-        encoding.BatchEncoder._whole, encoding.BatchEncoder._in_slices = whole, in_slices
-        encoding.join_slices = join
-        for row, (where, seconds) in zip(batches, encoded, strict=False):
-            row[f"encode_s_{where}"] = round(seconds, 3)
-        for row, (pinned, seconds) in zip(batches, joins, strict=False):
-            row["join_pinned_s" if pinned else "join_pageable_s"] = round(seconds, 3)
+    batches.extend(timeline_rows(trace.events()))
+
+
+def marker_spans(events, name: str) -> list[tuple[float, float]]:
+    """(start, end) in seconds of each range `name` in the trace, in order of start. A range whose
+    GPU side the trace holds (one per host range) ends when its last kernel does."""
+    host = sorted(
+        (e.time_range.start / 1e6, e.time_range.end / 1e6)
+        for e in events
+        if e.name == name and e.device_type == torch.autograd.DeviceType.CPU
+    )
+    device = sorted(
+        e.time_range.end / 1e6
+        for e in events
+        if e.name == name and e.device_type == torch.autograd.DeviceType.CUDA
+    )
+    if len(device) == len(host):
+        return [(start, max(end, gpu_end)) for (start, end), gpu_end in zip(host, device, strict=True)]
+    return host
+
+
+def timeline_rows(events) -> list[dict]:
+    """One row per generated batch (batch_timeline's fields), from the trace's ranges."""
+    from hwocr import trace_markers as markers
+
+    spans = {
+        name: marker_spans(events, name)
+        for name in (markers.GENERATE_BATCH, markers.TO_DEVICE, markers.PREFILL, markers.DECODE_STEP)
+    }
+    rows, last_end = [], None
+    for start, end in spans[markers.GENERATE_BATCH]:
+        row = {}
+        if last_end is not None:
+            row["waited_before_s"] = start - last_end
+        for key, name in (
+            ("to_device_s", markers.TO_DEVICE),
+            ("prefill_done_s", markers.PREFILL),
+            ("first_step_done_s", markers.DECODE_STEP),
+        ):
+            inside = [span_end for span_start, span_end in spans[name] if start <= span_start <= end]
+            if inside:
+                row[key] = inside[0] - start
+        row["generate_s"] = end - start
+        rows.append(row)
+        last_end = end
+    encodes = sorted(
+        (span, where)
+        for name, where in ((markers.ENCODE_BATCH, "thread"), (markers.ENCODE_SLICES, "threads"))
+        for span in marker_spans(events, name)
+    )
+    joins = sorted(
+        (span, key)
+        for name, key in ((markers.JOIN_PAGEABLE, "join_pageable_s"), (markers.JOIN_PINNED, "join_pinned_s"))
+        for span in marker_spans(events, name)
+    )
+    for row, ((start, end), where) in zip(rows, encodes, strict=False):
+        row[f"encode_s_{where}"] = end - start
+    for row, ((start, end), key) in zip(rows, joins, strict=False):
+        row[key] = end - start
+    return [{key: round(value, 3) for key, value in row.items()} for row in rows]
 
 
 def profile_generate(model, processor, samples, settings, args) -> dict:

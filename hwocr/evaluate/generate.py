@@ -19,9 +19,11 @@ from contextlib import nullcontext
 from dataclasses import dataclass, replace
 
 import torch
+from torch.profiler import record_function
 from tqdm.auto import tqdm
 from transformers import LogitsProcessorList
 
+from hwocr import trace_markers as markers
 from hwocr.config import RepetitionGuardConfig
 from hwocr.data import Sample
 from hwocr.evaluate.fast.decoding import can_graph, greedy_generate, grouped_experts_while_decoding
@@ -189,8 +191,9 @@ def _generate(
     model, processor, inputs, settings: GenerationSettings, device, dtype
 ) -> tuple[list[str], list[bool]]:
     """Texts, and per text whether the repetition guard changed a token greedy decoding chose."""
-    output, prompt_length, guard = generate_ids(model, processor, inputs, settings, device, dtype)
-    texts = processor.tokenizer.batch_decode(output[:, prompt_length:], skip_special_tokens=True)
+    with record_function(markers.GENERATE_BATCH):
+        output, prompt_length, guard = generate_ids(model, processor, inputs, settings, device, dtype)
+        texts = processor.tokenizer.batch_decode(output[:, prompt_length:], skip_special_tokens=True)
     changed = guard.changed if guard is not None else None  # None too if it never ran
     return texts, changed.tolist() if changed is not None else [False] * len(texts)
 
@@ -203,7 +206,8 @@ def generate_ids(
 
     Graphed decoding where settings and model allow it (fast/decoding.py), transformers' generate
     otherwise; on GPUs either keeps the experts' grouped_mm kernel while decoding."""
-    inputs = pixels_to_device(inputs, processor, device, dtype)
+    with record_function(markers.TO_DEVICE):
+        inputs = pixels_to_device(inputs, processor, device, dtype)
     tokenizer = processor.tokenizer
     prompt_length = inputs["input_ids"].shape[1]
     guard = settings.guard(prompt_length, (tokenizer.eos_token_id,))

@@ -14,7 +14,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.profiler import record_function
 from transformers.modeling_outputs import BaseModelOutput
+
+from hwocr import trace_markers as markers
 
 # Images per vision-tower call: bounds the tower's transient memory in large batches.
 VISION_CHUNK = 32
@@ -46,6 +49,10 @@ def chunk_vision_tower(tower: torch.nn.Module, chunk: int) -> bool:
 
     @functools.wraps(forward)
     def forward_in_chunks(pixel_values, *args, **kwargs):
+        with record_function(markers.VISION_TOWER):
+            return _in_chunks(pixel_values, *args, **kwargs)
+
+    def _in_chunks(pixel_values, *args, **kwargs):
         size = settings.size
         if settings.padded:
             return BaseModelOutput(

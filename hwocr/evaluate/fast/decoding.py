@@ -24,8 +24,10 @@ import logging
 from contextlib import contextmanager
 
 import torch
+from torch.profiler import record_function
 from transformers import DynamicCache, LogitsProcessorList, StaticCache
 
+from hwocr import trace_markers as markers
 from hwocr.model.adapt import unwrap
 from hwocr.model.experts import is_fused_experts
 
@@ -76,9 +78,10 @@ def greedy_generate(
     device = input_ids.device
 
     # ---- prefill: the model's own forward, as generate runs it
-    prefill = base(
-        **inputs, past_key_values=DynamicCache(config=base.config), use_cache=True, logits_to_keep=1
-    )
+    with record_function(markers.PREFILL):
+        prefill = base(
+            **inputs, past_key_values=DynamicCache(config=base.config), use_cache=True, logits_to_keep=1
+        )
     cache = StaticCache(config=base.config, max_cache_len=total)
     for source, target in zip(prefill.past_key_values.layers, cache.layers, strict=True):
         target.update(source.keys, source.values)  # one layer's copy at a time is the transient
@@ -119,8 +122,9 @@ def greedy_generate(
     for position in range(prompt_length + 1, total):
         if bool(finished.all()):
             return sequence[:, :position]
-        step_ids.copy_(sequence[:, position - 1 : position])
-        choose(position, steps())
+        with record_function(markers.DECODE_STEP):
+            step_ids.copy_(sequence[:, position - 1 : position])
+            choose(position, steps())
     return sequence
 
 

@@ -14,8 +14,10 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
+from torch.profiler import record_function
 from transformers import BatchFeature
 
+from hwocr import trace_markers as markers
 from hwocr.compat import empty_host_cache, set_allocator_settings
 from hwocr.data import Sample
 from hwocr.inputs import copy_processor, encode_samples, setup_of, supports_raw_pixels
@@ -63,17 +65,19 @@ class BatchEncoder:
         return self.batches.submit(self._in_slices, list(samples))
 
     def _whole(self, samples: list[Sample]) -> BatchFeature:
-        return encode_samples(self.copies[0] if self.copies else self.processor, samples, self.prompt)
+        with record_function(markers.ENCODE_BATCH):
+            return encode_samples(self.copies[0] if self.copies else self.processor, samples, self.prompt)
 
     def _in_slices(self, samples: list[Sample]) -> BatchFeature:
         size = -(-len(samples) // len(self.copies))
         slices = [samples[i : i + size] for i in range(0, len(samples), size)]  # fewer when small
-        parts = self.slicers.map(
-            lambda processor, part: dict(encode_samples(processor, part, self.prompt)),
-            self.copies[: len(slices)],
-            slices,
-        )
-        return join_slices(list(parts), self.processor.tokenizer, self.pin)
+        with record_function(markers.ENCODE_SLICES):
+            parts = self.slicers.map(
+                lambda processor, part: dict(encode_samples(processor, part, self.prompt)),
+                self.copies[: len(slices)],
+                slices,
+            )
+            return join_slices(list(parts), self.processor.tokenizer, self.pin)
 
 
 # torch page-locks a new block with cudaHostAlloc unless told to malloc it, fault its pages in with
@@ -112,14 +116,15 @@ def join_slices(parts: list[dict], tokenizer, pin: bool = False) -> BatchFeature
         raise ValueError(f"cannot join processor outputs with keys {sorted(unknown)}")
     length = max(part["input_ids"].shape[1] for part in parts)
     joined = {}
-    for key in parts[0]:
-        values = [part[key] for part in parts]
-        if key in TOKEN_KEYS:
-            fill = tokenizer.pad_token_id if key == "input_ids" else 0
-            values = [_pad(v, length, fill, tokenizer.padding_side) for v in values]
-        shape = (sum(v.shape[0] for v in values), *values[0].shape[1:])
-        out = torch.empty(shape, dtype=values[0].dtype, pin_memory=pin)
-        joined[key] = torch.cat(values, out=out)
+    with record_function(markers.JOIN_PINNED if pin else markers.JOIN_PAGEABLE):
+        for key in parts[0]:
+            values = [part[key] for part in parts]
+            if key in TOKEN_KEYS:
+                fill = tokenizer.pad_token_id if key == "input_ids" else 0
+                values = [_pad(v, length, fill, tokenizer.padding_side) for v in values]
+            shape = (sum(v.shape[0] for v in values), *values[0].shape[1:])
+            out = torch.empty(shape, dtype=values[0].dtype, pin_memory=pin)
+            joined[key] = torch.cat(values, out=out)
     return BatchFeature(data=joined)
 
 
