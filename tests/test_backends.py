@@ -141,38 +141,57 @@ def test_cpu_code_paths_never_import_unsloth(tiny_model_config, monkeypatch):
     assert recorder.attempts and recorder.attempts[0] == "unsloth"
 
 
-def test_unsloth_loads_with_hwocrs_quantization_and_sdpa(monkeypatch):
-    """What hwocr hands FastVisionModel: its own 4-bit config (Unsloth's default skip list would
-    quantize v1's SAM/CLIP) and sdpa (Unsloth would pick flex_attention for v1's remote code)."""
+class TransformersAsUnsloth:
+    """Stands in for Unsloth's FastVisionModel on a CPU: loads what hwocr hands it with transformers,
+    as Unsloth's from_pretrained does once it has taken its own arguments out."""
+
+    block_compile_at_load: list[str | None] = []
+
+    @staticmethod
+    def from_pretrained(source, *, load_in_4bit, load_in_16bit, auto_model, use_gradient_checkpointing, **kw):
+        TransformersAsUnsloth.block_compile_at_load.append(os.environ.get("UNSLOTH_BLOCK_COMPILE"))
+        if "quantization_config" not in kw and load_in_4bit:  # Unsloth's own 4-bit defaults
+            kw["quantization_config"] = transformers.BitsAndBytesConfig(load_in_4bit=True)
+        auto_model = auto_model or transformers.AutoModelForImageTextToText
+        return auto_model.from_pretrained(source, **kw | {"device_map": {"": "cpu"}}), None
+
+    @staticmethod
+    def for_inference(model):
+        pass
+
+
+def test_unsloth_loads_the_model_with_hwocrs_quantization_and_sdpa(tiny_model_config, monkeypatch):
+    """The model Unsloth builds from hwocr's arguments: 4-bit NF4 language layers beside a vision
+    tower kept out of 4-bit (hwocr's skip list), in the profile's dtype, with sdpa attention."""
+    bnb = pytest.importorskip("bitsandbytes")
+    import hwocr.model.unsloth as backend
+
+    monkeypatch.setattr(backend, "fast_vision_model", lambda: TransformersAsUnsloth)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: "cpu")
+    hardware = HardwareConfig(load_in_4bit=True, dtype="fp16")
+    model = load_model(tiny_model_config, hardware, backend="unsloth")
+    quantized = [name for name, module in model.named_modules() if isinstance(module, bnb.nn.Linear4bit)]
+    assert quantized and all("language_model" in name for name in quantized)
+    assert {model.get_submodule(name).weight.quant_type for name in quantized} == {"nf4"}
+    assert model.model.vision_tower.sam_encoder.layers[0].attn.qkv.weight.dtype == torch.float16
+    assert model.config._attn_implementation == "sdpa"
+
+
+def test_unsloth_loads_v1_without_block_compilation_unless_the_user_says(monkeypatch):
+    """v1's MoE recompiles under Unsloth's block compilation: Unsloth sees it off at load time."""
     import hwocr.model.unsloth as backend
     from hwocr.config import ModelConfig
-    from hwocr.model.load import OCR1_NOT_QUANTIZED, quantization_config, torch_dtype
 
-    calls = []
+    def load_v1():
+        v1 = ModelConfig(name="deepseek_ocr", family="ocr1", source="/ckpt", trust_remote_code=True)
+        with contextlib.suppress(OSError):  # no checkpoint: what Unsloth saw is what counts
+            backend.load_with_unsloth(v1, torch.float16, "/ckpt", None, None)
 
-    class FakeFastVisionModel:
-        @staticmethod
-        def from_pretrained(source, **kwargs):
-            calls.append((source, kwargs))
-            return torch.nn.Linear(1, 1), None
-
-        @staticmethod
-        def for_inference(model):
-            calls.append(("for_inference", model))
-
-    monkeypatch.setattr(backend, "fast_vision_model", lambda: FakeFastVisionModel)
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    monkeypatch.setenv("UNSLOTH_BLOCK_COMPILE", "1")  # recorded, so teardown restores the real value
-    monkeypatch.delenv("UNSLOTH_BLOCK_COMPILE")
-    v1 = ModelConfig(name="deepseek_ocr", family="ocr1", source="/ckpt", trust_remote_code=True)
-    t4 = HardwareConfig(device="cuda", dtype="fp16", load_in_4bit=True)
-    backend.load_with_unsloth(v1, torch_dtype(t4), "/ckpt", None, quantization_config(v1, t4))
-
-    (source, kwargs), (after, _model) = calls
-    assert source == "/ckpt" and after == "for_inference"
-    assert kwargs["attn_implementation"] == "sdpa"
-    assert kwargs["load_in_4bit"] and not kwargs["load_in_16bit"]
-    assert kwargs["quantization_config"].llm_int8_skip_modules == OCR1_NOT_QUANTIZED
-    assert kwargs["auto_model"] is transformers.AutoModel and kwargs["trust_remote_code"]
-    assert kwargs["dtype"] == torch.float16
-    assert os.environ["UNSLOTH_BLOCK_COMPILE"] == "0"  # v1's MoE recompiles under block compilation
+    TransformersAsUnsloth.block_compile_at_load.clear()
+    monkeypatch.setattr(backend, "fast_vision_model", lambda: TransformersAsUnsloth)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: "cpu")
+    monkeypatch.delenv("UNSLOTH_BLOCK_COMPILE", raising=False)
+    load_v1()
+    monkeypatch.setenv("UNSLOTH_BLOCK_COMPILE", "1")
+    load_v1()
+    assert TransformersAsUnsloth.block_compile_at_load == ["0", "1"]

@@ -119,32 +119,42 @@ def test_the_encoder_never_encodes_with_the_callers_processor(tiny_model_config,
     _equal(inputs, encode(processor, lines, PROMPT))
 
 
-def test_page_locking_goes_through_registration_unless_the_user_says_how(monkeypatch):
-    """Joined batches are page-locked by registering them (several times faster than cudaHostAlloc
-    on the GPU host measured); allocator settings naming pinned_ keys are the user's and stand."""
-    calls: list[str] = []
+@pytest.fixture
+def allocator_settings(monkeypatch):
+    """The settings torch's allocators run with, read back from torch (which has no public getter),
+    on what passes for a GPU host with no allocator variables set; torch's own settings after."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(encoding, "set_allocator_settings", calls.append)
     for name in ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
-    encoding.prefer_registered_page_locking()
-    assert calls == [encoding.REGISTERED_PAGE_LOCKING]
+    before = torch._C._accelerator_getAllocatorSettings()
+    torch._C._accelerator_setAllocatorSettings("")
+    yield torch._C._accelerator_getAllocatorSettings
+    torch._C._accelerator_setAllocatorSettings(before)
+
+
+REGISTERING = "pinned_use_cuda_host_register:True"
+
+
+def test_page_locking_goes_through_registration_unless_the_user_says_how(allocator_settings, monkeypatch):
+    """Joined batches are page-locked by registering them (several times faster than cudaHostAlloc
+    on GPU hosts); allocator settings naming pinned_ keys are the user's and stand."""
     monkeypatch.setenv("PYTORCH_ALLOC_CONF", "pinned_num_register_threads:2")
+    torch._C._accelerator_setAllocatorSettings("pinned_num_register_threads:2")  # as torch read it at start
     encoding.prefer_registered_page_locking()
-    assert calls == [encoding.REGISTERED_PAGE_LOCKING]  # not again: the user's setting stands
+    assert allocator_settings() == "pinned_num_register_threads:2"
+    monkeypatch.setenv("PYTORCH_ALLOC_CONF", "expandable_segments:True")  # says nothing of page-locking
+    encoding.prefer_registered_page_locking()
+    assert REGISTERING in allocator_settings()
 
 
-def test_the_encoder_registers_only_when_it_page_locks(tiny_model_config, monkeypatch):
-    registered = []
-    monkeypatch.setattr(encoding, "prefer_registered_page_locking", lambda: registered.append(True))
+def test_the_encoder_registers_only_when_it_page_locks(tiny_model_config, allocator_settings):
     processor = load_processor(tiny_model_config)
     with BatchEncoder(processor, PROMPT, threads=2):
         pass
-    assert registered == []
+    assert REGISTERING not in allocator_settings()
     with BatchEncoder(processor, PROMPT, threads=2, pin=True):
         pass
-    assert registered == [True]
+    assert REGISTERING in allocator_settings()
 
 
 def test_the_benchmarks_issue_start_encodes_float_views(tiny_model_config, lines):
@@ -191,9 +201,7 @@ def test_no_joined_batch_is_held_when_transcribe_hands_page_locked_memory_back(
     assert held_at_emptying == [0]
 
 
-def test_nothing_is_page_locked_or_registered_without_joined_batches(tiny_model_config, monkeypatch):
-    registered = []
-    monkeypatch.setattr(encoding, "prefer_registered_page_locking", lambda: registered.append(True))
+def test_nothing_is_page_locked_or_registered_without_joined_batches(tiny_model_config, allocator_settings):
     with BatchEncoder(load_processor(tiny_model_config), PROMPT, threads=1, pin=True) as encoder:
         assert not encoder.pin
-    assert registered == []
+    assert REGISTERING not in allocator_settings()
