@@ -593,7 +593,7 @@ def _generation_record(stats, predictions: list, cuda: bool) -> dict:
 # Named generation passes for --compare, each a change of GenerationSettings. "plain" is evaluation
 # without any of hwocr's speed-ups (the tower eager, transformers' generate, one encoding thread, the
 # processor's float32 views); "start" is the same with 8-bit views. The first pass with the tower
-# compiled includes its one-off compile. Older records name "plain" differently; it is their first pass.
+# compiled includes its one-off compile.
 PASSES = {
     "plain": {
         "compile_vision": False,

@@ -139,13 +139,13 @@ for phase in "$@"; do case $phase in
     PYTORCH_CUDA_ALLOC_CONF=$REGISTERED timeout 120 python3 benchmarks/first_touch.py --gib 8 --json "$RES/gpuhost_first_touch_register.json" 2>&1 | grep -v "Warning\|warn(" ;;
   evalspeed)  # evaluation's speed within one run: the plain path (float32 views) and the 8-bit start, the product's path twice (the first graphed pass compiles the tower), the 8-bit start again on warm host memory
     G="--task generate --dtype bf16 --new-tokens 48 --timeline --compare plain start graphed threads4 threads4 start"
-    LIMIT=480 b h200_generate_issue14_dynamic_auto $G --image-mode dynamic --gen-images 1024 ;;
+    LIMIT=480 b h200_generate_eval_passes_dynamic_auto $G --image-mode dynamic --gen-images 1024 ;;
   evalspeedbase)
-    LIMIT=200 b h200_generate_issue14_base_auto --task generate --dtype bf16 --new-tokens 48 --timeline --compare plain start graphed threads4 threads4 start --gen-images 1024 ;;
+    LIMIT=200 b h200_generate_eval_passes_base_auto --task generate --dtype bf16 --new-tokens 48 --timeline --compare plain start graphed threads4 threads4 start --gen-images 1024 ;;
   evalspeedlora)  # tuned evaluation's path: a LoRA (experts on) and the presets' guard: applied at every step, then merged (what tuned evaluation runs)
-    LIMIT=300 b h200_generate_issue14_dynamic_guard_lora --task generate --dtype bf16 --new-tokens 48 --timeline --compare plain start graphed threads4 merged merged --image-mode dynamic --gen-images 512 --gen-lora --no-repeat-ngram 20 --no-repeat-window 90 ;;
+    LIMIT=300 b h200_generate_eval_passes_dynamic_guard_lora --task generate --dtype bf16 --new-tokens 48 --timeline --compare plain start graphed threads4 merged merged --image-mode dynamic --gen-images 512 --gen-lora --no-repeat-ngram 20 --no-repeat-window 90 ;;
   evalspeedfp32)  # batch-1 against batched token ids in fp32, then the GPU-marked tests
-    LIMIT=150 b h200_generate_issue14_identity_fp32 --task generate --dtype fp32 --gen-images 16 --gen-batch 16 --new-tokens 48 --check-unbatched 16
+    LIMIT=150 b h200_generate_unbatched_identity_fp32 --task generate --dtype fp32 --gen-images 16 --gen-batch 16 --new-tokens 48 --check-unbatched 16
     timeout 300 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_decode.py 2>&1 | tail -15 ;;
   samconvs)  # SAM's convolutions with cuDNN's default algorithms and with cudnn.benchmark
     timeout ${LIMIT:-120} python3 benchmarks/sam_convs.py --json "$RES/h200_sam_convs.json" 2>&1 | grep -v "Warning\|warn(" ;;

@@ -76,17 +76,17 @@ SUMMARY = [
         [
             Row(
                 "base mode",
-                "h200_generate_issue14_base_auto",
+                "h200_generate_eval_passes_base_auto",
                 ("threads4_4", "threads4"),
             ),
             Row(
                 "crop mode",
-                "h200_generate_issue14_dynamic_auto",
+                "h200_generate_eval_passes_dynamic_auto",
                 ("threads4_4", "threads4"),
             ),
             Row(
                 "crop mode, LoRA with experts + repetition guard (tuned evaluation)",
-                "h200_generate_issue14_dynamic_guard_lora",
+                "h200_generate_eval_passes_dynamic_guard_lora",
                 ("merged_5", "merged"),
             ),
         ],
@@ -149,12 +149,12 @@ def loss_match() -> str:
     for name in ("full_lossmatch_bf16_b4", "full_lossmatch_fp16_4bit_b4"):
         lm = read(name)["loss_match"]
         parts.append(f"`{name}`: {lm['baseline_vs_optimized_rel_diff']:.1e}")
-    identity = read("h200_generate_issue14_identity_fp32")["generate"]["unbatched_identical"]
+    identity = read("h200_generate_unbatched_identity_fp32")["generate"]["unbatched_identical"]
     return (
         "The optimised training loss against the plain recipe's on the same batch, relative difference: "
         + "; ".join(parts)
         + f". Batched against one-at-a-time generation in fp32, same token ids: {identity}"
-        " (`h200_generate_issue14_identity_fp32`)."
+        " (`h200_generate_unbatched_identity_fp32`)."
     )
 
 

@@ -69,7 +69,7 @@ def parser() -> argparse.ArgumentParser:
     # T4s decode step by step (no graphed decoding below compute capability 8.0 or in fp16)
     p.add_argument("--t4-generate", default="h200_generate_compiled_vs_eager_dynamic_guard_lora")
     p.add_argument("--h100-train", default="h200_run_bf16_gundam_b32_pad32", help="result: bf16 settings")
-    p.add_argument("--h100-generate", default="h200_generate_issue14_dynamic_guard_lora")
+    p.add_argument("--h100-generate", default="h200_generate_eval_passes_dynamic_guard_lora")
     return p
 
 

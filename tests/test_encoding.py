@@ -157,8 +157,8 @@ def test_the_encoder_registers_only_when_it_page_locks(tiny_model_config, alloca
     assert REGISTERING in allocator_settings()
 
 
-def test_the_benchmarks_issue_start_encodes_float_views(tiny_model_config, lines):
-    """bench.py's issue_start pass: the processor's float32 views, as before 8-bit views."""
+def test_the_benchmarks_plain_pass_encodes_float_views(tiny_model_config, lines):
+    """bench.py's plain pass: the processor's float32 views instead of the product's 8-bit ones."""
     from benchmarks import bench
 
     processor = load_processor(replace(tiny_model_config, image_mode="dynamic"))
