@@ -1,6 +1,9 @@
 """Fixtures shared by several test files."""
 
+import csv
+import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -67,20 +70,60 @@ def render_lines(tmp_path_factory):
     return render
 
 
-@pytest.fixture
-def run_cli():
-    """`python -m hwocr.run OVERRIDES` in this process (no second torch import); returns the exit code."""
+def hwocr_run_main(*overrides: str) -> int:
+    """`python -m hwocr.run OVERRIDES` in this process (no second torch import); its exit code."""
     import hwocr.run as run_module
 
-    def run(*overrides: str) -> int:
-        argv = sys.argv
-        sys.argv = ["hwocr.run", "-cp", str(CONF), *overrides]
-        try:
-            run_module.main()
-        except SystemExit as stop:
-            return stop.code
-        finally:
-            sys.argv = argv
-        return 0
+    argv = sys.argv
+    sys.argv = ["hwocr.run", "-cp", str(CONF), *overrides]
+    try:
+        run_module.main()
+    except SystemExit as stop:
+        return stop.code
+    finally:
+        sys.argv = argv
+    return 0
 
-    return run
+
+@pytest.fixture
+def run_cli():
+    """hwocr_run_main, for tests that compose the run's command line themselves."""
+    return hwocr_run_main
+
+
+@dataclass
+class FinishedRun:
+    """A `python -m hwocr.run` that has ended: its exit code, its directory and what it wrote there."""
+
+    code: int
+    dir: Path
+
+    def check(self) -> "FinishedRun":
+        """This run, asserted to have succeeded (else the tail of its log)."""
+        assert self.code == 0, self.log()[-3000:]
+        return self
+
+    def log(self) -> str:
+        """run.log, or "" when the run stopped before writing one."""
+        path = self.dir / "run.log"
+        return path.read_text(encoding="utf-8") if path.is_file() else ""
+
+    def text(self, relative: str) -> str:
+        return (self.dir / relative).read_text(encoding="utf-8")
+
+    def json(self, relative: str) -> dict:
+        return json.loads(self.text(relative))
+
+    def rows(self, relative: str) -> list[dict]:
+        """A CSV's rows (eval/<stage>/predictions.csv)."""
+        with open(self.dir / relative, encoding="utf-8") as handle:
+            return list(csv.DictReader(handle))
+
+
+def run_hwocr(run_dir: Path, *overrides: str, tracking: Path | None = None) -> FinishedRun:
+    """`python -m hwocr.run OVERRIDES` in this process, writing to run_dir and tracking into the sqlite
+    file `tracking` (default: mlflow.db beside run_dir) unless the overrides name a tracking.uri."""
+    where = [f"hydra.run.dir={run_dir}"]
+    if not any(override.startswith("tracking.uri=") for override in overrides):
+        where.append(f"tracking.uri=sqlite:///{tracking or Path(run_dir).parent / 'mlflow.db'}")
+    return FinishedRun(hwocr_run_main(*overrides, *where), Path(run_dir))

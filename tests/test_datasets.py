@@ -11,6 +11,7 @@ from pathlib import Path
 import datasets
 import pandas as pd
 import pytest
+from conftest import run_hwocr
 from dataset_formats import (
     FORMATS,
     expected_skips,
@@ -209,15 +210,10 @@ def test_dataset_settings_are_checked_before_any_work():
 @pytest.mark.parametrize(
     ("option", "message"), [("manifest", "is not a file"), ("hf", "dataset.root is not set")]
 )
-def test_the_cli_says_what_dataset_root_must_be(option, message, tmp_path, run_cli, capsys):
-    code = run_cli(
-        "+experiment=demo",
-        f"dataset={option}",
-        f"hydra.run.dir={tmp_path / 'run'}",
-        f"tracking.uri=sqlite:///{tmp_path / 'db'}",
-    )
-    output = "".join(capsys.readouterr()) + (tmp_path / "run" / "run.log").read_text()
-    assert code == 2 and message in output and "docs/datasets.md" in output and "Traceback" not in output
+def test_the_cli_says_what_dataset_root_must_be(option, message, tmp_path, capsys):
+    run = run_hwocr(tmp_path / "run", "+experiment=demo", f"dataset={option}", tracking=tmp_path / "db")
+    output = "".join(capsys.readouterr()) + run.log()
+    assert run.code == 2 and message in output and "docs/datasets.md" in output and "Traceback" not in output
 
 
 @pytest.mark.parametrize("column", ["record", "png"])

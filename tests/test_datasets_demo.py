@@ -2,11 +2,10 @@
 dataset=manifest|hf dataset.root=...` on a small dataset with hostile rows, which the run counts in
 data_report.json and MLflow instead of crashing on them."""
 
-import csv
-import json
 from pathlib import Path
 
 import pytest
+from conftest import run_hwocr
 from dataset_formats import FORMATS, expected_skips, good_rows, hostile_rows, kind, write_dataset
 from mlflow.tracking import MlflowClient
 
@@ -20,11 +19,12 @@ def cache(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_the_demo_runs_on_each_format(fmt, tmp_path, cache, monkeypatch, run_cli):
+def test_the_demo_runs_on_each_format(fmt, tmp_path, cache, monkeypatch):
     monkeypatch.setenv("HWOCR_CACHE", str(cache))
     root = write_dataset(tmp_path / "ds", good_rows() + hostile_rows(fmt), fmt)
     run_dir, db = tmp_path / "run", tmp_path / "mlflow.db"
-    code = run_cli(
+    run = run_hwocr(
+        run_dir,
         "+experiment=demo",
         f"dataset={kind(fmt)}",
         f"dataset.root={root}",
@@ -33,12 +33,10 @@ def test_the_demo_runs_on_each_format(fmt, tmp_path, cache, monkeypatch, run_cli
         "train.eval_steps=2",
         "dataset.max_eval_samples=2",
         "eval.bootstrap_samples=50",
-        f"hydra.run.dir={run_dir}",
-        f"tracking.uri=sqlite:///{db}",
-    )
-    assert code == 0, (run_dir / "run.log").read_text()[-3000:]
+        tracking=db,
+    ).check()
 
-    report = json.loads((run_dir / "data_report.json").read_text())
+    report = run.json("data_report.json")
     skipped = {
         k.removeprefix("skipped/"): v for k, v in report["summary"].items() if k.startswith("skipped/")
     }
@@ -53,8 +51,7 @@ def test_the_demo_runs_on_each_format(fmt, tmp_path, cache, monkeypatch, run_cli
         2,
     )
 
-    with open(run_dir / "eval" / "tuned" / "predictions.csv", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
+    rows = run.rows("eval/tuned/predictions.csv")
     assert len(rows) == 2 and all(r["writer"] == "w3" for r in rows)
     images_under = (
         root.parent if kind(fmt) == "manifest" else root if fmt == "imagefolder" else cache / "images"

@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 from spec import METRIC_KEYS, PREDICTION_COLUMNS
 
 from hwocr.config import register_schema
-from tests.conftest import small_demo
+from tests.conftest import run_hwocr, small_demo
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_RUN = {
@@ -148,33 +148,32 @@ def test_mlflow_run(demo_run):
     )
 
 
-def test_reevaluate_an_adapter_only(demo_run, tmp_path, monkeypatch, run_cli):
+def test_reevaluate_an_adapter_only(demo_run, tmp_path, monkeypatch):
     run_dir, _, _ = demo_run
     monkeypatch.setenv("HWOCR_CACHE", str(run_dir.parent / "cache"))
-    code = run_cli(
+    again = run_hwocr(
+        tmp_path / "again",
         *small_demo(DEMO_RUN),  # the same test set
         "stages=[tuned_eval]",
         f"eval.adapter={run_dir / 'adapter'}",
-        f"hydra.run.dir={tmp_path / 'again'}",
-        f"tracking.uri=sqlite:///{tmp_path / 'db'}",
-    )
-    assert code == 0, (tmp_path / "again" / "run.log").read_text()[-3000:]
+        tracking=tmp_path / "db",
+    ).check()
     before = (run_dir / "eval" / "tuned" / "predictions.csv").read_text()
-    assert (tmp_path / "again" / "eval" / "tuned" / "predictions.csv").read_text() == before
-    gallery = (tmp_path / "again" / "eval" / "gallery.html").read_text(encoding="utf-8")
+    assert again.text("eval/tuned/predictions.csv") == before
+    gallery = again.text("eval/gallery.html")
     assert "<th>tuned prediction</th>" in gallery and "base prediction" not in gallery
     assert not (tmp_path / "again" / "checkpoints").exists()
 
 
-def test_real_presets_fail_fast_without_gpu_or_data(tmp_path, run_cli, capsys):
-    code = run_cli(
+def test_real_presets_fail_fast_without_gpu_or_data(tmp_path, capsys):
+    run = run_hwocr(
+        tmp_path / "run",
         "+experiment=lines",
         f"dataset.root={tmp_path / 'missing'}",
-        f"hydra.run.dir={tmp_path / 'run'}",
-        f"tracking.uri=sqlite:///{tmp_path / 'db'}",
+        tracking=tmp_path / "db",
     )
-    output = "".join(capsys.readouterr()) + (tmp_path / "run" / "run.log").read_text()
-    assert code == 2
+    output = "".join(capsys.readouterr()) + run.log()
+    assert run.code == 2
     assert "Traceback" not in output
     # lines asks for hardware=t4x2: no GPU here (CI), or too few on a one-GPU machine
     assert ("asks for 2 GPUs" if torch.cuda.is_available() else "CUDA GPU") in output

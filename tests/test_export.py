@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import run_hwocr
 from huggingface_hub import ModelCard
 from mlflow.tracking import MlflowClient
 from PIL import Image, ImageDraw
@@ -51,23 +52,18 @@ def hydra_main(module, *overrides: str) -> int:
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     """A demo run small enough for the fast tier: 2 steps, 3 test lines, base and tuned evaluation."""
-    import hwocr.run
-
     tmp = tmp_path_factory.mktemp("export_run")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("HWOCR_CACHE", str(tmp / "cache"))
-        code = hydra_main(
-            hwocr.run,
+        run = run_hwocr(
+            tmp / "run",
             "+experiment=demo",
             "train.max_steps=2",
             "dataset.max_train_samples=8",
             "dataset.max_eval_samples=3",
             "dataset.synth.lines_per_writer=2",
-            f"hydra.run.dir={tmp / 'run'}",
-            f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}",
-        )
-    assert code == 0, (tmp / "run" / "run.log").read_text()[-3000:]
-    return tmp / "run"
+        ).check()
+    return run.dir
 
 
 @pytest.fixture(scope="module")

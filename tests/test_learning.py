@@ -5,10 +5,8 @@ A handful of distinct word images serve as train and test set; after tuning thro
 from the model's input must not: only the image tells the model which word to write.
 """
 
-import csv
-import json
-
 import pytest
+from conftest import run_hwocr
 from learning import WORDS, images_cut, stage_spreads, word_image, write_word_dataset
 
 from hwocr.config import HardwareConfig, register_schema
@@ -44,20 +42,17 @@ def test_image_features_differ_across_images(tiny_model_config):
     assert spreads["projector"] >= 0.10, spreads
 
 
-def _overfit(run_cli, tmp_path, tiny_model_config, *overrides) -> dict:
+def _overfit(tmp_path, tiny_model_config, *overrides) -> dict:
     data = write_word_dataset(tmp_path / "words")
-    code = run_cli(
+    run = run_hwocr(
+        tmp_path / "run",
         *OVERFIT,
         f"model.source={tiny_model_config.source}",
         f"dataset.root={data}",
-        f"hydra.run.dir={tmp_path / 'run'}",
-        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
         *overrides,
-    )
-    assert code == 0, (tmp_path / "run" / "run.log").read_text()[-3000:]
-    metrics = json.loads((tmp_path / "run" / "eval" / "tuned" / "metrics.json").read_text())
-    with open(tmp_path / "run" / "eval" / "tuned" / "predictions.csv", encoding="utf-8") as handle:
-        metrics["predictions"] = [row["prediction"] for row in csv.DictReader(handle)]
+    ).check()
+    metrics = run.json("eval/tuned/metrics.json")
+    metrics["predictions"] = [row["prediction"] for row in run.rows("eval/tuned/predictions.csv")]
     return metrics
 
 
@@ -70,14 +65,14 @@ def _overfit(run_cli, tmp_path, tiny_model_config, *overrides) -> dict:
         pytest.param(("lora=none", "train.lr=5e-3", "train.max_steps=150"), id="full-fine-tuning"),
     ],
 )
-def test_training_teaches_the_model_to_tell_images_apart(run_cli, tmp_path, tiny_model_config, adaptation):
-    metrics = _overfit(run_cli, tmp_path, tiny_model_config, *adaptation)
+def test_training_teaches_the_model_to_tell_images_apart(tmp_path, tiny_model_config, adaptation):
+    metrics = _overfit(tmp_path, tiny_model_config, *adaptation)
     assert metrics["perfect_match_rate"] == 1.0, metrics["predictions"]
 
 
 @pytest.mark.slow  # the control: run by make test-all (CI), shown failing in experiments/demo.md
-def test_without_the_images_training_cannot_tell_them_apart(run_cli, tmp_path, tiny_model_config):
+def test_without_the_images_training_cannot_tell_them_apart(tmp_path, tiny_model_config):
     """The control: the same run with every pixel zeroed before the vision tower."""
     with images_cut():
-        metrics = _overfit(run_cli, tmp_path, tiny_model_config)
+        metrics = _overfit(tmp_path, tiny_model_config)
     assert metrics["perfect_match_rate"] <= 0.5, metrics["predictions"]

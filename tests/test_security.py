@@ -15,6 +15,7 @@ import hwocr.run as run_module
 from hwocr.config import HardwareConfig, ModelConfig, TrackingConfig
 from hwocr.tracking.client import Tracker, flatten, ui_command
 from hwocr.tracking.redact import REDACTED, redact_yaml
+from tests.conftest import run_hwocr
 
 SECRET = "secret-value-1234"
 
@@ -31,12 +32,11 @@ SECRET = "secret-value-1234"
         ),
     ],
 )
-def test_remote_code_needs_an_explicit_flag_and_a_pinned_revision(
-    tmp_path, monkeypatch, overrides, message, run_cli
-):
+def test_remote_code_needs_an_explicit_flag_and_a_pinned_revision(tmp_path, monkeypatch, overrides, message):
     monkeypatch.setattr(run_module, "load_model", lambda *a, **k: pytest.fail("model loaded"))
-    assert run_cli(*overrides, f"hydra.run.dir={tmp_path}") == 2
-    assert message in (tmp_path / "run.log").read_text()
+    run = run_hwocr(tmp_path / "run", *overrides)
+    assert run.code == 2
+    assert message in run.log()
 
 
 def test_secrets_never_reach_mlflow(tmp_path, monkeypatch):

@@ -6,6 +6,7 @@ import shutil
 
 import pytest
 import torch
+from conftest import run_hwocr
 from safetensors.torch import load_file
 
 from hwocr.config import HardwareConfig, LoraConfig, register_schema, to_config
@@ -80,24 +81,17 @@ def tower_run(tmp_path_factory, tiny_model_config):
     )
 
 
-def _run(run_cli, overrides, run_dir):
-    code = run_cli(*overrides, f"hydra.run.dir={run_dir}")
-    assert code == 0, (run_dir / "run.log").read_text()[-3000:]
-
-
-def test_a_tower_adapter_reloads_predicts_the_same_and_resumes_exactly(tower_run, run_cli, monkeypatch):
+def test_a_tower_adapter_reloads_predicts_the_same_and_resumes_exactly(tower_run, monkeypatch):
     tmp, overrides = tower_run
     monkeypatch.setenv("HWOCR_CACHE", str(tmp / "cache"))
-    _run(run_cli, overrides, tmp / "first")
+    run_hwocr(tmp / "first", *overrides).check()
     adapter = load_file(tmp / "first" / "adapter" / "adapter_model.safetensors")
     assert any(SAM in key for key in adapter) and any(ENCODER in key for key in adapter)
 
     # reloaded from disk, the adapter writes what the run's own tuned evaluation wrote
-    _run(
-        run_cli,
-        (*overrides, "stages=[tuned_eval]", f"eval.adapter={tmp / 'first' / 'adapter'}"),
-        tmp / "again",
-    )
+    run_hwocr(
+        tmp / "again", *overrides, "stages=[tuned_eval]", f"eval.adapter={tmp / 'first' / 'adapter'}"
+    ).check()
     predictions = "eval/tuned/predictions.csv"
     assert (tmp / "again" / predictions).read_text() == (tmp / "first" / predictions).read_text()
 
@@ -105,7 +99,7 @@ def test_a_tower_adapter_reloads_predicts_the_same_and_resumes_exactly(tower_run
     shutil.copytree(tmp / "first", tmp / "resumed")
     shutil.rmtree(tmp / "resumed" / "checkpoints" / "checkpoint-4")
     shutil.rmtree(tmp / "resumed" / "adapter")
-    _run(run_cli, overrides, tmp / "resumed")
+    run_hwocr(tmp / "resumed", *overrides).check()
     assert "resuming from" in (tmp / "resumed" / "run.log").read_text()
     resumed = load_file(tmp / "resumed" / "adapter" / "adapter_model.safetensors")
     assert resumed.keys() == adapter.keys()
