@@ -74,7 +74,7 @@ def upgrade(node, source: Path | str) -> None:
         saved_new = OmegaConf.select(node, rename.new, default=rename.defers_at)
         if _has(node, rename.new) and saved_new != rename.defers_at:
             log.warning(
-                "%s: %s is retired and was overridden by %s=%s, which it keeps",
+                "%s: %s is retired; %s=%s, saved beside it, took precedence over it then and does now",
                 source,
                 rename.old,
                 rename.new,
