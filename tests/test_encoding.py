@@ -171,6 +171,24 @@ def test_the_benchmarks_plain_pass_encodes_float_views(tiny_model_config, lines)
     assert torch.equal(floats["input_ids"], eight_bit["input_ids"])
 
 
+def test_the_benchmarks_timeline_reads_transcribes_own_profiler_ranges(tiny_model_config, lines):
+    """bench.py --timeline: one row per batch, from the ranges the product marks (hwocr/trace_markers.py)."""
+    from benchmarks import bench
+
+    processor = load_processor(tiny_model_config)
+    model = load_model(tiny_model_config, HardwareConfig(device="cpu", dtype="fp32")).eval()
+    settings = GenerationSettings(prompt=PROMPT, max_new_tokens=3, batch_size=2, encode_threads=2)
+    rows: list[dict] = []
+    with bench.batch_timeline(rows):
+        transcribe(model, processor, lines, settings)
+    assert len(rows) == 3  # 5 lines in batches of 2
+    assert all(
+        {"to_device_s", "generate_s", "encode_s_threads", "join_pageable_s"} <= set(row) for row in rows
+    )
+    assert all("waited_before_s" in row for row in rows[1:])
+    assert all(0 <= row["to_device_s"] <= row["generate_s"] for row in rows)
+
+
 def test_no_joined_batch_is_held_when_transcribe_hands_page_locked_memory_back(
     tiny_model_config, lines, monkeypatch
 ):
