@@ -25,15 +25,21 @@ def conversation(image, prompt: str, answer: str | None = None) -> list[dict]:
     return turns
 
 
-def encode_chat(processor, images: list, prompts: list[str], **kwargs) -> BatchFeature:
-    """Generation's inputs: the model card's apply_chat_template, one conversation per image."""
+def encode_chat(
+    processor, images: list, prompts: list[str], return_tensors="pt", **processor_kwargs
+) -> BatchFeature:
+    """Generation's inputs: the model card's apply_chat_template, one conversation per image;
+    `processor_kwargs` (e.g. padding=True) go to the processor's call."""
     conversations = [
         conversation(image, prompt) for image, prompt in zip(upright(images), prompts, strict=True)
     ]
-    kwargs.setdefault("return_tensors", "pt")
-    kwargs.pop("raw_pixels", None)  # 8-bit views are DeepSeek's (pixels.py)
     return processor.apply_chat_template(
-        conversations, add_generation_prompt=True, tokenize=True, return_dict=True, **kwargs
+        conversations,
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
+        return_tensors=return_tensors,
+        processor_kwargs=processor_kwargs,
     )
 
 

@@ -8,7 +8,7 @@ settings it supports) are `hwocr.config.FAMILIES[name]`, which needs no torch.
 from pathlib import Path
 
 import torch
-from transformers import AutoProcessor, PreTrainedModel, ProcessorMixin
+from transformers import AutoProcessor, AutoTokenizer, PreTrainedModel, ProcessorMixin
 
 from hwocr.config import FAMILIES, FamilyTraits, ModelConfig
 
@@ -63,3 +63,14 @@ class ModelFamily:
     def vision_tower(self, model: PreTrainedModel) -> torch.nn.Module:
         """The vision encoder (its dtype is the pixels' dtype; frozen, it runs without grad)."""
         raise NotImplementedError
+
+
+def pil_processor(processor_class, image_processor_class, source: str, revision: str | None, remote: bool):
+    """`processor_class` assembled from its saved tokenizer (chat template included) and the PIL
+    backend of its image processor. AutoProcessor would pick the torchvision backend, which needs a
+    working torchvision (often missing or CUDA-only) and rounds pixels differently on each machine."""
+    tokenizer = AutoTokenizer.from_pretrained(source, revision=revision, trust_remote_code=remote)
+    image_processor = image_processor_class.from_pretrained(source, revision=revision)
+    return processor_class(
+        image_processor=image_processor, tokenizer=tokenizer, chat_template=tokenizer.chat_template
+    )

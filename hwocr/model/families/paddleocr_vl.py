@@ -2,11 +2,9 @@
 
 from pathlib import Path
 
-from transformers import AutoProcessor
-
 from hwocr.config import ModelConfig
 from hwocr.inputs.settings import set_up_chat_processor
-from hwocr.model.families.base import ModelFamily
+from hwocr.model.families.base import ModelFamily, pil_processor
 
 _PROJECTIONS = r"(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 
@@ -30,8 +28,10 @@ class PaddleOcrVl(ModelFamily):
         return ensure_tiny_checkpoint(path)
 
     def load_processor(self, cfg: ModelConfig, source: str, revision: str | None):
-        processor = AutoProcessor.from_pretrained(
-            source, revision=revision, trust_remote_code=cfg.trust_remote_code
+        from transformers import PaddleOCRVLImageProcessorPil, PaddleOCRVLProcessor
+
+        processor = pil_processor(
+            PaddleOCRVLProcessor, PaddleOCRVLImageProcessorPil, source, revision, cfg.trust_remote_code
         )
         return set_up_chat_processor(processor)
 
