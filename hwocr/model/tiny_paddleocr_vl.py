@@ -105,18 +105,28 @@ def tiny_config(tokenizer: PreTrainedTokenizerFast) -> PaddleOCRVLConfig:
     )
 
 
-def full_size_config(tokenizer: PreTrainedTokenizerFast | None = None) -> PaddleOCRVLConfig:
-    """PaddleOCR-VL-0.9B's shapes (transformers' defaults are the released checkpoint's), random
-    weights, for the GPU benchmarks; `tokenizer` wires a smaller vocabulary's special tokens."""
-    if tokenizer is None:
-        return PaddleOCRVLConfig()
-    config = PaddleOCRVLConfig(text_config={"vocab_size": len(tokenizer)})
+def full_size_config(tokenizer: PreTrainedTokenizerFast) -> PaddleOCRVLConfig:
+    """PaddleOCR-VL-0.9B's shapes (transformers' defaults are the released checkpoint's: the real
+    vocabulary size, so the output head costs what it costs), `tokenizer`'s special token ids."""
+    config = PaddleOCRVLConfig()
     ids = tokenizer.convert_tokens_to_ids
     config.image_token_id = ids(IMAGE)
     config.vision_start_token_id, config.vision_end_token_id = ids(IMAGE_START), ids(IMAGE_END)
     for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
         setattr(config.text_config, key, getattr(tokenizer, key))
     return config
+
+
+def build_full_checkpoint(path: Path, dtype: torch.dtype = torch.bfloat16, device: str = "cpu") -> Path:
+    """Random-weight PaddleOCR-VL at full size with the released image processor's settings, saved
+    like a hub checkpoint, for the GPU benchmarks (benchmarks/bench.py --model paddleocr_vl)."""
+    if (path / "config.json").is_file():
+        return path
+    torch.manual_seed(0)
+    tokenizer = build_tokenizer()
+    return save_random_checkpoint(
+        path, full_size_config(tokenizer), tokenizer, PaddleOCRVLImageProcessorPil(), dtype, device
+    )
 
 
 def image_processor(patch_size: int = PATCH, max_side: int = 128) -> PaddleOCRVLImageProcessorPil:
