@@ -80,7 +80,7 @@ def test_training_teaches_the_model_to_tell_images_apart(run_cli, tmp_path, tiny
     [
         pytest.param(("train.max_steps=150",), id="lora"),
         pytest.param(("lora=r16_vision",), id="vision-lora"),
-        pytest.param(("lora=none", "train.lr=2e-3"), id="full-fine-tuning"),
+        pytest.param(("lora=none", "train.lr=2e-3", "train.max_steps=150"), id="full-fine-tuning"),
     ],
 )
 def test_paddleocr_vl_learns_to_tell_images_apart(run_cli, tmp_path, tiny_paddleocr_vl_config, adaptation):
