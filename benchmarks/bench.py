@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from hwocr.config import DEFAULT_PROMPT, DTYPES, HardwareConfig, LoraConfig, ModelConfig
+from hwocr.config import DEFAULT_PROMPT, DTYPES, FAMILIES, HardwareConfig, LoraConfig, ModelConfig
 from hwocr.data import Sample
 from hwocr.io import write_atomic
 from hwocr.model.load import torch_dtype
@@ -71,6 +71,22 @@ def build_full_checkpoint(path: Path) -> Path:
 
 
 def model_config(args) -> ModelConfig:
+    if args.model in ("paddleocr_vl", "tiny_paddleocr_vl"):
+        from hwocr.model.tiny_paddleocr_vl import build_full_checkpoint
+
+        tiny = args.model == "tiny_paddleocr_vl"
+        folder = Path(args.checkpoint_dir) / args.model
+        if not tiny:
+            build_full_checkpoint(folder, device="cuda" if torch.cuda.is_available() else "cpu")
+        return ModelConfig(
+            name=args.model,
+            family="paddleocr_vl",
+            source=str(folder),
+            build_tiny=tiny,
+            image_mode="native",
+            prompt="OCR:",
+            memory_optimizations=False,
+        )
     if args.model == "v1":
         if not args.v1_checkpoint:
             raise SystemExit("--model v1 needs --v1-checkpoint DIR (or HWOCR_V1_CHECKPOINT)")
@@ -135,7 +151,7 @@ def weight_bytes_by_component(model) -> dict[str, float]:
             group = "lora (trainable)"
         elif "vision_tower.sam_encoder" in name or "sam_model" in name:  # v2 / v1 names
             group = "vision: SAM"
-        elif "vision_tower" in name or "vision_model" in name:
+        elif "vision_tower" in name or "vision_model" in name or "model.visual" in name:
             group = "vision: encoder"
         elif any(part in name for part in ("projector", "view_separator", "view_seperator", "image_newline")):
             group = "projector"
@@ -221,7 +237,7 @@ def run_train(args, mcfg, hw, lora, processor, samples, result) -> None:
     if cuda:
         result["allocated_after_load_gib"] = gib(torch.cuda.memory_allocated())
 
-    collator = make_collator(args, processor, dtype)
+    collator = make_collator(args, processor, dtype, mcfg.prompt)
     device = torch.device("cuda" if cuda else "cpu")
     n_batches = max(1, min(args.steps, len(samples) // args.batch))
     batches = []
@@ -321,12 +337,12 @@ def run_train(args, mcfg, hw, lora, processor, samples, result) -> None:
         torch.cuda.empty_cache()
 
 
-def make_collator(args, processor, dtype):
+def make_collator(args, processor, dtype, prompt: str = DEFAULT_PROMPT):
     from hwocr.inputs import OcrCollator
 
     if args.pad_multiple is None:
-        return OcrCollator(processor, DEFAULT_PROMPT, pixel_dtype=dtype)
-    return OcrCollator(processor, DEFAULT_PROMPT, pixel_dtype=dtype, pad_to_multiple_of=args.pad_multiple)
+        return OcrCollator(processor, prompt, pixel_dtype=dtype)
+    return OcrCollator(processor, prompt, pixel_dtype=dtype, pad_to_multiple_of=args.pad_multiple)
 
 
 class StepTimer:
@@ -430,15 +446,17 @@ def run_product_trainer(args, mcfg, hw, lora, processor, samples, result) -> Non
         result["run"]["ratio_to_bare_step"] = round(
             result["run"]["samples_per_s"] / result["train"]["samples_per_s"], 3
         )
-    result["collate_s_per_batch"] = time_collator(args, processor, samples[: args.batch], torch_dtype(hw))
+    result["collate_s_per_batch"] = time_collator(
+        args, processor, samples[: args.batch], torch_dtype(hw), mcfg.prompt
+    )
     model = None
     if cuda:
         torch.cuda.empty_cache()
 
 
-def time_collator(args, processor, samples, dtype) -> float:
+def time_collator(args, processor, samples, dtype, prompt: str = DEFAULT_PROMPT) -> float:
     """One batch through the benchmark's collator in this process (one core's share of the workers' work)."""
-    collator = make_collator(args, processor, dtype)
+    collator = make_collator(args, processor, dtype, prompt)
     collator(samples[:1])
     started = time.perf_counter()
     collator(samples)
@@ -496,7 +514,7 @@ def run_generate(args, mcfg, hw, processor, samples, result, lora) -> None:
         model = prepare_for_training(model, lora, hw, args.backend)
     model.eval()
     settings = GenerationSettings(
-        prompt=DEFAULT_PROMPT,
+        prompt=mcfg.prompt,
         max_new_tokens=args.new_tokens,
         batch_size=args.gen_batch,
         cache=args.gen_cache,
@@ -505,9 +523,11 @@ def run_generate(args, mcfg, hw, processor, samples, result, lora) -> None:
         compile_vision=not args.eager_vision,
         graph_decoding=not args.eager_decoding,
     )
+    if not FAMILIES[mcfg.family].deepseek_speedups:
+        settings = settings.reference()  # the fast path is DeepSeek-OCR-2's, as in the product
     # warm-up: CUDA context, kernels, autotuning
     warm = GenerationSettings(
-        prompt=DEFAULT_PROMPT, max_new_tokens=4, batch_size=min(4, len(samples)), compile_vision=False
+        prompt=mcfg.prompt, max_new_tokens=4, batch_size=min(4, len(samples)), compile_vision=False
     )
     with ids_as_text(processor.tokenizer):
         transcribe(model, processor, samples[:4], warm, desc="warm-up")
@@ -969,7 +989,9 @@ def environment(args) -> dict:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", choices=["full", "tiny", "v1"], default="full")
+    p.add_argument(
+        "--model", choices=["full", "tiny", "v1", "paddleocr_vl", "tiny_paddleocr_vl"], default="full"
+    )
     p.add_argument("--v1-checkpoint", default=os.environ.get("HWOCR_V1_CHECKPOINT"), help="--model v1's dir")
     p.add_argument("--backend", choices=["hf", "unsloth"], default="hf")
     p.add_argument("--dtype", choices=list(DTYPES), default="bf16")
@@ -1042,7 +1064,9 @@ def main(argv=None) -> dict:
     if args.device == "cpu" and args.dtype != "fp32":
         print("note: CPU runs use fp32 autocast off; fp16/bf16 weights are slow or unsupported on CPU")
     torch.manual_seed(0)
-    mcfg = replace(model_config(args), memory_optimizations=args.recipe == "optimized")
+    mcfg = model_config(args)
+    speedups = FAMILIES[mcfg.family].deepseek_speedups  # the other families run transformers' stock model
+    mcfg = replace(mcfg, memory_optimizations=args.recipe == "optimized" and speedups)
     hw = HardwareConfig(
         name="bench",
         device=args.device,

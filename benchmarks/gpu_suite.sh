@@ -12,6 +12,14 @@ REGISTERED=pinned_use_cuda_host_register:True,pinned_num_register_threads:8
 mkdir -p "$RES"
 b() { local name=$1; shift; echo "### $name"; timeout ${LIMIT:-300} python3 benchmarks/bench.py --name "$name" --json "$RES/$name.json" "$@" 2>&1 | grep -v "Warning\|warn(" ; }
 for phase in "$@"; do case $phase in
+  paddleocr_vl)  # PaddleOCR-VL-0.9B at full size, random weights, 1600x120 lines: LoRA on the language model
+    # at the T4 profile (fp16, 4-bit) and in bf16, then generation in images/s (the plain path)
+    P="--model paddleocr_vl --memory-profile"
+    b paddleocr_vl_t4_train_b8 $P --dtype fp16 --load-in-4bit --batch 8 --steps 6
+    b paddleocr_vl_t4_train_b16 $P --dtype fp16 --load-in-4bit --batch 16 --steps 6
+    b paddleocr_vl_bf16_train_b32 $P --dtype bf16 --batch 32 --steps 8
+    b paddleocr_vl_t4_generate_b32 --model paddleocr_vl --task generate --dtype fp16 --load-in-4bit --gen-images 128 --gen-batch 32 --new-tokens 48
+    b paddleocr_vl_bf16_generate --model paddleocr_vl --task generate --dtype bf16 --gen-images 512 --new-tokens 48 --check-unbatched 4 ;;
   t4mem)
     b t4_train_baseline_b8 --dtype fp16 --load-in-4bit --batch 8 --steps 4 --recipe baseline --memory-profile
     b t4_train_optimized_b8 --dtype fp16 --load-in-4bit --batch 8 --steps 4 --recipe optimized --memory-profile ;;

@@ -16,10 +16,38 @@ from hwocr.errors import ConfigError
 log = logging.getLogger(__name__)
 
 STAGES = ("base_eval", "train", "tuned_eval")
-# DeepSeek-OCR-2: dynamic (its official mode), base, small. v1: its five official modes.
-IMAGE_MODES = {
-    "ocr2": ("dynamic", "base", "small"),
-    "ocr1": ("tiny", "small", "base", "large", "gundam"),
+
+
+@dataclass(frozen=True)
+class FamilyTraits:
+    """What the config checks know of a model family (`model.family`); its code is in
+    hwocr/model/families/. Settings a family lacks are refused with a ConfigError naming the key."""
+
+    image_modes: tuple[str, ...]  # model.image_mode's choices; the first is the family's own
+    # DeepSeek's keys (model.memory_optimizations, lora.experts) apply (ocr2) or are ignored (ocr1);
+    # other families refuse model.memory_optimizations=true and ignore lora.experts (no routed experts)
+    deepseek: bool = False
+    deepseek_speedups: bool = False  # memory optimizations, expert LoRA, the fast evaluation path
+    remote_code: bool = False  # runs the hub's code: needs model.trust_remote_code and a pinned revision
+    full_fine_tuning: bool = True  # lora=none
+    unsloth: bool = False  # backend=unsloth
+    export: bool = False  # python -m hwocr.export
+
+
+# model.family -> its traits. DeepSeek-OCR-2: dynamic (its official mode), base, small. v1: its five
+# official modes. The chat-template families take the processor's own resolution rules (`native`).
+FAMILIES = {
+    "ocr2": FamilyTraits(
+        ("dynamic", "base", "small"), deepseek=True, deepseek_speedups=True, unsloth=True, export=True
+    ),
+    "ocr1": FamilyTraits(
+        ("tiny", "small", "base", "large", "gundam"),
+        deepseek=True,
+        remote_code=True,
+        full_fine_tuning=False,
+        unsloth=True,
+    ),
+    "paddleocr_vl": FamilyTraits(("native",)),
 }
 # Older names still accepted, with a warning: (family, old name) -> the mode it means.
 DEPRECATED_IMAGE_MODES = {("ocr2", "gundam"): "dynamic"}
@@ -33,7 +61,8 @@ DEFAULT_PROMPT = "<image>\nFree OCR."  # DeepSeek-OCR's plain transcription prom
 @dataclass
 class ModelConfig:
     name: str = "tiny"
-    family: str = "ocr2"  # "ocr2" (native transformers classes) or "ocr1" (remote code)
+    # ocr2 = DeepSeek-OCR-2, ocr1 = DeepSeek-OCR v1 (remote code), paddleocr_vl (FAMILIES above)
+    family: str = "ocr2"
     # Hub id or local directory. For `tiny`, the directory is built on first use.
     source: str = "???"
     revision: str | None = None
@@ -46,6 +75,7 @@ class ModelConfig:
     # images; base = the global view alone; small = one view at tile_size (768 px).
     # ocr1: tiny 512, small 640, base 1024, large 1280 (one view each), gundam (global + tiles).
     # So `small` is one view in both families, but 768 px on DeepSeek-OCR-2 and 640 px on v1.
+    # Chat-template families (paddleocr_vl): native = the processor's own resizing rules.
     image_mode: str = "base"
     prompt: str = DEFAULT_PROMPT
     # ocr2 only: hwocr's memory savings, each computing what the stock model computes
@@ -258,7 +288,8 @@ def _check_at_least(key: str, value: int, low: int) -> None:
 
 def validate_model(model: ModelConfig) -> None:
     """model.*: the checks every entrypoint that loads a model makes (a deprecated mode is renamed)."""
-    _check_choice("model.family", model.family, tuple(IMAGE_MODES))
+    _check_choice("model.family", model.family, tuple(FAMILIES))
+    traits = FAMILIES[model.family]
     renamed = DEPRECATED_IMAGE_MODES.get((model.family, model.image_mode))
     if renamed:
         log.warning(
@@ -270,8 +301,13 @@ def validate_model(model: ModelConfig) -> None:
             renamed,
         )
         model.image_mode = renamed
-    _check_choice("model.image_mode", model.image_mode, IMAGE_MODES[model.family])
-    if model.family == "ocr1" and not model.trust_remote_code:
+    _check_choice("model.image_mode", model.image_mode, traits.image_modes)
+    if model.memory_optimizations and not traits.deepseek:
+        raise ConfigError(
+            f"model.memory_optimizations=true is DeepSeek-OCR-2's (model.family=ocr2); model.family="
+            f"{model.family} runs transformers' stock model: set model.memory_optimizations=false"
+        )
+    if traits.remote_code and not model.trust_remote_code:
         raise ConfigError(
             "model.family=ocr1 (DeepSeek-OCR v1) has no native transformers class and runs the hub's "
             "remote code; set model.trust_remote_code=true (with a pinned model.revision) to allow it"
@@ -354,8 +390,13 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(
             "hardware.load_in_4bit=true needs LoRA: 4-bit weights cannot be fine-tuned directly"
         )
-    if cfg.model.family == "ocr1" and not cfg.lora.enabled:
-        raise ConfigError("model.family=ocr1 trains LoRA adapters only; choose a lora other than none")
+    traits = FAMILIES[cfg.model.family]
+    if not traits.full_fine_tuning and not cfg.lora.enabled:
+        raise ConfigError(
+            f"model.family={cfg.model.family} trains LoRA adapters only; choose a lora other than none"
+        )
+    if cfg.backend == "unsloth" and not traits.unsloth:
+        raise ConfigError(f"backend=unsloth does not load model.family={cfg.model.family}; use backend=hf")
     if experts_adapted(cfg) and cfg.lora.dropout:
         raise ConfigError(
             f"lora.dropout={cfg.lora.dropout} cannot apply to the routed experts (PEFT's ParamWrapper "
@@ -389,8 +430,9 @@ def validate_predict(cfg: PredictConfig) -> PredictConfig:
 
 
 def experts_adapted(cfg: Config) -> bool:
-    """LoRA reaches DeepSeek-OCR-2's fused routed experts (v1's are covered by target_modules)."""
-    return cfg.lora.enabled and cfg.lora.experts and cfg.model.family == "ocr2"
+    """LoRA reaches DeepSeek-OCR-2's fused routed experts (v1's are covered by target_modules; the
+    other families have none)."""
+    return cfg.lora.enabled and cfg.lora.experts and FAMILIES[cfg.model.family].deepseek_speedups
 
 
 def is_local_dir(source: str) -> bool:

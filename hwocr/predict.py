@@ -21,7 +21,7 @@ from pathlib import Path
 
 import hydra
 
-from hwocr.config import PredictConfig, register_schema, to_predict_config, validate_predict
+from hwocr.config import FAMILIES, PredictConfig, register_schema, to_predict_config, validate_predict
 from hwocr.data import Sample
 from hwocr.data.screen import IMAGE_SUFFIXES, image_problem
 from hwocr.errors import USER_ERRORS, ConfigError
@@ -97,6 +97,8 @@ def predict(cfg: PredictConfig) -> list:
         encode_threads=cfg.eval.encode_threads,
         **guard_settings(cfg.eval.repetition_guard, processor.tokenizer),
     )
+    if not FAMILIES[cfg.model.family].deepseek_speedups:
+        settings = settings.reference()  # the fast path is DeepSeek-OCR-2's
     usable = [samples[p] for p in images if p not in skipped]
     predictions, stats = (
         transcribe(model, processor, usable, settings, desc="predict") if usable else ([], None)

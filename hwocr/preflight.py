@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from hwocr.config import Config, HardwareConfig
+from hwocr.config import FAMILIES, Config, HardwareConfig
 from hwocr.distributed import SHARE_ONE_GPU
 from hwocr.errors import ModelLoadError, PreflightError
 
@@ -85,7 +85,7 @@ def require_ocr1_transformers() -> None:
 
 
 def model_problems(cfg: Config) -> list[str]:
-    if cfg.model.family != "ocr1":
+    if not FAMILIES[cfg.model.family].remote_code:
         return []
     try:
         require_ocr1_transformers()

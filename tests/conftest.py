@@ -50,6 +50,21 @@ def tiny_model_config(tmp_path_factory) -> ModelConfig:
 
 
 @pytest.fixture(scope="session")
+def tiny_paddleocr_vl_config(tmp_path_factory) -> ModelConfig:
+    """The tiny PaddleOCR-VL (conf/model/tiny_paddleocr_vl.yaml), built once per test session."""
+    path = tmp_path_factory.mktemp("models") / "tiny-paddleocr-vl"
+    return ModelConfig(
+        name="tiny_paddleocr_vl",
+        family="paddleocr_vl",
+        source=str(path),
+        build_tiny=True,
+        image_mode="native",
+        prompt="OCR:",
+        memory_optimizations=False,
+    )
+
+
+@pytest.fixture(scope="session")
 def render_lines(tmp_path_factory):
     """render_lines(sizes) -> one test Sample per size, a short Vietnamese line drawn on white."""
     from PIL import Image, ImageDraw

@@ -17,7 +17,7 @@ from packaging.version import Version
 from hwocr.config import HardwareConfig, LoraConfig, register_schema, to_config
 from hwocr.errors import ConfigError, ModelLoadError, PreflightError
 from hwocr.model import load_model, prepare_for_training
-from hwocr.model.adapt import LANGUAGE_MODEL_TARGETS
+from hwocr.model.families import family
 from hwocr.preflight import OCR1_TRANSFORMERS, preflight
 from tests.conftest import CONF
 
@@ -49,14 +49,14 @@ def composed(*overrides: str):
 
 
 def test_v1_lora_targets_are_its_language_model_projections():
-    pattern = LANGUAGE_MODEL_TARGETS["ocr1"]
+    pattern = family("ocr1").language_model_targets
     assert [name for name in V1_LANGUAGE + V1_OTHER if re.fullmatch(pattern, name)] == V1_LANGUAGE
 
 
 def test_ocr2_lora_targets_leave_the_vision_tower_alone(tiny_model_config):
     model = load_model(tiny_model_config, HardwareConfig())
     names = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
-    matched = [name for name in names if re.fullmatch(LANGUAGE_MODEL_TARGETS["ocr2"], name)]
+    matched = [name for name in names if re.fullmatch(family("ocr2").language_model_targets, name)]
     assert matched and all(".language_model." in name for name in matched)
     assert any("vision_tower" in name and name.endswith("q_proj") for name in names)  # same names there
 

@@ -28,7 +28,8 @@ def test_every_experiment_composes_and_validates(experiment):
     cfg = to_config(composed(f"+experiment={experiment}"))
     assert isinstance(cfg, Config)
     assert cfg.experiment == experiment
-    assert cfg.model.prompt == "<image>\nFree OCR."  # DeepSeek-OCR's transcription prompt
+    # each model's own transcription prompt: DeepSeek-OCR's, PaddleOCR-VL's card's
+    assert cfg.model.prompt == {"paddleocr_vl": "OCR:"}.get(cfg.model.family, "<image>\nFree OCR.")
 
 
 @pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS, ids=lambda v: str(v))

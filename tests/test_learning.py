@@ -70,6 +70,19 @@ def test_training_teaches_the_model_to_tell_images_apart(tmp_path, tiny_model_co
     assert metrics["perfect_match_rate"] == 1.0, metrics["predictions"]
 
 
+@pytest.mark.parametrize(
+    "adaptation",
+    [
+        pytest.param(("train.max_steps=150",), id="lora"),
+        pytest.param(("lora=r16_vision",), id="vision-lora"),
+        pytest.param(("lora=none", "train.lr=2e-3", "train.max_steps=150"), id="full-fine-tuning"),
+    ],
+)
+def test_paddleocr_vl_learns_to_tell_images_apart(run_cli, tmp_path, tiny_paddleocr_vl_config, adaptation):
+    metrics = _overfit(run_cli, tmp_path, tiny_paddleocr_vl_config, "model=tiny_paddleocr_vl", *adaptation)
+    assert metrics["perfect_match_rate"] == 1.0, metrics["predictions"]
+
+
 @pytest.mark.slow  # the control: run by make test-all (CI), shown failing in experiments/demo.md
 def test_without_the_images_training_cannot_tell_them_apart(tmp_path, tiny_model_config):
     """The control: the same run with every pixel zeroed before the vision tower."""

@@ -13,6 +13,7 @@ from transformers import Trainer, TrainingArguments
 import hwocr.model.load as load_module
 import hwocr.run as run_module
 from hwocr.config import HardwareConfig, ModelConfig, TrackingConfig
+from hwocr.model.families import family
 from hwocr.tracking.client import Tracker, flatten, ui_command
 from hwocr.tracking.redact import REDACTED, redact_yaml
 from tests.conftest import run_hwocr
@@ -89,7 +90,7 @@ def test_models_load_from_safetensors_only(monkeypatch, tmp_path):
             seen.update(kwargs)
             raise RuntimeError("stop here")
 
-    monkeypatch.setattr(load_module, "_model_class", lambda cfg: Recorder)
+    monkeypatch.setattr(family("ocr2"), "model_class", lambda cfg: Recorder)
     with pytest.raises(Exception, match="stop here"):
         load_module.load_model(ModelConfig(source=str(tmp_path)), HardwareConfig())
     assert seen["use_safetensors"] is True and seen["trust_remote_code"] is False

@@ -14,7 +14,8 @@ from hwocr.errors import ModelLoadError
 from hwocr.inputs import encode
 from hwocr.inputs.views import global_view_shift
 from hwocr.model.architecture import full_size_config
-from hwocr.model.load import _require_every_weight, load_processor, warn_unpinned
+from hwocr.model.families.deepseek_ocr2 import require_every_weight
+from hwocr.model.load import load_processor, warn_unpinned
 from hwocr.model.official import is_official, native_config
 
 PROMPT = "<image>\nFree OCR."
@@ -144,9 +145,9 @@ def test_official_config_reads_as_the_released_architecture():
 
 def test_official_load_refuses_unmapped_weights():
     cfg = ModelConfig(name="deepseek_ocr2", source="deepseek-ai/DeepSeek-OCR-2", revision="a" * 40)
-    _require_every_weight(cfg, {"missing_keys": set(), "unexpected_keys": [], "mismatched_keys": []})
+    require_every_weight(cfg, {"missing_keys": set(), "unexpected_keys": [], "mismatched_keys": []})
     with pytest.raises(ModelLoadError, match=r"missing_keys: \['model.layers.0.mlp.experts.gate_up_proj'\]"):
-        _require_every_weight(cfg, {"missing_keys": {"model.layers.0.mlp.experts.gate_up_proj"}})
+        require_every_weight(cfg, {"missing_keys": {"model.layers.0.mlp.experts.gate_up_proj"}})
 
 
 @pytest.mark.parametrize(

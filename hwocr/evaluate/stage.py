@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hwocr import distributed
-from hwocr.config import Config
+from hwocr.config import FAMILIES, Config
 from hwocr.data import Sample
 from hwocr.distributed import Rank
 from hwocr.evaluate.generate import (
@@ -44,8 +44,9 @@ class EvalResult:
 
 
 def generation_settings(cfg: Config, processor, test: list[Sample]) -> GenerationSettings:
-    """One set of settings for base and tuned alike, so the comparison is fair."""
-    return GenerationSettings(
+    """One set of settings for base and tuned alike, so the comparison is fair. Families without
+    DeepSeek's speedups take the reference path (evaluate/reference.py) whatever eval.* asks."""
+    settings = GenerationSettings(
         prompt=cfg.model.prompt,
         max_new_tokens=max_new_tokens_for(
             [s.text for s in test], processor.tokenizer, cfg.eval.max_new_tokens_margin
@@ -57,6 +58,7 @@ def generation_settings(cfg: Config, processor, test: list[Sample]) -> Generatio
         encode_threads=cfg.eval.encode_threads,
         **guard_settings(cfg.eval.repetition_guard, processor.tokenizer),
     )
+    return settings if FAMILIES[cfg.model.family].deepseek_speedups else settings.reference()
 
 
 def evaluate_checkpoint(

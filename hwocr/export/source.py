@@ -4,7 +4,7 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from hwocr.config import Config, ModelConfig, is_local_dir, validate
+from hwocr.config import FAMILIES, Config, ModelConfig, is_local_dir, validate
 from hwocr.errors import ConfigError
 from hwocr.export.config import ExportConfig
 from hwocr.saved_config import read_saved_config
@@ -50,10 +50,10 @@ def resolve(cfg: ExportConfig) -> ExportSource:
     model = cfg.model or run_config.model
     # the shared checks of the model keys (family, image mode, remote code and its pinned revision)
     validate(dataclasses.replace(run_config, model=model) if run_config else Config(model=model))
-    if model.family != "ocr2":
+    if not FAMILIES[model.family].export:
         raise ConfigError(
             f"model.family={model.family}: export writes DeepSeek-OCR-2 in transformers' native classes; "
-            "DeepSeek-OCR v1 runs the hub's remote code and has none"
+            "other families keep their adapter (eval.adapter and hwocr.predict load it)"
         )
     dtype = cfg.dtype or (run_config.hardware.dtype if run_config else DEFAULT_DTYPE)
     return ExportSource(model, adapter_dir, dtype, run_dir, run_config)

@@ -7,7 +7,8 @@ Every step between a Sample and the model lives here, in the order a batch takes
   (views.py), each prompt starting with one BOS (bos.py); a batch of samples for generation
   (`encode_samples`);
 - pixels.py: 8-bit views normalised on the device, and a batch moved there (`pixels_to_device`);
-- training.py: training batches (OcrCollator): prompt, target and EOS, labels on the target only.
+- training.py: training batches (OcrCollator): prompt, target and EOS, labels on the target only;
+- chat.py: the same for chat-template models (PaddleOCR-VL), through the model card's chat template.
 
 DeepSeek-OCR v1's processor (hwocr/model/ocr1.py) goes through the same calls and needs no setup.
 Evaluation's threads and page-locking (hwocr/evaluate/fast/encoding.py) call `encode_samples`.
@@ -19,6 +20,7 @@ from hwocr.inputs.settings import (
     ProcessorSetup,
     copy_processor,
     image_mode_settings,
+    set_up_chat_processor,
     set_up_processor,
     setup_of,
 )
@@ -33,6 +35,7 @@ __all__ = [
     "encode_samples",
     "image_mode_settings",
     "pixels_to_device",
+    "set_up_chat_processor",
     "set_up_processor",
     "setup_of",
     "supports_raw_pixels",

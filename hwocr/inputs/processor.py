@@ -6,6 +6,7 @@ from transformers import BatchFeature, ProcessorMixin
 
 from hwocr.data import Sample, load_image
 from hwocr.inputs.bos import with_one_bos
+from hwocr.inputs.chat import encode_chat
 from hwocr.inputs.pixels import RAW_PIXELS, supports_raw_pixels
 from hwocr.inputs.settings import ProcessorSetup, setup_of
 from hwocr.inputs.views import follow_pil_centering, squash, upright
@@ -21,7 +22,8 @@ def encode(
 ):
     """Run the processor with its image mode, on the views DeepSeek's own code builds where the
     port's differ (views.py); for DeepSeek-OCR-2, each prompt starts with exactly one BOS (bos.py;
-    v1's Ocr1Processor puts its own BOS first).
+    v1's Ocr1Processor puts its own BOS first). A chat-template processor (set_up_chat_processor)
+    gets each prompt as the user's text beside its image, through its chat template (chat.py).
 
     raw_pixels: DeepSeek-OCR-2's views stay 8-bit, for pixels.py to normalise on the device.
     setup: the processor's settings when the caller holds them (a collator unpickled in a DataLoader
@@ -29,6 +31,8 @@ def encode(
     images = upright(images)
     if setup is None:
         setup = setup_of(processor)  # still None: v1's processor, which needs none of this
+    if setup is not None and setup.style == "chat":
+        return encode_chat(processor, images, texts, **kwargs)
     if setup is not None and setup.squash:
         images = squash(images, setup.squash)
     if raw_pixels and supports_raw_pixels(processor, setup):

@@ -20,6 +20,9 @@ from hwocr.errors import ModelLoadError
 @dataclass
 class ProcessorSetup:
     call_kwargs: dict  # passed on every call (see set_up_processor)
+    # how prompts and images become inputs: "deepseek" (processor.py: a plain-text prompt, DeepSeek's
+    # views and BOS) or "chat" (chat.py: the model card's chat template)
+    style: str = "deepseek"
     squash: int | None = None  # small mode: images resized to this square side first
     # pixels.py's lookup table for 8-bit views: unset until first asked for, None if unusable
     pixel_table: torch.Tensor | None = field(default=None, repr=False)
@@ -66,6 +69,18 @@ def set_up_processor(processor, cfg: ModelConfig):
         squash=settings["size"]["height"] if cfg.image_mode == "small" else None,
     )
     processor.tokenizer.padding_side = "left"  # batched generation
+    return processor
+
+
+def set_up_chat_processor(processor):
+    """A freshly loaded chat-template processor (chat.py), its tokenizer padding on the left for
+    batched generation."""
+    if processor.tokenizer.eos_token_id is None:
+        raise ModelLoadError(
+            "the processor's tokenizer names no EOS token: nothing would end a transcription"
+        )
+    _SETUPS[processor] = ProcessorSetup(call_kwargs={}, style="chat")
+    processor.tokenizer.padding_side = "left"
     return processor
 
 

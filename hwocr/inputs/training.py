@@ -6,11 +6,11 @@ import torch
 from transformers import ProcessorMixin
 
 from hwocr.data import Sample, load_image
+from hwocr.inputs.chat import IGNORE_INDEX, chat_training_example, collate_chat
 from hwocr.inputs.processor import encode
 from hwocr.inputs.settings import setup_of
 from hwocr.model.ocr1 import Ocr1Processor
 
-IGNORE_INDEX = -100
 # Batches are padded to a multiple of this many tokens. Every new sequence length makes the GPU's
 # attention kernels plan and tune again, which dominated short runs
 # (benchmarks/results/h200_run_bf16_*_pad*.json); a few shapes instead of one per batch costs a few
@@ -46,6 +46,8 @@ class OcrCollator:
     def __call__(self, samples: Sequence[Sample]) -> dict[str, torch.Tensor]:
         if isinstance(self.processor, Ocr1Processor):
             return self._collate_ocr1(samples)
+        if self.setup.style == "chat":
+            return self._collate_chat(samples)
         sequences, labels, pixel_values, local_values, n_local = [], [], [], [], []
         for sample in samples:
             encoded = encode(
@@ -88,6 +90,13 @@ class OcrCollator:
         batch["images"] = [(tiles.to(self.pixel_dtype), view.to(self.pixel_dtype)) for tiles, view in views]
         batch["images_spatial_crop"] = torch.cat(grids)
         return batch
+
+    def _collate_chat(self, samples: Sequence[Sample]) -> dict:
+        """Chat-template models: each sample's conversation with its transcription (chat.py)."""
+        examples = [
+            chat_training_example(self.processor, load_image(s.image), self.prompt, s.text) for s in samples
+        ]
+        return collate_chat(examples, self.tokenizer.pad_token_id, self.pad_to_multiple_of, self.pixel_dtype)
 
     def _target(self, sample: Sample) -> torch.Tensor:
         """The transcription's tokens and EOS: what the loss is computed on."""

@@ -19,6 +19,7 @@ from hwocr.model.expert_lora import (
     adapted_expert_parameters,
     peft_sees_packed_experts,
 )
+from hwocr.model.families import family_of
 from hwocr.model.weights import require_safetensors
 
 log = logging.getLogger(__name__)
@@ -58,39 +59,14 @@ def _keep_native_adapter_keys() -> None:
 _keep_native_adapter_keys()
 
 
-_PROJECTIONS = r"(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
-# Per family, the language model's projections (the default LoRA targets). The vision encoders reuse
-# some of these names, so the regexes anchor on where the language model lives.
-LANGUAGE_MODEL_TARGETS = {
-    "ocr2": rf".*language_model.*\.{_PROJECTIONS}",  # model.language_model.layers.N...
-    "ocr1": rf"model\.layers\.\d+\..*\.{_PROJECTIONS}",  # v1 remote code: model.layers.N...
-}
-
-
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.get_base_model() if isinstance(model, PeftModel) else model
 
 
-def model_family(model: torch.nn.Module) -> str:
-    """ocr2 for transformers' native DeepSeek-OCR-2, ocr1 for v1's remote code."""
-    return "ocr2" if getattr(unwrap(model).config, "model_type", "") == "deepseek_ocr2" else "ocr1"
-
-
 def vision_tower(model: torch.nn.Module) -> torch.nn.Module:
-    base = unwrap(model)
-    return base.model.vision_tower if model_family(model) == "ocr2" else base.model.sam_model
+    return family_of(model).vision_tower(unwrap(model))
 
 
-# lora.vision -> the vision modules that adapt, per family (module-name prefixes). `encoder` is
-# what Unsloth's finetune_vision_layers adapts: DeepSeek-OCR-2's Qwen2-like encoder (its learned
-# queries too, under full fine-tuning), v1's CLIP-L; `tower` adds SAM.
-VISION_PARTS = {
-    "ocr2": {
-        "encoder": ("model.vision_tower.vision_encoder", "model.vision_tower.query_"),
-        "tower": ("model.vision_tower",),
-    },
-    "ocr1": {"encoder": ("model.vision_model",), "tower": ("model.sam_model", "model.vision_model")},
-}
 # Module types PEFT's LoRA can wrap (what a target regex may name), bitsandbytes' layers included.
 LORA_LAYER_TYPES = ("Linear", "Linear4bit", "Linear8bitLt", "Conv1d", "Conv2d", "Conv3d", "Embedding")
 
@@ -122,12 +98,9 @@ def prepare_for_training(
     else:
         # Full fine-tuning of everything after the vision tower, and of the tower's parts that
         # lora.vision names.
-        base = model.model
-        for module in (base.language_model, base.multi_modal_projector, model.lm_head):
-            module.requires_grad_(True)
-        base.view_separator.requires_grad_(True)
+        trained = family_of(model).fully_trained + vision_prefixes(model, lora.vision)
         for name, param in model.named_parameters():
-            if name.startswith(vision_prefixes(model, lora.vision)):
+            if name.startswith(trained):
                 param.requires_grad_(True)
     # Mixed precision scales and unscales fp32 gradients; fp16 trainable weights break GradScaler.
     for param in model.parameters():
@@ -152,7 +125,7 @@ def prepare_for_training(
 
 def vision_prefixes(model: torch.nn.Module, vision: str) -> tuple[str, ...]:
     """Module-name prefixes of the vision parts that `lora.vision` adapts (none when frozen)."""
-    return VISION_PARTS[model_family(model)].get(vision, ())
+    return family_of(model).vision_parts.get(vision, ())
 
 
 def lora_targets(model: torch.nn.Module, lora: LoraConfig) -> str:
@@ -162,7 +135,7 @@ def lora_targets(model: torch.nn.Module, lora: LoraConfig) -> str:
     if lora.target_modules:
         key, regex = "lora.target_modules", lora.target_modules
     else:
-        key, regex = "lora.vision", LANGUAGE_MODEL_TARGETS[model_family(model)]
+        key, regex = "lora.vision", family_of(model).language_model_targets
         vision = [
             name
             for name, module in model.named_modules()
@@ -199,7 +172,7 @@ def check_lora_targets(model: torch.nn.Module, regex: str, key: str) -> None:
 
 def expert_targets(model: torch.nn.Module, lora: LoraConfig) -> list[str] | None:
     """PEFT target_parameters for the routed experts (lora.experts), DeepSeek-OCR-2 only."""
-    return EXPERT_PARAMETERS if lora.experts and model_family(model) == "ocr2" else None
+    return EXPERT_PARAMETERS if lora.experts and family_of(model).traits.deepseek_speedups else None
 
 
 def keep_frozen_tower_out_of_autograd(model: torch.nn.Module) -> bool:
@@ -209,7 +182,7 @@ def keep_frozen_tower_out_of_autograd(model: torch.nn.Module) -> bool:
     Returns whether the wrapper was installed. (v1's remote code already runs its encoders under
     no_grad.)
     """
-    if model_family(model) == "ocr1":
+    if family_of(model).tower_without_grad:
         return False
     tower = vision_tower(model)
     if any(p.requires_grad for p in tower.parameters()) or tower in _TOWERS_WITHOUT_GRAD:

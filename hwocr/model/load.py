@@ -1,25 +1,18 @@
-"""Load DeepSeek-OCR(-2) and its processor from a hub id (pinned revision) or a local directory."""
+"""Load a model and its processor from a hub id (pinned revision) or a local directory; what differs by
+model family (classes, layouts, fix-ups) is the family's (hwocr/model/families/)."""
 
 import logging
 import re
 from pathlib import Path
 
 import torch
-from transformers import AutoProcessor, BitsAndBytesConfig, PreTrainedModel, ProcessorMixin
+from transformers import BitsAndBytesConfig, PreTrainedModel, ProcessorMixin
 
 from hwocr.config import DTYPES, HardwareConfig, ModelConfig, is_local_dir
 from hwocr.errors import ModelLoadError
-from hwocr.inputs.settings import set_up_processor
-from hwocr.model.official import is_official, native_config, native_processor, read_config
-from hwocr.preflight import require_ocr1_transformers
+from hwocr.model.families import family
 
 log = logging.getLogger(__name__)
-
-# Kept in 16-bit under 4-bit loading: the frozen vision tower and projector (quality, small) and the
-# output head. Matched from the start of the module name; this replaces bitsandbytes' default.
-NOT_QUANTIZED = ["model.vision_tower", "model.multi_modal_projector", "lm_head"]
-# v1's remote code: SAM, CLIP-L, the projector and the output head.
-OCR1_NOT_QUANTIZED = ["model.sam_model", "model.vision_model", "model.projector", "lm_head"]
 
 
 def torch_dtype(hardware: HardwareConfig) -> torch.dtype:
@@ -29,9 +22,7 @@ def torch_dtype(hardware: HardwareConfig) -> torch.dtype:
 def resolve_source(cfg: ModelConfig) -> tuple[str, str | None]:
     """(path or hub id, revision). A local directory wins; its revision is meaningless."""
     if cfg.build_tiny:
-        from hwocr.model.tiny import ensure_tiny_checkpoint  # DeepSeek-OCR-2 classes: transformers 5
-
-        return str(ensure_tiny_checkpoint(Path(cfg.source).resolve())), None
+        return str(family(cfg.family).tiny_checkpoint(Path(cfg.source).resolve())), None
     if is_local_dir(cfg.source):
         return str(Path(cfg.source).expanduser().resolve()), None
     return cfg.source, cfg.revision
@@ -39,40 +30,13 @@ def resolve_source(cfg: ModelConfig) -> tuple[str, str | None]:
 
 def load_processor(cfg: ModelConfig) -> ProcessorMixin:
     source, revision = resolve_source(cfg)
-    if cfg.family == "ocr1":
-        from hwocr.model.ocr1 import Ocr1Processor
-
-        with _explained_load_errors(cfg):
-            return Ocr1Processor.from_pretrained(
-                source,
-                revision=revision,
-                image_mode=cfg.image_mode,
-                image_size=cfg.image_size,
-                tile_size=cfg.tile_size,
-                trust_remote_code=cfg.trust_remote_code,
-            )
     with _explained_load_errors(cfg):
-        if official_layout(cfg, source, revision):
-            processor = native_processor(source, revision)
-        else:
-            processor = AutoProcessor.from_pretrained(
-                source, revision=revision, trust_remote_code=cfg.trust_remote_code
-            )
-    return set_up_processor(processor, cfg)
-
-
-def official_layout(cfg: ModelConfig, source: str, revision: str | None) -> bool:
-    """deepseek-ai's own repo layout (remote-code config), which hwocr reads with native classes."""
-    if cfg.family != "ocr2" or cfg.build_tiny:
-        return False
-    try:
-        return is_official(read_config(source, revision))
-    except (OSError, ValueError):
-        return False  # no config.json to read: the load itself reports it
+        return family(cfg.family).load_processor(cfg, source, revision)
 
 
 def quantization_config(cfg: ModelConfig, hardware: HardwareConfig) -> BitsAndBytesConfig | None:
-    """NF4 with double quantization (QLoRA) when the hardware profile asks for 4-bit."""
+    """NF4 with double quantization (QLoRA) when the hardware profile asks for 4-bit; the family's
+    vision side and output head stay in 16-bit."""
     if not hardware.load_in_4bit:
         return None
     return BitsAndBytesConfig(
@@ -80,7 +44,7 @@ def quantization_config(cfg: ModelConfig, hardware: HardwareConfig) -> BitsAndBy
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=torch_dtype(hardware),
-        llm_int8_skip_modules=OCR1_NOT_QUANTIZED if cfg.family == "ocr1" else NOT_QUANTIZED,
+        llm_int8_skip_modules=list(family(cfg.family).not_quantized),
     )
 
 
@@ -109,11 +73,11 @@ def load_model(
         # cuda: this process's GPU (set per rank under DDP). cpu: said outright, since 4-bit loading
         # otherwise moves the weights to a GPU it finds, away from the batches.
         device_map = {"": torch.cuda.current_device() if hardware.device == "cuda" else "cpu"}
-    if cfg.family == "ocr1":
-        require_ocr1_transformers()
-    official = official_layout(cfg, source, revision)
+    model_family = family(cfg.family)
+    model_family.before_load(cfg)
+    extra = model_family.from_pretrained_kwargs(cfg, source, revision)
     if backend == "unsloth":
-        if official:
+        if extra:
             raise ModelLoadError(
                 f"backend=unsloth cannot read deepseek-ai's own repo layout ('{cfg.source}': remote-code "
                 "config). Use backend=hf, or the transformers-native conversion: "
@@ -125,13 +89,10 @@ def load_model(
             cfg, torch_dtype(hardware), source, revision, quantization_config(cfg, hardware)
         )
     else:
-        # deepseek-ai's own repo: its remote-code config as a native config; the weights' official
-        # key names go through transformers' conversion mapping ("deepseek_ocr2").
-        config = {"config": native_config(read_config(source, revision))} if official else {}
         with _explained_load_errors(cfg):
-            model, info = _model_class(cfg).from_pretrained(
+            model, info = model_family.model_class(cfg).from_pretrained(
                 source,
-                **config,
+                **extra,
                 revision=revision,
                 dtype=torch_dtype(hardware),
                 quantization_config=quantization_config(cfg, hardware),
@@ -140,8 +101,7 @@ def load_model(
                 use_safetensors=True,  # never unpickle downloaded weights (hwocr/model/weights.py)
                 output_loading_info=True,
             )
-        if official:  # a renamed key that the mapping misses would load as random weights
-            _require_every_weight(cfg, info)
+        model_family.check_loaded(cfg, source, revision, info)
     log.info(
         "loaded %s (%s, %s%s, backend %s, attention %s)",
         source,
@@ -151,53 +111,8 @@ def load_model(
         backend,
         getattr(model.config, "_attn_implementation", None),
     )
-    if cfg.family == "ocr1":
-        _restore_integer_position_ids(model)
-    if cfg.memory_optimizations and cfg.family == "ocr2":
-        optimize_loaded_model(model, hardware)
+    model_family.after_load(model, cfg, hardware)
     return model
-
-
-def _require_every_weight(cfg: ModelConfig, info: dict) -> None:
-    problems = {k: info.get(k) for k in ("missing_keys", "unexpected_keys", "mismatched_keys") if info.get(k)}
-    if problems:
-        raise ModelLoadError(
-            f"model.source='{cfg.source}' (deepseek-ai's layout) did not map onto the native model: "
-            + "; ".join(f"{k}: {sorted(map(str, v))[:5]} ({len(v)})" for k, v in problems.items())
-            + ". transformers' conversion mapping for deepseek_ocr2 changed? Pin transformers==5.17.0 or "
-            "use model.source=deepseek-community/DeepSeek-OCR-2"
-        )
-
-
-def _restore_integer_position_ids(model: torch.nn.Module) -> None:
-    """A 4-bit fp16 load casts v1's CLIP `position_ids` buffer (an arange) to fp16, and its
-    embedding lookup then fails; the values are exact small integers, so cast them back."""
-    for module in model.modules():
-        ids = getattr(module, "position_ids", None)
-        if isinstance(ids, torch.Tensor) and ids.is_floating_point():
-            module.position_ids = ids.round().long()
-
-
-def _model_class(cfg: ModelConfig):
-    if cfg.family == "ocr1":
-        from transformers import AutoModel  # v1's auto_map names its remote class under AutoModel
-
-        return AutoModel
-    from transformers import DeepseekOcr2ForConditionalGeneration  # transformers >= 5.17
-
-    return DeepseekOcr2ForConditionalGeneration
-
-
-def optimize_loaded_model(model: PreTrainedModel, hardware: HardwareConfig) -> None:
-    """NF4 routed experts under 4-bit loading; SAM attention without a materialised bias; the vision
-    tower run in chunks of images."""
-    from hwocr.model.experts import quantize_experts
-    from hwocr.model.vision import VISION_CHUNK, chunk_vision_tower, fold_sam_rel_pos
-
-    if hardware.load_in_4bit:
-        quantize_experts(model)
-    fold_sam_rel_pos(model.model.vision_tower)
-    chunk_vision_tower(model.model.vision_tower, VISION_CHUNK)
 
 
 class _explained_load_errors:

@@ -31,18 +31,25 @@ TINY_BUILD = 2
 BUILD_MARKER = "hwocr_tiny_build.txt"
 
 
-def build_tokenizer(seed: int = 0) -> PreTrainedTokenizerFast:
-    """Byte-level BPE on generated Vietnamese text: every byte is reachable, common syllables merge."""
+def byte_level_bpe(special_tokens: list[str], seed: int = 0) -> Tokenizer:
+    """Byte-level BPE on generated Vietnamese text: every byte is reachable, common syllables merge.
+    `special_tokens` get the first ids, in order."""
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=TOKENIZER_VOCAB,
-        special_tokens=[BOS, EOS, PAD, IMAGE],  # ids 0..3: bos 0 and eos 1 as in the real checkpoint
+        special_tokens=special_tokens,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tokenizer.train_from_iterator(generate_lines(TOKENIZER_TRAINING_LINES, seed=seed), trainer)
+    return tokenizer
+
+
+def build_tokenizer(seed: int = 0) -> PreTrainedTokenizerFast:
+    """DeepSeek-OCR-2's special tokens on the byte-level BPE."""
+    tokenizer = byte_level_bpe([BOS, EOS, PAD, IMAGE], seed)  # bos 0 and eos 1 as in the real checkpoint
     # The real tokenizer prepends BOS; the processor relies on the tokenizer for it.
     tokenizer.post_processor = processors.TemplateProcessing(
         single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, 0)]

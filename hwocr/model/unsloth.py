@@ -10,7 +10,7 @@ import os
 import torch
 from transformers import BitsAndBytesConfig, PreTrainedModel
 
-from hwocr.config import HardwareConfig, LoraConfig, ModelConfig
+from hwocr.config import FAMILIES, HardwareConfig, LoraConfig, ModelConfig
 from hwocr.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def load_with_unsloth(
     """
     from transformers import AutoModel
 
-    if cfg.family == "ocr1":
+    if FAMILIES[cfg.family].remote_code:
         # Unsloth compiles each decoder layer for training; v1's MoE loops over experts in Python and
         # recompiles as the token counts change, several times slower than without the compile
         # (experiments/gpu-v1-h100-smoke.md). Read on every forward; a user's setting wins.
@@ -68,7 +68,7 @@ def load_with_unsloth(
         load_in_16bit=quantization is None,
         # v1's remote class is registered under AutoModel; for DeepSeek-OCR-2 Unsloth picks the
         # generation class itself (AutoModel would give the headless DeepseekOcr2Model).
-        auto_model=AutoModel if cfg.family == "ocr1" else None,
+        auto_model=AutoModel if FAMILIES[cfg.family].remote_code else None,
         trust_remote_code=cfg.trust_remote_code,
         # Without flash-attn, Unsloth picks flex_attention for remote-code models such as v1, which
         # compiles again for every new batch shape; sdpa is what the hf backend uses.

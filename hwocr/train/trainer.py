@@ -10,7 +10,7 @@ from torch.utils.data import Dataset
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from hwocr import distributed
-from hwocr.config import Config
+from hwocr.config import FAMILIES, Config
 from hwocr.data import Sample
 from hwocr.errors import TrainingInterrupted
 from hwocr.inputs import OcrCollator
@@ -130,7 +130,8 @@ def train(
         args.eval_strategy = "no"
         log.warning("no validation samples: validation loss is not computed")
     # v1's remote forward takes no logits_to_keep: it computes its own loss from full logits.
-    trainer_class = OcrTrainer if cfg.model.memory_optimizations and cfg.model.family == "ocr2" else Trainer
+    speedups = FAMILIES[cfg.model.family].deepseek_speedups
+    trainer_class = OcrTrainer if cfg.model.memory_optimizations and speedups else Trainer
     trainer = trainer_class(
         model=model,
         args=args,
