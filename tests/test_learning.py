@@ -78,8 +78,8 @@ def test_training_teaches_the_model_to_tell_images_apart(tmp_path, tiny_model_co
         pytest.param(("lora=none", "train.lr=2e-3", "train.max_steps=150"), id="full-fine-tuning"),
     ],
 )
-def test_paddleocr_vl_learns_to_tell_images_apart(run_cli, tmp_path, tiny_paddleocr_vl_config, adaptation):
-    metrics = _overfit(run_cli, tmp_path, tiny_paddleocr_vl_config, "model=tiny_paddleocr_vl", *adaptation)
+def test_paddleocr_vl_learns_to_tell_images_apart(tmp_path, tiny_paddleocr_vl_config, adaptation):
+    metrics = _overfit(tmp_path, tiny_paddleocr_vl_config, "model=tiny_paddleocr_vl", *adaptation)
     assert metrics["perfect_match_rate"] == 1.0, metrics["predictions"]
 
 
