@@ -4,7 +4,8 @@ The full-size config (random weights) measures real memory and speed on a GPU wi
 the tiny one runs the whole pipeline on a CPU in seconds. The released shapes are those of
 zai-org/GLM-OCR's config.json (https://huggingface.co/zai-org/GLM-OCR/blob/main/config.json):
 a CogViT-style vision tower (24 blocks, 1024 wide, patch 14, 2x2 merge) and a GLM decoder (16
-layers, 1536 wide, 16 query / 8 key-value heads of 128, vocabulary 59392); about 0.9 B parameters.
+layers, 1536 wide, 16 query / 8 key-value heads of 128, vocabulary 59392): 1.1 B weights, of which
+the card's 0.9 B leave out the embedding and output tables.
 """
 
 from transformers import GlmOcrConfig
@@ -23,10 +24,11 @@ FULL_TOKEN_IDS = {
 }
 
 
-def full_size_config() -> GlmOcrConfig:
+def full_size_config(token_ids: dict | None = None) -> GlmOcrConfig:
     """The released GLM-OCR shapes (the multi-token-prediction layer the checkpoint also holds is
-    not part of transformers' model and is skipped when the weights load)."""
-    ids = FULL_TOKEN_IDS
+    not part of transformers' model and is skipped when the weights load). `token_ids`: another
+    tokenizer's ids for FULL_TOKEN_IDS' keys (a random-weight benchmark checkpoint's)."""
+    ids = token_ids or FULL_TOKEN_IDS
     return GlmOcrConfig(
         text_config={
             "vocab_size": FULL_VOCAB,

@@ -21,7 +21,10 @@ def answer_after_prompt(processor, image, prompt: str, answer: str) -> dict[str,
     processor gives them, `labels` on the answer and its EOS only."""
     [image] = upright([image])
     inputs = processor.apply_chat_template(
-        [conversation(image, prompt)], add_generation_prompt=True, tokenize=True, return_dict=True,
+        [conversation(image, prompt)],
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
         return_tensors="pt",
     )
     tokenizer = processor.tokenizer

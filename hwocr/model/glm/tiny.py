@@ -1,8 +1,9 @@
-"""Build the tiny GLM-OCR checkpoint offline: random weights, a Vietnamese byte-level BPE with GLM's
-special tokens, GLM-OCR's chat template and image processor at a small resolution.
+"""Build random-weight GLM-OCR checkpoints offline: a Vietnamese byte-level BPE with GLM's special
+tokens, GLM-OCR's chat template and image processor, and the tiny (tests, demo) or the released
+(GPU benchmarks) shapes.
 
-It is saved with `save_pretrained` like a hub checkpoint, so the rest of hwocr loads it through the
-same code path as zai-org/GLM-OCR.
+They are saved with `save_pretrained` like a hub checkpoint, so the rest of hwocr loads them through
+the same code path as zai-org/GLM-OCR.
 """
 
 import logging
@@ -16,7 +17,7 @@ from transformers.models.glm46v.image_processing_pil_glm46v import Glm46VImagePr
 
 from hwocr.data.vietnamese import generate_lines
 from hwocr.io import atomic_directory
-from hwocr.model.glm.architecture import tiny_config
+from hwocr.model.glm.architecture import FULL_VOCAB, full_size_config, tiny_config
 from hwocr.model.glm.processor import IMAGE_TOKEN, VIDEO_END, VIDEO_START, VIDEO_TOKEN, GlmOcrProcessor
 
 log = logging.getLogger(__name__)
@@ -42,9 +43,11 @@ SPECIAL_TOKENS = [
 ]
 TOKENIZER_VOCAB = 1024
 TOKENIZER_TRAINING_LINES = 4000
-# The view's pixel budget: smart_resize bounds (2 frames x height x width) to these, so a view is at
-# most 64x64 pixels (64 image tokens at patch 4 with a 2x2 merge) and at least 16x16.
-MIN_PIXELS, MAX_PIXELS = 2 * 16 * 16, 2 * 64 * 64
+# The tiny view's pixel budget: smart_resize bounds (2 frames x height x width) to these, so a view
+# is at most 64x64 pixels (64 image tokens at patch 4 with a 2x2 merge) and at least 16x16.
+TINY_PIXELS = {"shortest_edge": 2 * 16 * 16, "longest_edge": 2 * 64 * 64}
+# zai-org/GLM-OCR's preprocessor_config.json: patch 14, and these bounds.
+RELEASED_PIXELS = {"shortest_edge": 12544, "longest_edge": 9633792}
 # Bump when the built checkpoint changes, so that cached tiny checkpoints are rebuilt.
 TINY_BUILD = 1
 BUILD_MARKER = "hwocr_tiny_build.txt"
@@ -76,14 +79,13 @@ def build_tokenizer(seed: int = 0) -> PreTrainedTokenizerFast:
     )
 
 
-def build_processor(seed: int = 0) -> GlmOcrProcessor:
+def build_processor(size: dict, patch_size: int, seed: int = 0) -> GlmOcrProcessor:
     image_processor = Glm46VImageProcessorPil(
-        size={"shortest_edge": MIN_PIXELS, "longest_edge": MAX_PIXELS},
-        patch_size=4,
-        merge_size=2,
-        temporal_patch_size=2,
+        size=size, patch_size=patch_size, merge_size=2, temporal_patch_size=2
     )
-    return GlmOcrProcessor(image_processor=image_processor, tokenizer=build_tokenizer(seed), chat_template=chat_template())
+    return GlmOcrProcessor(
+        image_processor=image_processor, tokenizer=build_tokenizer(seed), chat_template=chat_template()
+    )
 
 
 def token_ids(tokenizer) -> dict:
@@ -104,15 +106,46 @@ def token_ids(tokenizer) -> dict:
 def build_tiny_checkpoint(path: Path, seed: int = 0) -> Path:
     """Write a random-weight tiny GLM-OCR checkpoint (model + processor) to `path`, atomically."""
     torch.manual_seed(seed)
-    processor = build_processor(seed)
-    ids = token_ids(processor.tokenizer)
-    model = GlmOcrForConditionalGeneration(tiny_config(ids, vocab_size=len(processor.tokenizer)))
-    model.generation_config.eos_token_id = ids["eos_token_id"]
-    model.generation_config.pad_token_id = ids["pad_token_id"]
+    processor = build_processor(TINY_PIXELS, patch_size=4, seed=seed)
+    config = tiny_config(token_ids(processor.tokenizer), vocab_size=len(processor.tokenizer))
+    return save_random_checkpoint(path, config, processor, extra_files={BUILD_MARKER: str(TINY_BUILD)})
+
+
+def build_full_size_checkpoint(path: Path, dtype: torch.dtype = torch.bfloat16, device: str = "cpu") -> Path:
+    """The released shapes and vocabulary size (the output head's cost) with random weights, the
+    released image processor, and the offline tokenizer's special-token ids: for measuring memory
+    and speed without a download."""
+    torch.manual_seed(0)
+    processor = build_processor(RELEASED_PIXELS, patch_size=14)
+    config = full_size_config(token_ids(processor.tokenizer))
+    config.text_config.vocab_size = FULL_VOCAB
+    return save_random_checkpoint(path, config, processor, dtype=dtype, device=device)
+
+
+def save_random_checkpoint(
+    path: Path,
+    config,
+    processor: GlmOcrProcessor,
+    dtype: torch.dtype | None = None,
+    device: str = "cpu",
+    extra_files: dict[str, str] | None = None,
+) -> Path:
+    """Random weights for `config` saved with `processor`, atomically, like a hub checkpoint. Seed
+    torch before calling: the weights are drawn here."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype or previous)
+    try:
+        with torch.device(device):
+            model = GlmOcrForConditionalGeneration(config)
+    finally:
+        torch.set_default_dtype(previous)
+    model.generation_config.eos_token_id = config.text_config.eos_token_id
+    model.generation_config.pad_token_id = config.text_config.pad_token_id
     with atomic_directory(path) as staging:
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
-        (staging / BUILD_MARKER).write_text(str(TINY_BUILD))
+        for name, text in (extra_files or {}).items():
+            (staging / name).write_text(text)
     log.info("built a random-weight GLM-OCR (%d parameters) at %s", model.num_parameters(), path)
     return path
 
