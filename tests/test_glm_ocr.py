@@ -137,9 +137,12 @@ def _settings(**changes) -> GenerationSettings:
 
 
 def test_batched_and_one_by_one_transcriptions_are_identical(glm, processor, samples):
+    """With a short repetition guard, each token is the best one not banned: small differences in
+    the logits (padding that leaks into attention or positions) change the text."""
     model = load_model(glm, HardwareConfig())
-    batched, _ = transcribe(model, processor, samples, _settings(batch_size=len(samples)))
-    alone, _ = transcribe(model, processor, samples, _settings(batch_size=1))
+    guard = {"no_repeat_ngram": 1, "no_repeat_window": 0}
+    batched, _ = transcribe(model, processor, samples, _settings(batch_size=len(samples), **guard))
+    alone, _ = transcribe(model, processor, samples, _settings(batch_size=1, **guard))
     assert [p.prediction for p in batched] == [p.prediction for p in alone]
     assert any(p.prediction for p in batched)  # random weights still write something
 
