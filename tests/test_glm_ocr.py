@@ -304,3 +304,31 @@ def test_image_features_differ_across_images(glm, processor):
     with torch.no_grad():
         features = model.model.visual(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"]).pooler_output
     assert relative_spread(features.view(len(images), -1)) >= 0.10
+
+
+@pytest.mark.slow
+def test_the_benchmark_measures_glm_ocr(tmp_path):
+    """benchmarks/bench.py's GLM-OCR target (the GPU suite's `glm` phase) on the tiny model."""
+    from benchmarks import bench
+
+    result = bench.main(
+        [
+            *("--model", "tiny_glm_ocr", "--dtype", "fp32", "--device", "cpu", "--lora-r", "8"),
+            *(
+                "--batch",
+                "2",
+                "--steps",
+                "2",
+                "--task",
+                "both",
+                "--gen-images",
+                "4",
+                "--check-unbatched",
+                "4",
+            ),
+            *("--checkpoint-dir", str(tmp_path), "--json", str(tmp_path / "bench.json")),
+        ]
+    )
+    assert result["train"]["nonfinite_losses"] == 0 and result["trainable_parameters"] > 0
+    assert "vision: encoder" in result["weights_gib_by_component"]  # the tower is accounted as vision
+    assert result["generate"]["failed"] == 0 and result["generate"]["unbatched_identical"] == "4/4"
