@@ -7,7 +7,7 @@ from pathlib import Path
 
 from hwocr.config import ModelConfig
 from hwocr.inputs.settings import set_up_chat_processor
-from hwocr.model.families.base import ModelFamily
+from hwocr.model.families.base import ModelFamily, pil_processor
 
 
 class GlmOcr(ModelFamily):
@@ -33,10 +33,12 @@ class GlmOcr(ModelFamily):
         return ensure_tiny_checkpoint(path)
 
     def load_processor(self, cfg: ModelConfig, source: str, revision: str | None):
+        from transformers.models.glm46v.image_processing_pil_glm46v import Glm46VImageProcessorPil
+
         from hwocr.model.glm.inputs import answer_after_prompt
         from hwocr.model.glm.processor import GlmOcrProcessor
 
-        processor = GlmOcrProcessor.from_pretrained(source, revision=revision)
+        processor = pil_processor(GlmOcrProcessor, Glm46VImageProcessorPil, source, revision, remote=False)
         return set_up_chat_processor(processor, training_example=answer_after_prompt)
 
     def model_class(self, cfg: ModelConfig):

@@ -11,14 +11,13 @@ from importlib import resources
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GlmOcrForConditionalGeneration, PreTrainedTokenizerFast
 from transformers.models.glm46v.image_processing_pil_glm46v import Glm46VImageProcessorPil
 
-from hwocr.data.vietnamese import generate_lines
 from hwocr.io import atomic_directory
 from hwocr.model.glm.architecture import FULL_VOCAB, full_size_config, tiny_config
 from hwocr.model.glm.processor import IMAGE_TOKEN, VIDEO_END, VIDEO_START, VIDEO_TOKEN, GlmOcrProcessor
+from hwocr.model.tiny import byte_level_bpe
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +40,6 @@ SPECIAL_TOKENS = [
     "<think>",
     "</think>",
 ]
-TOKENIZER_VOCAB = 1024
-TOKENIZER_TRAINING_LINES = 4000
 # The tiny view's pixel budget: smart_resize bounds (2 frames x height x width) to these, so a view
 # is at most 64x64 pixels (64 image tokens at patch 4 with a 2x2 merge) and at least 16x16.
 TINY_PIXELS = {"shortest_edge": 2 * 16 * 16, "longest_edge": 2 * 64 * 64}
@@ -58,20 +55,10 @@ def chat_template() -> str:
 
 
 def build_tokenizer(seed: int = 0) -> PreTrainedTokenizerFast:
-    """Byte-level BPE on generated Vietnamese text; GLM's special tokens first. Like GLM-OCR's, it
-    adds no special tokens of its own: the chat template writes [gMASK]<sop>."""
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=TOKENIZER_VOCAB,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(generate_lines(TOKENIZER_TRAINING_LINES, seed=seed), trainer)
+    """GLM's special tokens on the byte-level BPE. Like GLM-OCR's tokenizer, it adds no special
+    tokens of its own: the chat template writes [gMASK]<sop>."""
     return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
+        tokenizer_object=byte_level_bpe(SPECIAL_TOKENS, seed),
         eos_token=EOS,
         pad_token=EOS,
         padding_side="left",
