@@ -11,11 +11,15 @@ import torch
 from learning import WORDS, word_image
 from PIL import Image, ImageDraw
 
-from hwocr.config import HardwareConfig, LoraConfig, ModelConfig
+from hwocr.config import HardwareConfig, LoraConfig, ModelConfig, register_schema, to_config
 from hwocr.data import Sample
+from hwocr.errors import ConfigError
 from hwocr.evaluate.generate import GenerationSettings, transcribe
 from hwocr.inputs import IGNORE_INDEX, OcrCollator, encode_samples
 from hwocr.model import load_model, load_processor, prepare_for_training
+from tests.conftest import composed
+
+register_schema()
 
 PROMPT = "Text Recognition:"  # the model card's
 # a line, a word and a paragraph, as wide, square and tall-ish images
@@ -279,3 +283,30 @@ def test_the_benchmark_measures_glm_ocr(tmp_path):
     assert result["train"]["nonfinite_losses"] == 0 and result["trainable_parameters"] > 0
     assert "vision: encoder" in result["weights_gib_by_component"]  # the tower is accounted as vision
     assert result["generate"]["failed"] == 0 and result["generate"]["unbatched_identical"] == "4/4"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["model.memory_optimizations=true"], "model.memory_optimizations"),
+        (["backend=unsloth", "hardware=t4"], "backend=unsloth"),
+        (["model.image_mode=dynamic"], "model.image_mode"),
+    ],
+)
+def test_deepseek_only_settings_are_refused_by_key(overrides, key):
+    with pytest.raises(ConfigError, match=key):
+        to_config(composed("model=glm_ocr", *overrides))
+
+
+def test_the_real_preset_is_pinned_and_validates(caplog):
+    """`+experiment=lines_glm_ocr` loads zai-org/GLM-OCR at a commit: no unpinned warning."""
+    from hwocr.model.load import warn_unpinned
+
+    cfg = to_config(composed("+experiment=lines_glm_ocr"))
+    assert cfg.model.family == "glm_ocr" and cfg.model.source == "zai-org/GLM-OCR"
+    with caplog.at_level("WARNING"):
+        warn_unpinned(cfg.model)
+    assert "unpinned" not in caplog.text
+    with caplog.at_level("WARNING"):
+        warn_unpinned(replace(cfg.model, revision="main"))
+    assert "unpinned" in caplog.text
