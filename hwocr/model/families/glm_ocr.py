@@ -23,8 +23,8 @@ class GlmOcr(ModelFamily):
     # encoder = the vision transformer's blocks; tower = all of the vision model: patch embedding,
     # blocks, downsampling and the merger that projects into the decoder
     vision_parts = {"encoder": ("model.visual.blocks",), "tower": ("model.visual",)}
-    # full fine-tuning trains the decoder and its head, as GLM-OCR's and LLaMA-Factory's full SFT
-    # (vision tower and projector frozen) do, unless lora.vision says otherwise
+    # full fine-tuning trains the decoder and its head, as LLaMA-Factory's full SFT does by default
+    # (freeze_vision_tower, freeze_multi_modal_projector), plus what lora.vision names
     fully_trained = ("model.language_model", "lm_head")
 
     def tiny_checkpoint(self, path: Path) -> Path:
