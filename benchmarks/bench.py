@@ -10,6 +10,9 @@ modes), prepare_for_training (LoRA, frozen tower, checkpointing), OcrCollator, t
     python benchmarks/bench.py --model full --dtype fp16 --load-in-4bit --batch 8 --recipe baseline
     # on a CPU
     python benchmarks/bench.py --model tiny --dtype fp32 --batch 2 --steps 2 --task both
+    # GLM-OCR's released shapes with random weights (model.family=glm_ocr), T4 settings; tiny on a CPU
+    python benchmarks/bench.py --model glm_ocr --dtype fp16 --batch 16 --task both
+    python benchmarks/bench.py --model tiny_glm_ocr --dtype fp32 --batch 2 --steps 2 --task both
     # DeepSeek-OCR v1 (remote code, the ocr1 install profile) from a local checkpoint, either backend
     HWOCR_V1_CHECKPOINT=/path/to/v1 python benchmarks/bench.py --model v1 --dtype fp16 --load-in-4bit \
         --batch 8 --task both --backend unsloth
@@ -17,8 +20,9 @@ modes), prepare_for_training (LoRA, frozen tower, checkpointing), OcrCollator, t
 The full-size DeepSeek-OCR-2 model is built once with random weights and saved (model + a
 Vietnamese byte-level BPE tokenizer + the DeepSeek-OCR-2 image processor) to --checkpoint-dir, so
 that 4-bit loading goes through the product's from_pretrained path and yields the product's
-quantized layout. v1 is measured from a checkpoint directory you provide (the hub's, or one built
-from its remote code); this repo does not build v1.
+quantized layout; PaddleOCR-VL's and GLM-OCR's likewise (hwocr/model/tiny_paddleocr_vl.py,
+hwocr/model/glm/tiny.py). v1 is measured from a checkpoint directory you provide (the hub's, or one
+built from its remote code); this repo does not build v1.
 """
 
 import argparse
@@ -70,6 +74,15 @@ def build_full_checkpoint(path: Path) -> Path:
     return path
 
 
+def build_full_glm_checkpoint(path: Path) -> Path:
+    """Random-weight GLM-OCR at the released shapes, saved like a hub checkpoint (bf16)."""
+    if (path / "config.json").is_file():
+        return path
+    from hwocr.model.glm.tiny import build_full_size_checkpoint
+
+    return build_full_size_checkpoint(path, device="cuda" if torch.cuda.is_available() else "cpu")
+
+
 def model_config(args) -> ModelConfig:
     if args.model in ("paddleocr_vl", "tiny_paddleocr_vl"):
         from hwocr.model.tiny_paddleocr_vl import build_full_checkpoint
@@ -85,6 +98,18 @@ def model_config(args) -> ModelConfig:
             build_tiny=tiny,
             image_mode="native",
             prompt="OCR:",
+            memory_optimizations=False,
+        )
+    if args.model in ("glm_ocr", "tiny_glm_ocr"):
+        tiny = args.model == "tiny_glm_ocr"
+        folder = Path(args.checkpoint_dir) / args.model
+        return ModelConfig(
+            name=args.model,
+            family="glm_ocr",
+            source=str(folder if tiny else build_full_glm_checkpoint(folder)),
+            build_tiny=tiny,
+            image_mode="native",
+            prompt="Text Recognition:",
             memory_optimizations=False,
         )
     if args.model == "v1":
@@ -472,7 +497,7 @@ def loss_match(args, mcfg, hw, lora, processor, samples, result) -> None:
     cuda = torch.cuda.is_available() and args.device == "cuda"
     dtype = torch_dtype(hw)
     device = torch.device("cuda" if cuda else "cpu")
-    batch = OcrCollator(processor, DEFAULT_PROMPT, pixel_dtype=dtype)(samples[: args.batch])
+    batch = OcrCollator(processor, mcfg.prompt, pixel_dtype=dtype)(samples[: args.batch])
     batch = {k: v.to(device) for k, v in batch.items()}
     out = {}
     for recipe in ("baseline", "optimized"):
@@ -990,7 +1015,9 @@ def environment(args) -> dict:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
-        "--model", choices=["full", "tiny", "v1", "paddleocr_vl", "tiny_paddleocr_vl"], default="full"
+        "--model",
+        choices=["full", "tiny", "v1", "paddleocr_vl", "tiny_paddleocr_vl", "glm_ocr", "tiny_glm_ocr"],
+        default="full",
     )
     p.add_argument("--v1-checkpoint", default=os.environ.get("HWOCR_V1_CHECKPOINT"), help="--model v1's dir")
     p.add_argument("--backend", choices=["hf", "unsloth"], default="hf")
@@ -1031,6 +1058,8 @@ def parse_args(argv=None):
         default=True,
         help="LoRA on DeepSeek-OCR-2's routed experts too (lora.experts; --no-lora-experts: not)",
     )
+    p.add_argument("--lora-r", type=int, default=16, help="LoRA rank (the lines_glm_ocr preset: 8)")
+    p.add_argument("--lora-alpha", type=int, default=0, help="LoRA alpha (0 = the rank)")
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--max-grad-norm", type=float, default=1.0)
     p.add_argument("--memory-profile", action="store_true", help="peak memory per stage of the step")
@@ -1079,7 +1108,7 @@ def main(argv=None) -> dict:
         raise SystemExit(
             "--backend unsloth adapts no routed experts (config.validate): add --no-lora-experts"
         )
-    lora = LoraConfig(experts=args.lora_experts)
+    lora = LoraConfig(r=args.lora_r, alpha=args.lora_alpha or args.lora_r, experts=args.lora_experts)
     from hwocr.model import load_processor
 
     processor = load_processor(mcfg)

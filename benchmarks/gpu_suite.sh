@@ -84,6 +84,16 @@ for phase in "$@"; do case $phase in
   genstatic2)  # transformers' static cache + compiled decoding on today's grouped_mm path; 2 passes
     b h200_generate_static_inductor_base_b256 --task generate --dtype bf16 --gen-images 512 --gen-batch 256 --new-tokens 48 --gen-cache static --gen-compile-backend inductor
     b h200_generate_static_cudagraphs_base_b256 --task generate --dtype bf16 --gen-images 512 --gen-batch 256 --new-tokens 48 --gen-cache static --gen-compile-backend cudagraphs ;;
+  glm_ocr)  # GLM-OCR's released shapes, random weights: the lines_glm_ocr recipe (LoRA r8/16 on the decoder, no
+    # 4-bit) at T4 settings (fp16) and a 4-bit variant, bf16 training, generation at bf16 and at T4 settings
+    G="--model glm_ocr --lora-r 8 --lora-alpha 16"
+    b glm_ocr_t4settings_train_fp16_b8 $G --dtype fp16 --batch 8 --steps 6 --memory-profile
+    b glm_ocr_t4settings_train_fp16_b16 $G --dtype fp16 --batch 16 --steps 6 --memory-profile
+    b glm_ocr_t4settings_train_fp16_4bit_b16 $G --dtype fp16 --load-in-4bit --batch 16 --steps 6 --memory-profile
+    b glm_ocr_train_bf16_b32 $G --dtype bf16 --batch 32 --steps 8
+    b glm_ocr_generate_bf16_auto --task generate $G --dtype bf16 --gen-images 512 --new-tokens 48 --check-unbatched 8
+    b glm_ocr_t4settings_generate_fp16_b32 --task generate $G --dtype fp16 --gen-images 128 --gen-batch 32 --new-tokens 48
+    b glm_ocr_generate_bf16_b256_guard --task generate $G --dtype bf16 --gen-images 512 --gen-batch 256 --new-tokens 48 --no-repeat-ngram 20 --no-repeat-window 90 ;;
   vision)  # ways of running the vision tower: transformers' layers, folded rel-pos, FlexAttention, compiled
     timeout ${LIMIT:-300} python3 benchmarks/vision_variants.py --repeats 3 --json "$RES/h200_vision_variants.json" 2>&1 | grep -v "Warning\|warn(" ;;
   rawpix)  # 8-bit views normalised on the GPU (hwocr/inputs/pixels.py), automatic batch, several batches

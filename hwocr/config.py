@@ -48,6 +48,7 @@ FAMILIES = {
         unsloth=True,
     ),
     "paddleocr_vl": FamilyTraits(("native",)),
+    "glm_ocr": FamilyTraits(("native",)),
 }
 # Older names still accepted, with a warning: (family, old name) -> the mode it means.
 DEPRECATED_IMAGE_MODES = {("ocr2", "gundam"): "dynamic"}

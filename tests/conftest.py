@@ -65,6 +65,21 @@ def tiny_paddleocr_vl_config(tmp_path_factory) -> ModelConfig:
 
 
 @pytest.fixture(scope="session")
+def tiny_glm_ocr_config(tmp_path_factory) -> ModelConfig:
+    """The tiny GLM-OCR (conf/model/tiny_glm_ocr.yaml), built once per test session."""
+    path = tmp_path_factory.mktemp("models") / "tiny-glm-ocr"
+    return ModelConfig(
+        name="tiny_glm_ocr",
+        family="glm_ocr",
+        source=str(path),
+        build_tiny=True,
+        image_mode="native",
+        prompt="Text Recognition:",
+        memory_optimizations=False,
+    )
+
+
+@pytest.fixture(scope="session")
 def render_lines(tmp_path_factory):
     """render_lines(sizes) -> one test Sample per size, a short Vietnamese line drawn on white."""
     from PIL import Image, ImageDraw

@@ -28,8 +28,9 @@ def test_every_experiment_composes_and_validates(experiment):
     cfg = to_config(composed(f"+experiment={experiment}"))
     assert isinstance(cfg, Config)
     assert cfg.experiment == experiment
-    # each model's own transcription prompt: DeepSeek-OCR's, PaddleOCR-VL's card's
-    assert cfg.model.prompt == {"paddleocr_vl": "OCR:"}.get(cfg.model.family, "<image>\nFree OCR.")
+    # each model's own transcription prompt: DeepSeek-OCR's, PaddleOCR-VL's and GLM-OCR's cards'
+    prompts = {"paddleocr_vl": "OCR:", "glm_ocr": "Text Recognition:"}
+    assert cfg.model.prompt == prompts.get(cfg.model.family, "<image>\nFree OCR.")
 
 
 @pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS, ids=lambda v: str(v))
@@ -98,12 +99,19 @@ def _own_values(path) -> dict:
 
 
 def _inherited(path, schema: dict) -> dict:
-    """What `path` starts from: the schema's defaults, then the files it extends in its group."""
+    """What `path` starts from: the schema's defaults, then the files it extends in its group, and
+    (a global preset) the group options it picks with `override /group: option`."""
     base = OmegaConf.create(schema if "@package _global_" in path.read_text() else schema[path.parent.name])
     for entry in OmegaConf.to_container(OmegaConf.load(path)).get("defaults", []):
         parent = path.parent / f"{entry}.yaml" if isinstance(entry, str) else None
         if parent is not None and parent.is_file():
             base = OmegaConf.merge(_inherited(parent, schema), _own_values(parent))
+        for key, option in entry.items() if isinstance(entry, dict) else ():
+            group = key.removeprefix("override ").strip("/")
+            chosen = CONF / group / f"{option}.yaml"
+            if chosen.is_file():
+                picked = OmegaConf.merge(_inherited(chosen, schema), _own_values(chosen))
+                base = OmegaConf.merge(base, {group: picked})
     return OmegaConf.to_container(base)
 
 

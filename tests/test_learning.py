@@ -83,6 +83,20 @@ def test_paddleocr_vl_learns_to_tell_images_apart(tmp_path, tiny_paddleocr_vl_co
     assert metrics["perfect_match_rate"] == 1.0, metrics["predictions"]
 
 
+@pytest.mark.parametrize(
+    "adaptation",
+    [
+        pytest.param((), id="lora"),
+        pytest.param(("lora=r16_vision",), id="vision-lora"),
+        # every weight of the decoder moves: smaller steps, more of them
+        pytest.param(("lora=none", "train.lr=2e-3", "train.max_steps=250"), id="full-fine-tuning"),
+    ],
+)
+def test_glm_ocr_learns_to_tell_images_apart(run_cli, tmp_path, tiny_glm_ocr_config, adaptation):
+    metrics = _overfit(run_cli, tmp_path, tiny_glm_ocr_config, "model=tiny_glm_ocr", *adaptation)
+    assert metrics["perfect_match_rate"] == 1.0, metrics["predictions"]
+
+
 @pytest.mark.slow  # the control: run by make test-all (CI), shown failing in experiments/demo.md
 def test_without_the_images_training_cannot_tell_them_apart(tmp_path, tiny_model_config):
     """The control: the same run with every pixel zeroed before the vision tower."""

@@ -210,7 +210,8 @@ def generate_ids(
         inputs = pixels_to_device(inputs, processor, device, dtype)
     tokenizer = processor.tokenizer
     prompt_length = inputs["input_ids"].shape[1]
-    guard = settings.guard(prompt_length, (tokenizer.eos_token_id,))
+    stop_ids = stop_token_ids(model, tokenizer)
+    guard = settings.guard(prompt_length, stop_ids)
     processors = LogitsProcessorList([guard] if guard else [])
     if settings.graph_decoding and settings.cache == "dynamic" and can_graph(model):
         output = greedy_generate(
@@ -219,9 +220,23 @@ def generate_ids(
     else:
         with grouped_experts_while_decoding(model):
             output = reference_generate(
-                model, inputs, settings.max_new_tokens, tokenizer, processors, **settings.generate_kwargs()
+                model,
+                inputs,
+                settings.max_new_tokens,
+                tokenizer,
+                processors,
+                stop_ids,
+                **settings.generate_kwargs(),
             )
     return output, prompt_length, guard
+
+
+def stop_token_ids(model, tokenizer) -> tuple[int, ...]:
+    """The tokens that end a transcription: the tokenizer's EOS and every EOS id of the model's
+    generation config (GLM-OCR's lists <|endoftext|> and <|user|>), as the model's own generate stops."""
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    configured = configured if isinstance(configured, list) else [configured]
+    return tuple(dict.fromkeys(i for i in [tokenizer.eos_token_id, *configured] if i is not None))
 
 
 def _prediction(sample: Sample, text: str, error: str = "", guarded: bool = False) -> Prediction:

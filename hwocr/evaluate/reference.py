@@ -51,6 +51,7 @@ def reference_generate(
     max_new_tokens: int,
     tokenizer,
     logits_processor: LogitsProcessorList,
+    stop_ids: tuple[int, ...] | None = None,
     **generate_kwargs,
 ) -> torch.LongTensor:
     """Prompt and generated ids, (batch, prompt + generated): transformers' greedy `generate`."""
@@ -60,7 +61,7 @@ def reference_generate(
         do_sample=False,
         num_beams=1,
         pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
+        eos_token_id=list(stop_ids) if stop_ids else tokenizer.eos_token_id,
         logits_processor=logits_processor,
         **generate_kwargs,
     )

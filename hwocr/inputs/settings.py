@@ -9,6 +9,7 @@ training collator in DataLoader workers) holds the ProcessorSetup itself.
 
 import copy
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -24,6 +25,9 @@ class ProcessorSetup:
     # views and BOS) or "chat" (chat.py: the model card's chat template)
     style: str = "deepseek"
     squash: int | None = None  # small mode: images resized to this square side first
+    # chat style: (processor, image, prompt, answer) -> one training example (chat.py's layout);
+    # None = chat.chat_training_example, the answer rendered as the template's assistant turn
+    training_example: Callable | None = None
     # pixels.py's lookup table for 8-bit views: unset until first asked for, None if unusable
     pixel_table: torch.Tensor | None = field(default=None, repr=False)
     pixel_table_built: bool = False
@@ -72,14 +76,15 @@ def set_up_processor(processor, cfg: ModelConfig):
     return processor
 
 
-def set_up_chat_processor(processor):
+def set_up_chat_processor(processor, training_example: Callable | None = None):
     """A freshly loaded chat-template processor (chat.py), its tokenizer padding on the left for
-    batched generation."""
+    batched generation. `training_example` replaces chat.chat_training_example for a model whose
+    template does not render the answer as its generation ends (GLM-OCR's)."""
     if processor.tokenizer.eos_token_id is None:
         raise ModelLoadError(
             "the processor's tokenizer names no EOS token: nothing would end a transcription"
         )
-    _SETUPS[processor] = ProcessorSetup(call_kwargs={}, style="chat")
+    _SETUPS[processor] = ProcessorSetup(call_kwargs={}, style="chat", training_example=training_example)
     processor.tokenizer.padding_side = "left"
     return processor
 

@@ -92,10 +92,10 @@ class OcrCollator:
         return batch
 
     def _collate_chat(self, samples: Sequence[Sample]) -> dict:
-        """Chat-template models: each sample's conversation with its transcription (chat.py)."""
-        examples = [
-            chat_training_example(self.processor, load_image(s.image), self.prompt, s.text) for s in samples
-        ]
+        """Chat-template models: each sample's conversation with its transcription (chat.py, or the
+        model's own builder that its setup names)."""
+        build = self.setup.training_example or chat_training_example
+        examples = [build(self.processor, load_image(s.image), self.prompt, s.text) for s in samples]
         return collate_chat(examples, self.tokenizer.pad_token_id, self.pad_to_multiple_of, self.pixel_dtype)
 
     def _target(self, sample: Sample) -> torch.Tensor:

@@ -10,9 +10,10 @@ from peft import PeftModel
 from hwocr.model.families.base import ModelFamily
 from hwocr.model.families.deepseek_ocr1 import FAMILY as DEEPSEEK_OCR1
 from hwocr.model.families.deepseek_ocr2 import FAMILY as DEEPSEEK_OCR2
+from hwocr.model.families.glm_ocr import FAMILY as GLM_OCR
 from hwocr.model.families.paddleocr_vl import FAMILY as PADDLEOCR_VL
 
-FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (DEEPSEEK_OCR2, DEEPSEEK_OCR1, PADDLEOCR_VL)}
+FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (DEEPSEEK_OCR2, DEEPSEEK_OCR1, PADDLEOCR_VL, GLM_OCR)}
 
 __all__ = ["FAMILIES", "ModelFamily", "family", "family_of"]
 
