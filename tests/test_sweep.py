@@ -174,6 +174,46 @@ def test_compare_on_demand_from_the_parent_run_id(grid, tmp_path, capsys):
     assert "Best: job" in capsys.readouterr().out
 
 
+# --- one sweep over model families ---------------------------------------------------------------
+
+MODELS = ["tiny", "tiny_paddleocr_vl", "tiny_glm_ocr"]  # DeepSeek-OCR-2, PaddleOCR-VL, GLM-OCR at test size
+
+
+@pytest.fixture(scope="module")
+def model_sweep(cache_env, tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    result = run_sweep(cache_env, root / "sweep", uri, f"model={','.join(MODELS)}")
+    assert result.returncode == 0, result.stderr[-4000:]
+    from mlflow.tracking import MlflowClient
+
+    return root / "sweep", MlflowClient(uri), result
+
+
+def test_one_sweep_compares_model_families(model_sweep):
+    """`-m model=a,b,c`: one parent run, one finished child per model with its own family's metrics,
+    and the comparison table and figures across the models."""
+    sweep_dir, client, _ = model_sweep
+    parent, children = sweep_runs(client, sweep_dir)
+    assert parent.info.status == "FINISHED" and parent.data.tags["sweep.swept_keys"] == "model"
+    assert sorted(children) == ["0", "1", "2"]
+    assert [children[num].data.params["model.name"] for num in ("0", "1", "2")] == MODELS
+    families = [children[num].data.params["model.family"] for num in ("0", "1", "2")]
+    assert families == ["ocr2", "paddleocr_vl", "glm_ocr"]
+    for run in children.values():
+        assert run.info.status == "FINISHED"
+        assert {"base/cer", "tuned/cer", "delta/cer", "train/samples_per_s"} <= set(run.data.metrics)
+
+    table = pd.read_csv(sweep_dir / "comparison" / "jobs.csv")
+    assert list(table["model"]) == MODELS and list(table["status"]) == ["FINISHED"] * 3
+    for _, row in table.iterrows():
+        tuned = json.loads((sweep_dir / str(row["job"]) / "eval" / "tuned" / "metrics.json").read_text())
+        assert row["tuned_cer"] == pytest.approx(tuned["cer"])
+    for png in ("cer_by_swept_value.png", "base_vs_tuned.png"):
+        assert (sweep_dir / "comparison" / png).stat().st_size > 10_000
+    assert parent.data.metrics["sweep/n_jobs"] == 3
+
+
 # --- joblib launcher, one job failing before it creates its run ----------------------------------
 
 
