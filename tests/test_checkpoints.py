@@ -1,5 +1,6 @@
 """Checkpoints a resume can trust, atomic outputs, and resumable evaluation (no model needed)."""
 
+import dataclasses
 import json
 import logging
 import os
@@ -12,7 +13,7 @@ from safetensors.torch import save_file
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
 import hwocr.evaluate.stage as evaluate_module
-from hwocr.config import DEFAULT_PROMPT
+from hwocr.config import DEFAULT_PROMPT, Config
 from hwocr.data import Sample
 from hwocr.evaluate.stage import EvalStats, GenerationSettings, evaluate_checkpoint
 from hwocr.io import atomic_directory
@@ -27,6 +28,7 @@ from hwocr.train.checkpoints import (
     checkpoint_problem,
     find_resume_checkpoint,
     mark_complete,
+    training_settings,
 )
 
 
@@ -53,6 +55,39 @@ def test_the_newest_complete_checkpoint_is_used(tmp_path):
     assert find_resume_checkpoint("auto", tmp_path) == tmp_path / "checkpoint-6"
     assert find_resume_checkpoint("never", tmp_path) is None
     assert find_resume_checkpoint("auto", tmp_path / "absent") is None
+
+
+def _changed(cfg: Config, section: str, **changes) -> Config:
+    return dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **changes)})
+
+
+def test_auto_resumes_only_a_checkpoint_of_the_same_training(tmp_path):
+    """A rerun in the same directory after the data, adapter or recipe changed is an error naming what
+    changed; a longer schedule is a resume; naming the checkpoint resumes it whatever changed."""
+    cfg = Config()
+    checkpoint = fake_checkpoint(tmp_path, 4, marked=False)
+    mark_complete(checkpoint, 4, training_settings(cfg))
+
+    longer = _changed(cfg, "train", max_steps=900, save_steps=300)
+    assert find_resume_checkpoint("auto", tmp_path, training_settings(longer)) == checkpoint
+    more_writers = _changed(cfg, "dataset", synth=dataclasses.replace(cfg.dataset.synth, n_train_writers=40))
+    for other, change in (
+        (more_writers, "dataset.synth.n_train_writers: 12 -> 40"),
+        (_changed(cfg, "lora", r=8), "lora.r: 16 -> 8"),
+        (_changed(cfg, "train", lr=1e-3), "train.lr: 0.0002 -> 0.001"),
+        (_changed(cfg, "hardware", per_device_batch=4), "hardware.per_device_batch: "),
+    ):
+        with pytest.raises(CheckpointError, match="other settings") as error:
+            find_resume_checkpoint("auto", tmp_path, training_settings(other))
+        assert change in str(error.value) and f"train.resume={checkpoint}" in str(error.value)
+    assert find_resume_checkpoint(str(checkpoint), tmp_path, training_settings(more_writers)) == checkpoint
+
+
+def test_a_checkpoint_that_does_not_record_its_settings_resumes_with_a_warning(tmp_path, caplog):
+    checkpoint = fake_checkpoint(tmp_path, 2)  # marked without settings, as older hwocr did
+    with caplog.at_level(logging.WARNING, logger="hwocr.train.checkpoints"):
+        assert find_resume_checkpoint("auto", tmp_path, training_settings(Config())) == checkpoint
+    assert "does not record the settings" in caplog.text
 
 
 @pytest.mark.parametrize(

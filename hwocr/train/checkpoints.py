@@ -8,12 +8,16 @@ that looks like a checkpoint but is not one. hwocr therefore:
 - resumes (`train.resume=auto`) from the newest checkpoint whose marker matches the files on disk,
   whose `trainer_state.json` parses and whose weights are complete safetensors; a newer checkpoint
   that fails is renamed to `corrupt-checkpoint-N` with a warning and the previous one is used;
+- resumes (`auto`) only a checkpoint trained with the same settings: the marker records them, and a
+  rerun in the same directory after the data, model, adapter or recipe changed is an error naming what
+  changed, not a silent continuation of the other training (extending `train.max_steps` is a resume);
 - never loads pickled weights: a checkpoint or adapter with only `*.bin` weights is refused.
   (The optimizer, scheduler and RNG states are `.pt`/`.pth` files; transformers 5 reads them with
   `torch.load(..., weights_only=True)`, which cannot run code.)
 """
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -73,9 +77,58 @@ def checkpoint_problem(path: Path, require_marker: bool = True) -> str | None:
     return weights_problem(path)
 
 
-def find_resume_checkpoint(resume: str, checkpoint_dir: Path) -> Path | None:
+# Settings a resume may change: how long to train and how often to save, validate and log.
+RESUMABLE_CHANGES = {
+    "train.max_steps",
+    "train.epochs",
+    "train.save_steps",
+    "train.eval_steps",
+    "train.logging_steps",
+}
+RESUMABLE_CHANGES |= {"train.resume", "dataset.max_eval_samples"}
+# Parts of the config that shape the training a checkpoint holds (evaluation and tracking do not).
+TRAINING_SECTIONS = ("model", "lora", "dataset", "train")
+TRAINING_HARDWARE = ("dtype", "load_in_4bit", "per_device_batch", "grad_accum", "gradient_checkpointing")
+
+
+def training_settings(cfg) -> dict[str, object]:
+    """The run config's settings that a checkpoint's training depends on, flat ("lora.r": 16)."""
+    flat = {}
+    for section in TRAINING_SECTIONS:
+        flat |= _flatten(dataclasses.asdict(getattr(cfg, section)), section)
+    flat |= {f"hardware.{key}": getattr(cfg.hardware, key) for key in TRAINING_HARDWARE}
+    settings = {key: value for key, value in flat.items() if key not in RESUMABLE_CHANGES}
+    return json.loads(json.dumps(settings))  # as the marker will read back (tuples -> lists)
+
+
+def _flatten(tree: dict, prefix: str) -> dict[str, object]:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat |= _flatten(value, f"{prefix}.{key}")
+        else:
+            flat[f"{prefix}.{key}"] = value
+    return flat
+
+
+def settings_changes(checkpoint: Path, settings: dict[str, object]) -> list[str] | None:
+    """How `settings` differ from those `checkpoint` was trained with ("lora.r: 8 -> 16"); None when
+    its marker does not record them (a checkpoint from an hwocr that did not)."""
+    saved = json.loads((checkpoint / MARKER).read_text(encoding="utf-8")).get("settings")
+    if saved is None:
+        return None
+    keys = sorted(set(saved) | set(settings))
+    return [
+        f"{key}: {saved.get(key)!r} -> {settings.get(key)!r}"
+        for key in keys
+        if saved.get(key) != settings.get(key)
+    ]
+
+
+def find_resume_checkpoint(resume: str, checkpoint_dir: Path, settings: dict | None = None) -> Path | None:
     """The checkpoint to resume from: `never` -> None; a path -> it, if complete; `auto` -> the newest
-    complete one in `checkpoint_dir` (newer broken ones are renamed `corrupt-*` with a warning)."""
+    complete one in `checkpoint_dir` (newer broken ones are renamed `corrupt-*` with a warning), which
+    must have been trained with `settings` (training_settings), when given."""
     if resume == "never":
         return None
     if resume != "auto":
@@ -93,6 +146,8 @@ def find_resume_checkpoint(resume: str, checkpoint_dir: Path) -> Path | None:
     for candidate in candidates:
         problem = checkpoint_problem(candidate)
         if problem is None:
+            if settings is not None:
+                _check_same_training(candidate, settings)
             return candidate
         aside = candidate.with_name(f"corrupt-{candidate.name}-{time.strftime('%Y%m%d-%H%M%S')}")
         log.warning(
@@ -105,20 +160,37 @@ def find_resume_checkpoint(resume: str, checkpoint_dir: Path) -> Path | None:
     return None
 
 
-def mark_complete(checkpoint: Path, step: int) -> None:
+def _check_same_training(checkpoint: Path, settings: dict) -> None:
+    changes = settings_changes(checkpoint, settings)
+    if changes is None:
+        log.warning("%s does not record the settings it was trained with: resuming it unchecked", checkpoint)
+    elif changes:
+        raise CheckpointError(
+            f"{checkpoint} holds a training run with other settings ({'; '.join(changes)}): resuming it "
+            f"would continue that training under these settings. Write to a new directory "
+            f"(hydra.run.dir=...), start over here with train.resume=never, or continue it anyway with "
+            f"train.resume={checkpoint}"
+        )
+
+
+def mark_complete(checkpoint: Path, step: int, settings: dict | None = None) -> None:
     """Write the completion marker (after fsync-ing every file) via a temp name and a rename."""
     sizes = {k: v for k, v in fsync_tree(checkpoint).items() if k != MARKER}
-    write_json(checkpoint / MARKER, {"step": step, "files": sizes}, durable=True)
+    write_json(checkpoint / MARKER, {"step": step, "files": sizes, "settings": settings}, durable=True)
 
 
 class CompletionMarker(TrainerCallback):
-    """Marks each checkpoint complete once the Trainer has finished writing it (on_save)."""
+    """Marks each checkpoint complete once the Trainer has finished writing it (on_save), with the
+    settings it was trained with (training_settings)."""
+
+    def __init__(self, settings: dict | None = None):
+        self.settings = settings
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if checkpoint.is_dir():
-                mark_complete(checkpoint, state.global_step)
+                mark_complete(checkpoint, state.global_step, self.settings)
 
 
 class GracefulStop(TrainerCallback):

@@ -125,6 +125,7 @@ def train(
     pixel_dtype: torch.dtype = torch.float32,
 ) -> TrainResult:
     checkpoint_dir = run_dir / "checkpoints"
+    settings = checkpoints.training_settings(cfg)
     args = training_arguments(cfg, checkpoint_dir)
     if not val_samples:
         args.eval_strategy = "no"
@@ -138,10 +139,10 @@ def train(
         train_dataset=SampleDataset(train_samples),
         eval_dataset=SampleDataset(val_samples) if val_samples else None,
         data_collator=OcrCollator(processor, cfg.model.prompt, pixel_dtype),
-        callbacks=[*callbacks, CompletionMarker()],
+        callbacks=[*callbacks, CompletionMarker(settings)],
     )
-    # the newest COMPLETE checkpoint; broken newer ones are set aside (hwocr/train/checkpoints.py)
-    resume = checkpoints.find_resume_checkpoint(cfg.train.resume, checkpoint_dir)
+    # the newest COMPLETE checkpoint of this same training; broken newer ones are set aside
+    resume = checkpoints.find_resume_checkpoint(cfg.train.resume, checkpoint_dir, settings)
     resumed_step = None
     if resume:
         resumed_step = checkpoints.checkpoint_global_step(resume)
