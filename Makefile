@@ -20,8 +20,8 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(PY) -m hwocr.run +experiment=demo
 
-test: setup  # the fast tier: a few minutes on 2 cores
-	$(PY) -m pytest -q -m "not slow"
+test: setup  # the fast tier, one pytest-xdist worker per core (up to 4): minutes on 2 cores
+	$(PY) -m pytest -q -m "not slow" -n auto --maxprocesses=4 --dist worksteal
 
 test-all: setup  # everything, including end-to-end runs, sweeps and resume (CI runs this)
 	$(PY) -m pytest -q

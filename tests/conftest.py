@@ -2,11 +2,13 @@
 
 import csv
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
 from hwocr.config import ModelConfig
 from hwocr.data import Sample
@@ -14,6 +16,21 @@ from hwocr.data import Sample
 LINE_TEXTS = ["Tôi yêu tiếng Việt", "học sinh đi học", "mưa rơi ướt át", "Đường về quê hương", "xin chào"]
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def pytest_collection_modifyitems(items):
+    # The longest tests first: with one worker per core (make test), a long test that starts last
+    # leaves the other core idle at the end.
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)
+
+
+def pytest_configure(config):
+    # Under pytest-xdist (`make test` runs one worker per core) a worker, and every process it
+    # starts, gets one thread: torch's threads on cores the other workers use run several times slower.
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
+
 
 # The demo cut to a couple of steps on a few samples: the end-to-end tests start from it and change
 # what they exercise (more steps, checkpoints, samples).

@@ -65,6 +65,7 @@ def _overfit(tmp_path, tiny_model_config, *overrides) -> dict:
         pytest.param(("lora=none", "train.lr=5e-3", "train.max_steps=150"), id="full-fine-tuning"),
     ],
 )
+@pytest.mark.long
 def test_training_teaches_the_model_to_tell_images_apart(tmp_path, tiny_model_config, adaptation):
     metrics = _overfit(tmp_path, tiny_model_config, *adaptation)
     assert metrics["perfect_match_rate"] == 1.0, metrics["predictions"]
@@ -99,6 +100,7 @@ FULL_TIER = pytest.mark.slow
         ),
     ],
 )
+@pytest.mark.long
 def test_other_families_learn_to_tell_images_apart(request, tmp_path, model, adaptation):
     config = request.getfixturevalue(f"{model}_config")
     metrics = _overfit(tmp_path, config, f"model={model}", *adaptation)

@@ -81,6 +81,7 @@ def tower_run(tmp_path_factory, tiny_model_config):
     )
 
 
+@pytest.mark.long
 def test_a_tower_adapter_reloads_predicts_the_same_and_resumes_exactly(tower_run, monkeypatch):
     tmp, overrides = tower_run
     monkeypatch.setenv("HWOCR_CACHE", str(tmp / "cache"))
