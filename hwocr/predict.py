@@ -21,11 +21,11 @@ from pathlib import Path
 
 import hydra
 
-from hwocr.config import FAMILIES, PredictConfig, register_schema, to_predict_config, validate_predict
+from hwocr.config import PredictConfig, register_schema, to_predict_config, validate_predict
 from hwocr.data import Sample
 from hwocr.data.screen import IMAGE_SUFFIXES, image_problem
 from hwocr.errors import USER_ERRORS, ConfigError
-from hwocr.evaluate.generate import GenerationSettings, guard_settings, transcribe
+from hwocr.evaluate.generate import configured_settings, transcribe
 from hwocr.io import write_atomic
 from hwocr.metrics import Prediction
 from hwocr.model import attach_adapter, load_model, load_processor, merge_for_evaluation
@@ -88,17 +88,7 @@ def predict(cfg: PredictConfig) -> list:
         if cfg.eval.merge_adapter:
             merge_for_evaluation(model)
     samples = {p: Sample(id=str(p), writer="", split="predict", image=p.resolve(), text="") for p in images}
-    settings = GenerationSettings(
-        prompt=cfg.model.prompt,
-        max_new_tokens=cfg.max_new_tokens,
-        batch_size=cfg.eval.batch_size,
-        compile_vision=cfg.eval.compile_vision,
-        graph_decoding=cfg.eval.graph_decoding,
-        encode_threads=cfg.eval.encode_threads,
-        **guard_settings(cfg.eval.repetition_guard, processor.tokenizer),
-    )
-    if not FAMILIES[cfg.model.family].deepseek_speedups:
-        settings = settings.reference()  # the fast path is DeepSeek-OCR-2's
+    settings = configured_settings(cfg.model, cfg.eval, processor.tokenizer, cfg.max_new_tokens)
     usable = [samples[p] for p in images if p not in skipped]
     predictions, stats = (
         transcribe(model, processor, usable, settings, desc="predict") if usable else ([], None)

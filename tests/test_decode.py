@@ -154,6 +154,23 @@ def test_evaluation_graphs_decoding_only_through_transformers_own_forward(tiny, 
     assert generation_settings(cfg, tiny[1], []).graph_decoding is graphed
 
 
+@pytest.mark.parametrize("family, fast", [("ocr2", True), ("paddleocr_vl", False), ("glm_ocr", False)])
+def test_only_deepseek_ocr2_takes_the_fast_path_in_run_and_predict(tiny, family, fast):
+    """eval.* asks for every speedup; families without DeepSeek-OCR-2's get the reference path."""
+    from hwocr.config import Config, EvalConfig, ModelConfig
+    from hwocr.evaluate.generate import configured_settings
+    from hwocr.evaluate.stage import generation_settings
+
+    speedups = EvalConfig(compile_vision=True, graph_decoding=True, encode_threads=2)
+    model = ModelConfig(family=family)
+    for settings in (
+        generation_settings(Config(model=model, eval=speedups), tiny[1], []),
+        configured_settings(model, speedups, tiny[1].tokenizer, 16),  # hwocr.predict's
+    ):
+        asked = (settings.compile_vision, settings.graph_decoding, settings.encode_threads > 0)
+        assert asked == (fast, fast, fast), settings
+
+
 # ------------------------------------------------------------------------------------------------
 # captured on a GPU
 

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from transformers import LogitsProcessorList
 
 from hwocr import trace_markers as markers
-from hwocr.config import RepetitionGuardConfig
+from hwocr.config import FAMILIES, InferenceConfig, ModelConfig, RepetitionGuardConfig
 from hwocr.data import Sample
 from hwocr.evaluate.fast.decoding import can_graph, greedy_generate, grouped_experts_while_decoding
 from hwocr.evaluate.fast.encoding import BatchEncoder, empty_pinned_cache
@@ -74,6 +74,24 @@ class GenerationSettings:
         return WindowedNoRepeatNGram(
             self.no_repeat_ngram, self.no_repeat_window, prompt_length, self.no_repeat_whitelist, stop_ids
         )
+
+
+def configured_settings(
+    model: ModelConfig, inference: InferenceConfig, tokenizer, max_new_tokens: int, backend: str = "hf"
+) -> GenerationSettings:
+    """`eval.*` as generation settings, for hwocr.run and hwocr.predict alike. A family without
+    DeepSeek-OCR-2's speedups takes the reference path (evaluate/reference.py) whatever `eval.*` asks;
+    under Unsloth, which patches the model's forward for its own inference, decoding is never graphed."""
+    settings = GenerationSettings(
+        prompt=model.prompt,
+        max_new_tokens=max_new_tokens,
+        batch_size=inference.batch_size,
+        compile_vision=inference.compile_vision,
+        graph_decoding=inference.graph_decoding and backend == "hf",
+        encode_threads=inference.encode_threads,
+        **guard_settings(inference.repetition_guard, tokenizer),
+    )
+    return settings if FAMILIES[model.family].deepseek_speedups else settings.reference()
 
 
 def guard_settings(guard: RepetitionGuardConfig, tokenizer) -> dict:

@@ -6,13 +6,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hwocr import distributed
-from hwocr.config import FAMILIES, Config
+from hwocr.config import Config
 from hwocr.data import Sample
 from hwocr.distributed import Rank
 from hwocr.evaluate.generate import (
     EvalStats,
     GenerationSettings,
-    guard_settings,
+    configured_settings,
     max_new_tokens_for,
     transcribe,
 )
@@ -44,21 +44,10 @@ class EvalResult:
 
 
 def generation_settings(cfg: Config, processor, test: list[Sample]) -> GenerationSettings:
-    """One set of settings for base and tuned alike, so the comparison is fair. Families without
-    DeepSeek's speedups take the reference path (evaluate/reference.py) whatever eval.* asks."""
-    settings = GenerationSettings(
-        prompt=cfg.model.prompt,
-        max_new_tokens=max_new_tokens_for(
-            [s.text for s in test], processor.tokenizer, cfg.eval.max_new_tokens_margin
-        ),
-        batch_size=cfg.eval.batch_size,
-        compile_vision=cfg.eval.compile_vision,
-        # Unsloth patches the model's forward for its own inference path: never captured or checked
-        graph_decoding=cfg.eval.graph_decoding and cfg.backend == "hf",
-        encode_threads=cfg.eval.encode_threads,
-        **guard_settings(cfg.eval.repetition_guard, processor.tokenizer),
-    )
-    return settings if FAMILIES[cfg.model.family].deepseek_speedups else settings.reference()
+    """One set of settings for base and tuned alike, so the comparison is fair."""
+    margin = cfg.eval.max_new_tokens_margin
+    max_new_tokens = max_new_tokens_for([s.text for s in test], processor.tokenizer, margin)
+    return configured_settings(cfg.model, cfg.eval, processor.tokenizer, max_new_tokens, cfg.backend)
 
 
 def evaluate_checkpoint(
