@@ -215,6 +215,24 @@ print("peft: the adapter gives the exported weights")
 """
 
 
+def test_the_cards_script_normalizes_text_as_hwocr_scores_it(exported):
+    """Decoded text goes through the same normalisation in the card's script as in hwocr (a byte
+    token can decode to a control character, which hwocr drops)."""
+    import ast
+    import unicodedata
+
+    from hwocr.text import normalize_text
+
+    tree = ast.parse(card_code(exported))
+    (function,) = [
+        node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == "normalize"
+    ]
+    namespace = {"unicodedata": unicodedata}
+    exec(compile(ast.Module([function], type_ignores=[]), "card", "exec"), namespace)
+    for text in ("gigi dột\x7fậ", "Tie\u0302\u0301ng  Vi\u1ec7t\u200b\n", "\ufeffa\tb\x00 c ", "xin chào"):
+        assert namespace["normalize"](text) == normalize_text(text), repr(text)
+
+
 @pytest.mark.slow
 def test_the_export_runs_without_hwocr_as_hwocr_runs_the_adapter(demo_run, images, tmp_path):
     """`python -m hwocr.export run=... output=...`; then, in a fresh interpreter that never imports
