@@ -4,7 +4,6 @@ It is saved with `save_pretrained` like a hub checkpoint, so the rest of hwocr l
 same code path as the real model.
 """
 
-import logging
 from pathlib import Path
 
 import torch
@@ -17,18 +16,15 @@ from transformers import (
 )
 
 from hwocr.data.vietnamese import generate_lines
-from hwocr.io import atomic_directory
 from hwocr.model.architecture import tiny_config
 from hwocr.model.live_vision import live_vision_weights
-
-log = logging.getLogger(__name__)
+from hwocr.model.random_weights import ensure_built, random_model, save_checkpoint
 
 BOS, EOS, PAD, IMAGE = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜▁pad▁｜>", "<image>"
 TOKENIZER_VOCAB = 1024
 TOKENIZER_TRAINING_LINES = 4000
 # Bump when the built weights change, so that cached tiny checkpoints are rebuilt.
 TINY_BUILD = 2
-BUILD_MARKER = "hwocr_tiny_build.txt"
 
 
 def byte_level_bpe(special_tokens: list[str], seed: int = 0) -> Tokenizer:
@@ -76,9 +72,7 @@ def build_tiny_checkpoint(path: Path, seed: int = 0) -> Path:
         pad_token_id=tokenizer.pad_token_id,
     )
     image_processor = DeepseekOcr2ImageProcessorPil(size={"height": 128, "width": 128}, tile_size=96)
-    return save_random_checkpoint(
-        path, config, tokenizer, image_processor, patch_size=2, extra_files={BUILD_MARKER: str(TINY_BUILD)}
-    )
+    return save_random_checkpoint(path, config, tokenizer, image_processor, patch_size=2, build=TINY_BUILD)
 
 
 def save_random_checkpoint(
@@ -89,7 +83,7 @@ def save_random_checkpoint(
     patch_size: int,
     dtype: torch.dtype | None = None,
     device: str = "cpu",
-    extra_files: dict[str, str] | None = None,
+    build: int | None = None,
 ) -> Path:
     """Random weights for `config`, wired to `tokenizer`'s special tokens, saved atomically like a
     hub checkpoint (model + processor), so hwocr loads it through from_pretrained as the real one.
@@ -97,31 +91,16 @@ def save_random_checkpoint(
     config.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE)
     for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
         setattr(config.text_config, key, getattr(tokenizer, key))
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype or previous)
-    try:
-        with torch.device(device):
-            model = DeepseekOcr2ForConditionalGeneration(config)
-    finally:
-        torch.set_default_dtype(previous)
+    model = random_model(DeepseekOcr2ForConditionalGeneration, config, dtype, device)
     for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
         setattr(model.generation_config, key, getattr(tokenizer, key))
     live_vision_weights(model)
     processor = DeepseekOcr2Processor(
         image_processor=image_processor, tokenizer=tokenizer, patch_size=patch_size, downsample_ratio=4
     )
-    with atomic_directory(path) as staging:
-        model.save_pretrained(staging)
-        processor.save_pretrained(staging)
-        for name, text in (extra_files or {}).items():
-            (staging / name).write_text(text)
-    log.info("built a random-weight DeepSeek-OCR-2 (%d parameters) at %s", model.num_parameters(), path)
-    return path
+    return save_checkpoint(path, model, processor, build)
 
 
 def ensure_tiny_checkpoint(path: Path) -> Path:
     """The tiny checkpoint at `path`, built (or rebuilt, when an older hwocr built it) on demand."""
-    marker = path / BUILD_MARKER
-    if not marker.is_file() or marker.read_text().strip() != str(TINY_BUILD):
-        build_tiny_checkpoint(path)
-    return path
+    return ensure_built(path, TINY_BUILD, build_tiny_checkpoint)

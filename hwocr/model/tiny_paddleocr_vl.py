@@ -6,7 +6,6 @@ a Vietnamese byte-level BPE with PaddleOCR-VL's special tokens, and the checkpoi
 hub checkpoint, so hwocr loads it through the same code path as the real model.
 """
 
-import logging
 from pathlib import Path
 
 import torch
@@ -18,10 +17,8 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from hwocr.io import atomic_directory
+from hwocr.model.random_weights import ensure_built, random_model, save_checkpoint
 from hwocr.model.tiny import byte_level_bpe
-
-log = logging.getLogger(__name__)
 
 UNK, BOS, EOS = "<unk>", "<s>", "</s>"
 CLS = "<|begin_of_sentence|>"  # what the chat template starts with
@@ -58,7 +55,6 @@ CHAT_TEMPLATE = (
 PATCH = 8  # the real model's is 14; 8 keeps a 128 px image at 16 x 16 patches
 # Bump when the built weights change, so that cached tiny checkpoints are rebuilt.
 TINY_BUILD = 1
-BUILD_MARKER = "hwocr_tiny_build.txt"
 
 
 def build_tokenizer(seed: int = 0) -> PreTrainedTokenizerFast:
@@ -151,36 +147,26 @@ def build_tiny_checkpoint(path: Path, seed: int = 0) -> Path:
     """Write a random-weight tiny checkpoint (model + processor) to `path`, atomically."""
     torch.manual_seed(seed)
     tokenizer = build_tokenizer(seed)
-    return save_random_checkpoint(path, tiny_config(tokenizer), tokenizer, image_processor())
+    return save_random_checkpoint(
+        path, tiny_config(tokenizer), tokenizer, image_processor(), build=TINY_BUILD
+    )
 
 
-def save_random_checkpoint(path: Path, config, tokenizer, image_processor, dtype=None, device="cpu") -> Path:
+def save_random_checkpoint(
+    path: Path, config, tokenizer, image_processor, dtype=None, device="cpu", build: int | None = None
+) -> Path:
     """Random weights for `config`, saved with `tokenizer`, `image_processor` and the chat template
     like a hub checkpoint. Seed torch before calling: the weights are drawn here."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype or previous)
-    try:
-        with torch.device(device):
-            model = PaddleOCRVLForConditionalGeneration(config)
-    finally:
-        torch.set_default_dtype(previous)
+    model = random_model(PaddleOCRVLForConditionalGeneration, config, dtype, device)
     for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
         setattr(model.generation_config, key, getattr(tokenizer, key))
     live_vision_weights(model)
     processor = PaddleOCRVLProcessor(
         image_processor=image_processor, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE
     )
-    with atomic_directory(path) as staging:
-        model.save_pretrained(staging)
-        processor.save_pretrained(staging)
-        (staging / BUILD_MARKER).write_text(str(TINY_BUILD))
-    log.info("built a random-weight PaddleOCR-VL (%d parameters) at %s", model.num_parameters(), path)
-    return path
+    return save_checkpoint(path, model, processor, build)
 
 
 def ensure_tiny_checkpoint(path: Path) -> Path:
     """The tiny checkpoint at `path`, built (or rebuilt, when an older hwocr built it) on demand."""
-    marker = path / BUILD_MARKER
-    if not marker.is_file() or marker.read_text().strip() != str(TINY_BUILD):
-        build_tiny_checkpoint(path)
-    return path
+    return ensure_built(path, TINY_BUILD, build_tiny_checkpoint)

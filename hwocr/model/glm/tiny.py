@@ -6,7 +6,6 @@ They are saved with `save_pretrained` like a hub checkpoint, so the rest of hwoc
 the same code path as zai-org/GLM-OCR.
 """
 
-import logging
 from importlib import resources
 from pathlib import Path
 
@@ -14,12 +13,10 @@ import torch
 from transformers import GlmOcrForConditionalGeneration, PreTrainedTokenizerFast
 from transformers.models.glm46v.image_processing_pil_glm46v import Glm46VImageProcessorPil
 
-from hwocr.io import atomic_directory
 from hwocr.model.glm.architecture import FULL_VOCAB, full_size_config, tiny_config
 from hwocr.model.glm.processor import IMAGE_TOKEN, VIDEO_END, VIDEO_START, VIDEO_TOKEN, GlmOcrProcessor
+from hwocr.model.random_weights import ensure_built, random_model, save_checkpoint
 from hwocr.model.tiny import byte_level_bpe
-
-log = logging.getLogger(__name__)
 
 EOS, USER = "<|endoftext|>", "<|user|>"
 # GLM-OCR's special tokens that its chat template and processor use, <|endoftext|> first (EOS and pad)
@@ -47,7 +44,6 @@ TINY_PIXELS = {"shortest_edge": 2 * 16 * 16, "longest_edge": 2 * 64 * 64}
 RELEASED_PIXELS = {"shortest_edge": 12544, "longest_edge": 9633792}
 # Bump when the built checkpoint changes, so that cached tiny checkpoints are rebuilt.
 TINY_BUILD = 1
-BUILD_MARKER = "hwocr_tiny_build.txt"
 
 
 def chat_template() -> str:
@@ -95,7 +91,7 @@ def build_tiny_checkpoint(path: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     processor = build_processor(TINY_PIXELS, patch_size=4, seed=seed)
     config = tiny_config(token_ids(processor.tokenizer), vocab_size=len(processor.tokenizer))
-    return save_random_checkpoint(path, config, processor, extra_files={BUILD_MARKER: str(TINY_BUILD)})
+    return save_random_checkpoint(path, config, processor, build=TINY_BUILD)
 
 
 def build_full_size_checkpoint(path: Path, dtype: torch.dtype = torch.bfloat16, device: str = "cpu") -> Path:
@@ -115,31 +111,16 @@ def save_random_checkpoint(
     processor: GlmOcrProcessor,
     dtype: torch.dtype | None = None,
     device: str = "cpu",
-    extra_files: dict[str, str] | None = None,
+    build: int | None = None,
 ) -> Path:
     """Random weights for `config` saved with `processor`, atomically, like a hub checkpoint. Seed
     torch before calling: the weights are drawn here."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype or previous)
-    try:
-        with torch.device(device):
-            model = GlmOcrForConditionalGeneration(config)
-    finally:
-        torch.set_default_dtype(previous)
+    model = random_model(GlmOcrForConditionalGeneration, config, dtype, device)
     model.generation_config.eos_token_id = config.text_config.eos_token_id
     model.generation_config.pad_token_id = config.text_config.pad_token_id
-    with atomic_directory(path) as staging:
-        model.save_pretrained(staging)
-        processor.save_pretrained(staging)
-        for name, text in (extra_files or {}).items():
-            (staging / name).write_text(text)
-    log.info("built a random-weight GLM-OCR (%d parameters) at %s", model.num_parameters(), path)
-    return path
+    return save_checkpoint(path, model, processor, build)
 
 
 def ensure_tiny_checkpoint(path: Path) -> Path:
     """The tiny checkpoint at `path`, built (or rebuilt, when an older hwocr built it) on demand."""
-    marker = path / BUILD_MARKER
-    if not marker.is_file() or marker.read_text().strip() != str(TINY_BUILD):
-        build_tiny_checkpoint(path)
-    return path
+    return ensure_built(path, TINY_BUILD, build_tiny_checkpoint)
