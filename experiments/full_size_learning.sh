@@ -5,7 +5,7 @@
 # expert LoRA, gradient checkpointing), through `python -m hwocr.run`, on 8 distinct word images that
 # are train and test set at once: with the images, and with every pixel zeroed (the control).
 # Wheels the GPU image lacks (bitsandbytes, hydra-core, mlflow-skinny, ...) travel in .whl/, as for
-# benchmarks/gpu_suite.sh.
+# benchmarks/gpu_suite.sh. `seeing` and `cut` may run at once (each its own MLflow store).
 #   bash experiments/full_size_learning.sh spread seeing     (then: cut, vision_cost)
 set -u
 export PYTHONUNBUFFERED=1 TQDM_DISABLE=1 HWOCR_CACHE=/tmp/hwocr-cache
@@ -18,19 +18,19 @@ FULL=/tmp/hwocr-full WORDS=/tmp/hwocr-words STEPS=${STEPS:-150} LR=${LR:-5e-4}
 mkdir -p "$RES"
 python3 -c "from pathlib import Path; from benchmarks.bench import build_full_checkpoint as b; b(Path('$FULL'))" || exit 1
 [ -d $WORDS ] || python3 tests/learning.py write-words $WORDS 1200 120
-overfit="+experiment=lines hardware=t4 model.source=$FULL dataset.root=$WORDS dataset.val_fraction=0
+overfit="+experiment=lines hardware=t4 model.source=$FULL dataset.root=$WORDS dataset.val_fraction=0 stages=[train,tuned_eval]
   hardware.per_device_batch=8 hardware.grad_accum=1 train.max_steps=$STEPS train.lr=$LR train.save_steps=100000
-  train.logging_steps=10 tracking.uri=sqlite:///$RES/mlflow.db"
+  train.logging_steps=10"
 keep() { cp "$1/eval/tuned/metrics.json" "$RES/$2_tuned_metrics.json"; cp "$1/eval/tuned/predictions.csv" "$RES/$2_tuned_predictions.csv"
          cp "$1/train_summary.json" "$RES/$2_train_summary.json"; grep -E "CER|loss|trainable" "$1/run.log" | cut -c1-300 > "$RES/$2.log"; }
 for phase in "$@"; do case $phase in
   spread)  # the relative spread of the global view's features over the 8 images, at each stage (bf16)
     python3 tests/learning.py spread $FULL $WORDS | tee "$RES/spread.json" ;;
   seeing)
-    python3 tests/learning.py $overfit hydra.run.dir=/tmp/run-seeing >/tmp/seeing.log 2>&1; tail -12 /tmp/seeing.log
+    python3 tests/learning.py $overfit tracking.uri=sqlite:///$RES/mlflow-seeing.db hydra.run.dir=/tmp/run-seeing >/tmp/seeing.log 2>&1; tail -12 /tmp/seeing.log
     keep /tmp/run-seeing seeing ;;
   cut)
-    python3 tests/learning.py cut-images $overfit hydra.run.dir=/tmp/run-cut >/tmp/cut.log 2>&1; tail -12 /tmp/cut.log
+    python3 tests/learning.py cut-images $overfit tracking.uri=sqlite:///$RES/mlflow-cut.db hydra.run.dir=/tmp/run-cut >/tmp/cut.log 2>&1; tail -12 /tmp/cut.log
     keep /tmp/run-cut cut ;;
   vision_cost)  # training speed and peak memory at the T4 profile on synthetic lines, per lora.vision
     for vision in frozen encoder; do
