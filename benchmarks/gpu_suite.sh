@@ -12,12 +12,13 @@ REGISTERED=pinned_use_cuda_host_register:True,pinned_num_register_threads:8
 mkdir -p "$RES"
 b() { local name=$1; shift; echo "### $name"; timeout ${LIMIT:-300} python3 benchmarks/bench.py --name "$name" --json "$RES/$name.json" "$@" 2>&1 | grep -v "Warning\|warn(" ; }
 for phase in "$@"; do case $phase in
-  paddleocr_vl)  # PaddleOCR-VL-0.9B at full size, random weights, 1600x120 lines: LoRA on the language model
-    # at the T4 profile (fp16, 4-bit) and in bf16, then generation in images/s (the plain path)
+  paddleocr_vl_memory)  # PaddleOCR-VL-0.9B at full size, random weights, 1600x120 lines: LoRA on the language
+    # model at the T4 profile (fp16, 4-bit): peak memory (these may run beside other work; their speed then does not count)
     P="--model paddleocr_vl --memory-profile"
     b paddleocr_vl_t4_train_b8 $P --dtype fp16 --load-in-4bit --batch 8 --steps 6
-    b paddleocr_vl_t4_train_b16 $P --dtype fp16 --load-in-4bit --batch 16 --steps 6
-    b paddleocr_vl_bf16_train_b32 $P --dtype bf16 --batch 32 --steps 8
+    b paddleocr_vl_t4_train_b16 $P --dtype fp16 --load-in-4bit --batch 16 --steps 6 ;;
+  paddleocr_vl)  # the same in bf16, then generation in images/s (the plain path): speed, the GPU to itself
+    b paddleocr_vl_bf16_train_b32 --model paddleocr_vl --memory-profile --dtype bf16 --batch 32 --steps 8
     b paddleocr_vl_t4_generate_b32 --model paddleocr_vl --task generate --dtype fp16 --load-in-4bit --gen-images 128 --gen-batch 32 --new-tokens 48
     b paddleocr_vl_bf16_generate --model paddleocr_vl --task generate --dtype bf16 --gen-images 512 --new-tokens 48 --check-unbatched 4 ;;
   t4mem)
@@ -84,12 +85,15 @@ for phase in "$@"; do case $phase in
   genstatic2)  # transformers' static cache + compiled decoding on today's grouped_mm path; 2 passes
     b h200_generate_static_inductor_base_b256 --task generate --dtype bf16 --gen-images 512 --gen-batch 256 --new-tokens 48 --gen-cache static --gen-compile-backend inductor
     b h200_generate_static_cudagraphs_base_b256 --task generate --dtype bf16 --gen-images 512 --gen-batch 256 --new-tokens 48 --gen-cache static --gen-compile-backend cudagraphs ;;
-  glm_ocr)  # GLM-OCR's released shapes, random weights: the lines_glm_ocr recipe (LoRA r8/16 on the decoder, no
-    # 4-bit) at T4 settings (fp16) and a 4-bit variant, bf16 training, generation at bf16 and at T4 settings
+  glm_ocr_memory)
     G="--model glm_ocr --lora-r 8 --lora-alpha 16"
     b glm_ocr_t4settings_train_fp16_b8 $G --dtype fp16 --batch 8 --steps 6 --memory-profile
     b glm_ocr_t4settings_train_fp16_b16 $G --dtype fp16 --batch 16 --steps 6 --memory-profile
-    b glm_ocr_t4settings_train_fp16_4bit_b16 $G --dtype fp16 --load-in-4bit --batch 16 --steps 6 --memory-profile
+    b glm_ocr_t4settings_train_fp16_4bit_b16 $G --dtype fp16 --load-in-4bit --batch 16 --steps 6 --memory-profile ;;
+  glm_ocr)  # GLM-OCR's released shapes, random weights: the lines_glm_ocr recipe (LoRA r8/16 on the decoder, no
+    # 4-bit) at T4 settings (fp16) and a 4-bit variant, bf16 training, generation at bf16 and at T4 settings
+    # (glm_ocr_memory: peak memory, may run beside other work; glm_ocr: speed, the GPU to itself)
+    G="--model glm_ocr --lora-r 8 --lora-alpha 16"
     b glm_ocr_train_bf16_b32 $G --dtype bf16 --batch 32 --steps 8
     b glm_ocr_generate_bf16_auto --task generate $G --dtype bf16 --gen-images 512 --new-tokens 48 --check-unbatched 8
     b glm_ocr_t4settings_generate_fp16_b32 --task generate $G --dtype fp16 --gen-images 128 --gen-batch 32 --new-tokens 48

@@ -1,4 +1,5 @@
-"""Library-version shims: the only place hwocr uses a library's private API.
+"""Library-version shims: where hwocr bridges library versions, and the only place it uses a
+library's private API.
 
 Each function here stands in for something the library offers no public way to do (or offers only
 from a later version on) and that hwocr keeps for the speed or correctness it buys. Every private
@@ -10,8 +11,12 @@ a failure of the run.
 
 import contextlib
 import logging
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 log = logging.getLogger(__name__)
 
@@ -90,3 +95,19 @@ def failed_job_error(job_return) -> BaseException:
     """The exception a failed job raised. JobReturn's public `return_value` raises it, after
     writing a line of its own to stderr; this reads the field behind it."""
     return job_return._return_value
+
+
+# --- transformers: activation checkpointing --------------------------------------------------------
+
+
+def enable_activation_checkpointing(model: "PreTrainedModel", checkpoint_kwargs: dict) -> None:
+    """Turn on activation (gradient) checkpointing under either of transformers' names for it.
+
+    Newer releases call it `activation_checkpointing_enable` and warn that the older
+    `gradient_checkpointing_enable` goes in v6; the oldest releases hwocr supports have only the
+    older name. Both are public; this picks the one the installed version offers."""
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs=checkpoint_kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpoint_kwargs)

@@ -3,6 +3,7 @@ installed; a failure names the library version whose move it is. And no private 
 anywhere else in hwocr."""
 
 import re
+import warnings
 from pathlib import Path
 
 import hydra
@@ -92,3 +93,18 @@ def test_private_apis_are_used_only_in_the_compatibility_module():
         if PRIVATE.search(line)
     ]
     assert found == []
+
+
+def test_activation_checkpointing_turns_on_under_the_installed_transformers_own_name():
+    import transformers
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2
+    )
+    model = LlamaForCausalLM(config)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # the older name warns where a newer one exists
+        compat.enable_activation_checkpointing(model, {"use_reentrant": False})
+    checkpointed = [layer.gradient_checkpointing for layer in model.model.layers]
+    assert checkpointed == [True, True], f"transformers {transformers.__version__}: {checkpointed}"

@@ -11,6 +11,7 @@ from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model
 from transformers import PreTrainedModel
 
+from hwocr.compat import enable_activation_checkpointing
 from hwocr.config import HardwareConfig, LoraConfig
 from hwocr.errors import ConfigError
 from hwocr.model.expert_lora import (
@@ -110,7 +111,7 @@ def prepare_for_training(
     if hardware.gradient_checkpointing:
         # Non-reentrant checkpointing needs no input that requires grad, so the frozen embeddings and
         # vision tower need no hooks that would drag them into backward.
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model, {"use_reentrant": False})
     trainable, total = count_parameters(model)
     log.info(
         "trainable parameters: %s of %s (%.2f%%)%s%s",

@@ -90,7 +90,6 @@ def training_arguments(cfg: Config, checkpoint_dir: Path) -> TrainingArguments:
         fp16=hw.dtype == "fp16",
         bf16=hw.dtype == "bf16",
         use_cpu=hw.device == "cpu",
-        gradient_checkpointing=False,  # enabled in prepare_for_training, without input hooks
         dataloader_num_workers=hw.dataloader_workers,
         dataloader_pin_memory=hw.device == "cuda",
         remove_unused_columns=False,  # the collator needs the Sample objects
