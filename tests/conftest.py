@@ -59,41 +59,31 @@ def composed(*overrides: str, config_name: str = "config"):
         return compose(config_name=config_name, overrides=list(overrides))
 
 
+def model_option(option: str, source: Path) -> ModelConfig:
+    """conf/model/<option>.yaml as the schema's ModelConfig, built into `source`: the tests load the
+    model the YAML describes, so the two cannot drift apart."""
+    from hwocr.config import register_schema, to_config
+
+    register_schema()
+    return to_config(composed(f"model={option}", f"model.source={source}")).model
+
+
 @pytest.fixture(scope="session")
 def tiny_model_config(tmp_path_factory) -> ModelConfig:
-    """The tiny DeepSeek-OCR-2, built once per test session."""
-    path = tmp_path_factory.mktemp("models") / "tiny"
-    return ModelConfig(name="tiny", source=str(path), build_tiny=True, image_size=128, tile_size=96)
+    """The tiny DeepSeek-OCR-2 (conf/model/tiny.yaml), built once per test session."""
+    return model_option("tiny", tmp_path_factory.mktemp("models") / "tiny")
 
 
 @pytest.fixture(scope="session")
 def tiny_paddleocr_vl_config(tmp_path_factory) -> ModelConfig:
     """The tiny PaddleOCR-VL (conf/model/tiny_paddleocr_vl.yaml), built once per test session."""
-    path = tmp_path_factory.mktemp("models") / "tiny-paddleocr-vl"
-    return ModelConfig(
-        name="tiny_paddleocr_vl",
-        family="paddleocr_vl",
-        source=str(path),
-        build_tiny=True,
-        image_mode="native",
-        prompt="OCR:",
-        memory_optimizations=False,
-    )
+    return model_option("tiny_paddleocr_vl", tmp_path_factory.mktemp("models") / "tiny-paddleocr-vl")
 
 
 @pytest.fixture(scope="session")
 def tiny_glm_ocr_config(tmp_path_factory) -> ModelConfig:
     """The tiny GLM-OCR (conf/model/tiny_glm_ocr.yaml), built once per test session."""
-    path = tmp_path_factory.mktemp("models") / "tiny-glm-ocr"
-    return ModelConfig(
-        name="tiny_glm_ocr",
-        family="glm_ocr",
-        source=str(path),
-        build_tiny=True,
-        image_mode="native",
-        prompt="Text Recognition:",
-        memory_optimizations=False,
-    )
+    return model_option("tiny_glm_ocr", tmp_path_factory.mktemp("models") / "tiny-glm-ocr")
 
 
 @pytest.fixture(scope="session")
