@@ -43,18 +43,24 @@ def encode_chat(
     )
 
 
-def chat_training_example(processor, image, prompt: str, answer: str) -> dict[str, torch.Tensor]:
-    """One example: every key of the processor's output for the whole conversation, and `labels`
-    on the assistant's tokens through the first EOS. Sequence keys are (length,), others as the
-    processor gave them."""
-    [image] = upright([image])
-    prompt_ids = processor.apply_chat_template(
+def generation_prompt(processor, image, prompt: str) -> BatchFeature:
+    """What generation sees of one (upright) image, as a batch of one: the user turn through the chat
+    template with the generation prompt added; a training example starts with exactly these tokens."""
+    return processor.apply_chat_template(
         [conversation(image, prompt)],
         add_generation_prompt=True,
         tokenize=True,
         return_dict=True,
         return_tensors="pt",
-    )["input_ids"][0]
+    )
+
+
+def chat_training_example(processor, image, prompt: str, answer: str) -> dict[str, torch.Tensor]:
+    """One example: every key of the processor's output for the whole conversation, and `labels`
+    on the assistant's tokens through the first EOS. Sequence keys are (length,), others as the
+    processor gave them."""
+    [image] = upright([image])
+    prompt_ids = generation_prompt(processor, image, prompt)["input_ids"][0]
     full = processor.apply_chat_template(
         [conversation(image, prompt, answer)], tokenize=True, return_dict=True, return_tensors="pt"
     )

@@ -12,7 +12,7 @@ from what generation emits.
 
 import torch
 
-from hwocr.inputs.chat import IGNORE_INDEX, conversation
+from hwocr.inputs.chat import IGNORE_INDEX, generation_prompt
 from hwocr.inputs.views import upright
 
 
@@ -20,13 +20,7 @@ def answer_after_prompt(processor, image, prompt: str, answer: str) -> dict[str,
     """One example in chat.collate_chat's layout: sequence keys (length,), image keys as the
     processor gives them, `labels` on the answer and its EOS only."""
     [image] = upright([image])
-    inputs = processor.apply_chat_template(
-        [conversation(image, prompt)],
-        add_generation_prompt=True,
-        tokenize=True,
-        return_dict=True,
-        return_tensors="pt",
-    )
+    inputs = generation_prompt(processor, image, prompt)
     tokenizer = processor.tokenizer
     answer_ids = torch.tensor(
         [*tokenizer(answer, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id], dtype=torch.long
