@@ -20,8 +20,8 @@ modes), prepare_for_training (LoRA, frozen tower, checkpointing), OcrCollator, t
 The full-size DeepSeek-OCR-2 model is built once with random weights and saved (model + a
 Vietnamese byte-level BPE tokenizer + the DeepSeek-OCR-2 image processor) to --checkpoint-dir, so
 that 4-bit loading goes through the product's from_pretrained path and yields the product's
-quantized layout; PaddleOCR-VL's and GLM-OCR's likewise (hwocr/model/tiny_paddleocr_vl.py,
-hwocr/model/glm/tiny.py). v1 is measured from a checkpoint directory you provide (the hub's, or one
+quantized layout; PaddleOCR-VL's and GLM-OCR's likewise (hwocr/model/paddleocr_vl/tiny.py,
+hwocr/model/glm_ocr/tiny.py). v1 is measured from a checkpoint directory you provide (the hub's, or one
 built from its remote code); this repo does not build v1.
 """
 
@@ -78,14 +78,14 @@ def build_full_glm_checkpoint(path: Path) -> Path:
     """Random-weight GLM-OCR at the released shapes, saved like a hub checkpoint (bf16)."""
     if (path / "config.json").is_file():
         return path
-    from hwocr.model.glm.tiny import build_full_size_checkpoint
+    from hwocr.model.glm_ocr.tiny import build_full_size_checkpoint
 
     return build_full_size_checkpoint(path, device="cuda" if torch.cuda.is_available() else "cpu")
 
 
 def model_config(args) -> ModelConfig:
     if args.model in ("paddleocr_vl", "tiny_paddleocr_vl"):
-        from hwocr.model.tiny_paddleocr_vl import build_full_checkpoint
+        from hwocr.model.paddleocr_vl.tiny import build_full_checkpoint
 
         tiny = args.model == "tiny_paddleocr_vl"
         folder = Path(args.checkpoint_dir) / args.model

@@ -212,8 +212,8 @@ def test_the_released_shapes():
     them, and a 1600x120 line becomes 228 image tokens through the released image processor."""
     from transformers import GlmOcrForConditionalGeneration
 
-    from hwocr.model.glm.architecture import full_size_config
-    from hwocr.model.glm.tiny import RELEASED_PIXELS, build_processor
+    from hwocr.model.glm_ocr.architecture import full_size_config
+    from hwocr.model.glm_ocr.tiny import RELEASED_PIXELS, build_processor
 
     with torch.device("meta"):
         model = GlmOcrForConditionalGeneration(full_size_config())

@@ -15,6 +15,18 @@ log = logging.getLogger(__name__)
 # the cached checkpoints it made before are rebuilt.
 BUILD_MARKER = "hwocr_tiny_build.txt"
 
+# The language decoder of the chat-template families' tiny twins (PaddleOCR-VL, GLM-OCR): the same on
+# purpose, so that their tiny runs differ by the family's code and vision side, not by the decoder's
+# size. Each family adds its vocabulary, token ids and rotary settings (sections covering head_dim / 2).
+TINY_DECODER = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+}
+
 
 def random_model(model_class, config, dtype: torch.dtype | None = None, device: str = "cpu"):
     """`model_class(config)` with freshly drawn weights, in `dtype`, on `device`. Seed torch first."""

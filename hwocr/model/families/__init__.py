@@ -1,7 +1,9 @@
 """Model families: one object per `model.family` that the shared pipeline asks instead of branching.
 
 To add a family: a module here with a ModelFamily subclass instance named FAMILY, an entry in
-FAMILIES below, its traits in hwocr.config.FAMILIES, and a conf/model/*.yaml (SEAM.md).
+FAMILIES below, its traits in hwocr.config.FAMILIES, and a conf/model/*.yaml. Code of the family's own
+(configs, processor, tiny checkpoint) goes in a package named after it, as hwocr/model/paddleocr_vl/
+and hwocr/model/glm_ocr/.
 """
 
 import torch

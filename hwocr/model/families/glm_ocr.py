@@ -1,7 +1,7 @@
 """GLM-OCR (CogViT-style vision tower + GLM-0.5B decoder, zai-org/GLM-OCR) through transformers'
 native `glm_ocr` classes: the model card's chat template and prompt, its processor without the video
-half (hwocr/model/glm/processor.py), answers appended after the generation prompt for training
-(hwocr/model/glm/inputs.py)."""
+half (hwocr/model/glm_ocr/processor.py), answers appended after the generation prompt for training
+(hwocr/model/glm_ocr/inputs.py)."""
 
 from pathlib import Path
 
@@ -28,15 +28,15 @@ class GlmOcr(ModelFamily):
     fully_trained = ("model.language_model", "lm_head")
 
     def tiny_checkpoint(self, path: Path) -> Path:
-        from hwocr.model.glm.tiny import ensure_tiny_checkpoint
+        from hwocr.model.glm_ocr.tiny import ensure_tiny_checkpoint
 
         return ensure_tiny_checkpoint(path)
 
     def load_processor(self, cfg: ModelConfig, source: str, revision: str | None):
         from transformers.models.glm46v.image_processing_pil_glm46v import Glm46VImageProcessorPil
 
-        from hwocr.model.glm.inputs import answer_after_prompt
-        from hwocr.model.glm.processor import GlmOcrProcessor
+        from hwocr.model.glm_ocr.inputs import answer_after_prompt
+        from hwocr.model.glm_ocr.processor import GlmOcrProcessor
 
         processor = pil_processor(GlmOcrProcessor, Glm46VImageProcessorPil, source, revision, remote=False)
         return set_up_chat_processor(processor, training_example=answer_after_prompt)

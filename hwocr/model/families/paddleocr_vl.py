@@ -23,7 +23,7 @@ class PaddleOcrVl(ModelFamily):
     fully_trained = ("model.language_model", "model.projector", "lm_head")
 
     def tiny_checkpoint(self, path: Path) -> Path:
-        from hwocr.model.tiny_paddleocr_vl import ensure_tiny_checkpoint
+        from hwocr.model.paddleocr_vl.tiny import ensure_tiny_checkpoint
 
         return ensure_tiny_checkpoint(path)
 

@@ -10,6 +10,8 @@ the card's 0.9 B leave out the embedding and output tables.
 
 from transformers import GlmOcrConfig
 
+from hwocr.model.random_weights import TINY_DECODER
+
 # Token ids of the released checkpoint (its config.json and generation_config.json).
 FULL_VOCAB = 59392
 FULL_TOKEN_IDS = {
@@ -74,12 +76,7 @@ def tiny_config(token_ids: dict[str, int | list[int]], vocab_size: int) -> GlmOc
     return GlmOcrConfig(
         text_config={
             "vocab_size": vocab_size,
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "head_dim": 16,
+            **TINY_DECODER,
             "max_position_embeddings": 4096,
             "rope_parameters": {
                 "rope_type": "default",

@@ -17,7 +17,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from hwocr.model.random_weights import ensure_built, random_model, save_checkpoint
+from hwocr.model.random_weights import TINY_DECODER, ensure_built, random_model, save_checkpoint
 from hwocr.model.tiny import byte_level_bpe
 
 UNK, BOS, EOS = "<unk>", "<s>", "</s>"
@@ -83,12 +83,7 @@ def tiny_config(tokenizer: PreTrainedTokenizerFast) -> PaddleOCRVLConfig:
         },
         text_config={
             "vocab_size": len(tokenizer),
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "head_dim": 16,
+            **TINY_DECODER,
             # multimodal rotary sections (temporal, height, width) must cover head_dim / 2
             "rope_parameters": {"rope_type": "default", "rope_theta": 500000.0, "mrope_section": [2, 3, 3]},
             "pad_token_id": tokenizer.pad_token_id,

@@ -13,8 +13,8 @@ import torch
 from transformers import GlmOcrForConditionalGeneration, PreTrainedTokenizerFast
 from transformers.models.glm46v.image_processing_pil_glm46v import Glm46VImageProcessorPil
 
-from hwocr.model.glm.architecture import FULL_VOCAB, full_size_config, tiny_config
-from hwocr.model.glm.processor import IMAGE_TOKEN, VIDEO_END, VIDEO_START, VIDEO_TOKEN, GlmOcrProcessor
+from hwocr.model.glm_ocr.architecture import FULL_VOCAB, full_size_config, tiny_config
+from hwocr.model.glm_ocr.processor import IMAGE_TOKEN, VIDEO_END, VIDEO_START, VIDEO_TOKEN, GlmOcrProcessor
 from hwocr.model.random_weights import ensure_built, random_model, save_checkpoint
 from hwocr.model.tiny import byte_level_bpe
 
@@ -47,7 +47,7 @@ TINY_BUILD = 1
 
 
 def chat_template() -> str:
-    return resources.files("hwocr.model.glm").joinpath("chat_template.jinja").read_text(encoding="utf-8")
+    return resources.files("hwocr.model.glm_ocr").joinpath("chat_template.jinja").read_text(encoding="utf-8")
 
 
 def build_tokenizer(seed: int = 0) -> PreTrainedTokenizerFast:
