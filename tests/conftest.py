@@ -3,12 +3,15 @@
 import csv
 import json
 import os
+import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
+from filelock import FileLock
 
 from hwocr.config import ModelConfig
 from hwocr.data import Sample
@@ -57,6 +60,27 @@ def composed(*overrides: str, config_name: str = "config"):
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose(config_name=config_name, overrides=list(overrides))
+
+
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], object]) -> Path:
+    """A folder that `build(folder)` filled once in this test session, for tests that only read it.
+    Under pytest-xdist the workers share it (pytest-xdist's recipe for session fixtures): the first
+    worker that asks builds it under a file lock and the others wait for it, so a costly module
+    fixture is not built again by every worker that steals some of the module's tests. A failed
+    build leaves no folder behind: the next worker that asks tries again and reports its own error."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        folder = tmp_path_factory.mktemp(name)
+        build(folder)
+        return folder
+    shared = tmp_path_factory.getbasetemp().parent  # this session's, above each worker's own
+    folder, built = shared / name, shared / f"{name}.built"
+    with FileLock(shared / f"{name}.lock"):
+        if not built.is_file():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            built.touch()
+    return folder
 
 
 def model_option(option: str, source: Path) -> ModelConfig:

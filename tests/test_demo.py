@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 from spec import METRIC_KEYS, PREDICTION_COLUMNS
 
 from hwocr.config import register_schema
-from tests.conftest import run_hwocr, small_demo
+from tests.conftest import built_once, run_hwocr, small_demo
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_RUN = {
@@ -26,27 +26,34 @@ DEMO_RUN = {
 register_schema()
 
 
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("demo")
-    run_dir, db = tmp / "run", tmp / "mlflow.db"
+def run_the_demo(folder: Path) -> None:
+    """`python -m hwocr.run` with the small demo into folder/run, tracked in folder/mlflow.db; its
+    output in folder/stdout.txt."""
     result = subprocess.run(
         [
             sys.executable,
             "-m",
             "hwocr.run",
             *small_demo(DEMO_RUN),
-            f"hydra.run.dir={run_dir}",
-            f"tracking.uri=sqlite:///{db}",
+            f"hydra.run.dir={folder / 'run'}",
+            f"tracking.uri=sqlite:///{folder / 'mlflow.db'}",
         ],
         cwd=ROOT,
-        env={**os.environ, "HWOCR_CACHE": str(tmp / "cache")},
+        env={**os.environ, "HWOCR_CACHE": str(folder / "cache")},
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return run_dir, db, result.stdout
+    (folder / "stdout.txt").write_text(result.stdout, encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """The run's directory, its MLflow database and what it printed; built once per session,
+    whichever workers run this module's tests: they only read it."""
+    folder = built_once(tmp_path_factory, "demo", run_the_demo)
+    return folder / "run", folder / "mlflow.db", (folder / "stdout.txt").read_text(encoding="utf-8")
 
 
 def test_run_layout(demo_run):

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import run_hwocr
+from conftest import built_once, run_hwocr
 from huggingface_hub import ModelCard
 from mlflow.tracking import MlflowClient
 from PIL import Image, ImageDraw
@@ -49,32 +49,34 @@ def hydra_main(module, *overrides: str) -> int:
     return 0
 
 
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
-    """A demo run small enough for the fast tier: 2 steps, 3 test lines, base and tuned evaluation."""
-    tmp = tmp_path_factory.mktemp("export_run")
+def small_demo_run(folder: Path) -> None:
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("HWOCR_CACHE", str(tmp / "cache"))
-        run = run_hwocr(
-            tmp / "run",
+        patch.setenv("HWOCR_CACHE", str(folder / "cache"))
+        run_hwocr(
+            folder / "run",
             "+experiment=demo",
             "train.max_steps=2",
             "dataset.max_train_samples=8",
             "dataset.max_eval_samples=3",
             "dataset.synth.lines_per_writer=2",
         ).check()
-    return run.dir
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory) -> Path:
+    """A demo run small enough for the fast tier: 2 steps, 3 test lines, base and tuned evaluation.
+    Built once per session, whichever workers run this module's tests: they only read it."""
+    return built_once(tmp_path_factory, "export_run", small_demo_run) / "run"
 
 
 @pytest.fixture(scope="module")
 def exported(demo_run, tmp_path_factory) -> Path:
-    return export(
-        ExportConfig(
-            run=str(demo_run),
-            output=str(tmp_path_factory.mktemp("x") / "model"),
-            max_new_tokens=MAX_NEW_TOKENS,
-        )
-    )
+    """demo_run exported (and logged to its MLflow run) once per session, like demo_run."""
+
+    def export_demo_run(folder: Path) -> None:
+        export(ExportConfig(run=str(demo_run), output=str(folder / "model"), max_new_tokens=MAX_NEW_TOKENS))
+
+    return built_once(tmp_path_factory, "export", export_demo_run) / "model"
 
 
 @pytest.fixture(scope="module")
@@ -490,8 +492,9 @@ def test_a_run_saved_with_retired_config_keys_exports(demo_run, tmp_path, caplog
     config["hardware"]["optimize"] = config["model"].pop("memory_optimizations")
     config["hardware"]["eval_batch"] = config["eval"].pop("batch_size")
     saved.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
+    # tracking=False: the copy names demo_run's MLflow run, which keeps the module's export
     with caplog.at_level("WARNING", logger="hwocr.saved_config"):
-        folder = export(ExportConfig(run=str(old_run), output=str(tmp_path / "out")))
+        folder = export(ExportConfig(run=str(old_run), output=str(tmp_path / "out"), tracking=False))
     assert json.loads((folder / "export.json").read_text())["run"] == str(old_run)
     assert "hardware.optimize is retired; read as model.memory_optimizations=" in caplog.text
 
