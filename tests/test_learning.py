@@ -71,15 +71,14 @@ def test_training_teaches_the_model_to_tell_images_apart(tmp_path, tiny_model_co
     assert metrics["perfect_match_rate"] == 1.0, metrics["predictions"]
 
 
-# The other families: their default adaptation in the fast tier, vision LoRA and full fine-tuning in
-# make test-all (the fast tier's time goes to DeepSeek-OCR-2's three).
+# The other families run in make test-all: the fast tier's minutes go to DeepSeek-OCR-2's three.
 FULL_TIER = pytest.mark.slow
 
 
 @pytest.mark.parametrize(
     "model, adaptation",
     [
-        pytest.param("tiny_paddleocr_vl", ("train.max_steps=150",), id="paddleocr_vl-lora"),
+        pytest.param("tiny_paddleocr_vl", ("train.max_steps=150",), id="paddleocr_vl-lora", marks=FULL_TIER),
         pytest.param(
             "tiny_paddleocr_vl", ("lora=r16_vision",), id="paddleocr_vl-vision-lora", marks=FULL_TIER
         ),
@@ -89,7 +88,7 @@ FULL_TIER = pytest.mark.slow
             id="paddleocr_vl-full-fine-tuning",
             marks=FULL_TIER,
         ),
-        pytest.param("tiny_glm_ocr", (), id="glm_ocr-lora"),
+        pytest.param("tiny_glm_ocr", (), id="glm_ocr-lora", marks=FULL_TIER),
         pytest.param("tiny_glm_ocr", ("lora=r16_vision",), id="glm_ocr-vision-lora", marks=FULL_TIER),
         # every weight of the decoder moves: smaller steps, more of them
         pytest.param(
