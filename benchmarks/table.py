@@ -70,13 +70,19 @@ def rows(folder: Path = RESULTS) -> list[str]:
         # experts are Linear modules that its LoRA targets always reached
         v1 = s.get("model") == "v1" or r["name"].startswith("v1_")  # *_run.json: written from a run
         with_lora = train or s.get("gen_lora")  # generate rows decode through a LoRA only with --gen-lora
-        experts = "" if not with_lora else ("yes" if s.get("lora_experts") or v1 else "no")
         recipe = s["recipe"]
+        # the chat-template families: no routed experts, each image read at its own resolution
+        image_mode = "native" if s.get("model", "full").endswith(("paddleocr_vl", "glm_ocr")) else None
+        if image_mode:
+            recipe, with_lora = s["model"], False
+        experts = "" if not with_lora else ("yes" if s.get("lora_experts") or v1 else "no")
+        if r.get("conditions"):
+            note = (note + "; " if note else "") + "another job shared the GPU: see the file"
         if s.get("model") == "v1":  # one recipe, its remote forward: model.memory_optimizations is ocr2-only
             recipe = f"v1, backend={s.get('backend', 'hf')}"
         out.append(
             f"| {r['name']} | {r['device'].replace('NVIDIA ', '')} | {recipe} | {s['dtype']} | "
-            f"{'yes' if s['load_in_4bit'] else 'no'} | {s.get('image_mode', 'base')} | {experts} | "
+            f"{'yes' if s['load_in_4bit'] else 'no'} | {image_mode or s.get('image_mode', 'base')} | {experts} | "
             f"{gen.get('batch_size', s['batch'])} | "
             f"{r.get('weights_gib_total', '')} | {train.get('peak_gib', gen.get('peak_gib', ''))} | "
             f"{train.get('samples_per_s', '')} | {gen.get('images_per_s', '')} | {note} |"
