@@ -45,6 +45,9 @@ from hwocr.io import write_atomic
 from hwocr.model.load import torch_dtype
 from hwocr.report.record import environment_info
 
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
 # ----------------------------------------------------------------------------------------------
 # model and data
 
@@ -83,35 +86,29 @@ def build_full_glm_checkpoint(path: Path) -> Path:
     return build_full_size_checkpoint(path, device="cuda" if torch.cuda.is_available() else "cpu")
 
 
-def model_config(args) -> ModelConfig:
-    if args.model in ("paddleocr_vl", "tiny_paddleocr_vl"):
-        from hwocr.model.paddleocr_vl.tiny import build_full_checkpoint
+def model_option(option: str, source: Path) -> ModelConfig:
+    """conf/model/<option>.yaml with its weights at `source`: the prompt, image mode and settings a
+    run of that option uses, so the benchmark cannot drift from the product's configs."""
+    from hydra import compose, initialize_config_dir
 
-        tiny = args.model == "tiny_paddleocr_vl"
-        folder = Path(args.checkpoint_dir) / args.model
-        if not tiny:
-            build_full_checkpoint(folder, device="cuda" if torch.cuda.is_available() else "cpu")
-        return ModelConfig(
-            name=args.model,
-            family="paddleocr_vl",
-            source=str(folder),
-            build_tiny=tiny,
-            image_mode="native",
-            prompt="OCR:",
-            memory_optimizations=False,
-        )
-    if args.model in ("glm_ocr", "tiny_glm_ocr"):
-        tiny = args.model == "tiny_glm_ocr"
-        folder = Path(args.checkpoint_dir) / args.model
-        return ModelConfig(
-            name=args.model,
-            family="glm_ocr",
-            source=str(folder if tiny else build_full_glm_checkpoint(folder)),
-            build_tiny=tiny,
-            image_mode="native",
-            prompt="Text Recognition:",
-            memory_optimizations=False,
-        )
+    from hwocr.config import register_schema, to_config
+
+    register_schema()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"model={option}", f"model.source={source}"])
+    return to_config(cfg).model
+
+
+def model_config(args) -> ModelConfig:
+    folder = Path(args.checkpoint_dir) / args.model
+    if args.model == "paddleocr_vl":
+        from hwocr.model.paddleocr_vl.tiny import build_full_checkpoint as build_full_paddleocr_vl
+
+        build_full_paddleocr_vl(folder, device="cuda" if torch.cuda.is_available() else "cpu")
+    if args.model == "glm_ocr":
+        build_full_glm_checkpoint(folder)
+    if args.model in ("paddleocr_vl", "tiny_paddleocr_vl", "glm_ocr", "tiny_glm_ocr"):
+        return model_option(args.model, folder)
     if args.model == "v1":
         if not args.v1_checkpoint:
             raise SystemExit("--model v1 needs --v1-checkpoint DIR (or HWOCR_V1_CHECKPOINT)")

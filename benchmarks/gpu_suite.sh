@@ -128,8 +128,8 @@ for phase in "$@"; do case $phase in
     LIMIT=170 b h200_generate_graphed_kept_dynamic_guard_lora $G --image-mode dynamic --gen-images 256 --gen-lora --no-repeat-ngram 20 --no-repeat-window 90 ;;
   gil)  # CPU only: does the processor thread slow a launch-bound main thread? (benchmarks/README.md)
     for i in 1 2 3; do timeout ${LIMIT:-120} python3 benchmarks/gil_contention.py --json "$RES/gpuhost_gil_contention_$i.json" 2>&1 | grep -v "Warning\|warn(" ; done ;;
-  gputests)  # the GPU-marked tests (CI has no GPU)
-    timeout ${LIMIT:-300} python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_decode.py 2>&1 | tail -15 ;;
+  gputests)  # the GPU-marked tests (CI has no GPU); named files: the GPU image lacks `datasets`, which others import
+    timeout ${LIMIT:-300} python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_decode.py tests/test_optimizations.py 2>&1 | tail -15 ;;
   timeline)  # measured at 9169302 (the batch pinned in the encoding thread; each capture emptied the caches)
     G="--task generate --dtype bf16 --new-tokens 48 --compare graphed graphed --timeline"
     LIMIT=260 b h200_generate_timeline_dynamic $G --image-mode dynamic --gen-images 768
@@ -168,7 +168,7 @@ for phase in "$@"; do case $phase in
     LIMIT=300 b h200_generate_eval_passes_dynamic_guard_lora --task generate --dtype bf16 --new-tokens 48 --timeline --compare plain start graphed threads4 merged merged --image-mode dynamic --gen-images 512 --gen-lora --no-repeat-ngram 20 --no-repeat-window 90 ;;
   evalspeedfp32)  # batch-1 against batched token ids in fp32, then the GPU-marked tests
     LIMIT=150 b h200_generate_unbatched_identity_fp32 --task generate --dtype fp32 --gen-images 16 --gen-batch 16 --new-tokens 48 --check-unbatched 16
-    timeout 300 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_decode.py 2>&1 | tail -15 ;;
+    timeout 300 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_decode.py tests/test_optimizations.py 2>&1 | tail -15 ;;
   samconvs)  # SAM's convolutions with cuDNN's default algorithms and with cudnn.benchmark
     timeout ${LIMIT:-120} python3 benchmarks/sam_convs.py --json "$RES/h200_sam_convs.json" 2>&1 | grep -v "Warning\|warn(" ;;
   *) echo "unknown phase $phase" ;;
