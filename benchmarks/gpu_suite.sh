@@ -169,6 +169,19 @@ for phase in "$@"; do case $phase in
   evalspeedfp32)  # batch-1 against batched token ids in fp32, then the GPU-marked tests
     LIMIT=150 b h200_generate_unbatched_identity_fp32 --task generate --dtype fp32 --gen-images 16 --gen-batch 16 --new-tokens 48 --check-unbatched 16
     timeout 300 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_decode.py tests/test_optimizations.py 2>&1 | tail -15 ;;
+  evalspeedvs)  # the product's generation path here against an older checkout ($OLD, e.g. from `git archive`),
+    # same machine, same weights (one full checkpoint both load), base and crop mode; the 2nd threads4 pass counts
+    G="--task generate --dtype bf16 --new-tokens 48 --compare graphed threads4 threads4"
+    DEV=$(nvidia-smi --query-gpu=name --format=csv,noheader | grep -o "H[0-9]00" | head -1 | tr H h)
+    ABS=$(cd "$RES" && pwd) OLDNAME=$(basename "${OLD:?set OLD to an older checkout}")
+    mkdir -p "$HWOCR_BENCH_DIR" /tmp/hwocr-bench-old && ln -sfn "$HWOCR_BENCH_DIR/full" /tmp/hwocr-bench-old/full
+    for mode in "base --gen-images 768" "dynamic --image-mode dynamic --gen-images 512"; do
+      set -- $mode
+      b "${DEV}_generate_product_$1" $G "${@:2}"
+      echo "### ${DEV}_generate_product_$1_$OLDNAME"
+      (cd "$OLD" && HWOCR_BENCH_DIR=/tmp/hwocr-bench-old timeout ${LIMIT:-300} python3 benchmarks/bench.py \
+        --name "${DEV}_generate_product_$1_$OLDNAME" --json "$ABS/${DEV}_generate_product_$1_$OLDNAME.json" $G "${@:2}" 2>&1 | grep -v "Warning\|warn(")
+    done ;;
   samconvs)  # SAM's convolutions with cuDNN's default algorithms and with cudnn.benchmark
     timeout ${LIMIT:-120} python3 benchmarks/sam_convs.py --json "$RES/h200_sam_convs.json" 2>&1 | grep -v "Warning\|warn(" ;;
   *) echo "unknown phase $phase" ;;
