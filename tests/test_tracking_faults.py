@@ -164,3 +164,45 @@ def test_long_batches_reach_the_store_live_and_through_the_journal(tmp_path, mon
         assert data.params == {k: str(v) for k, v in params.items()}
         assert data.metrics == metrics
     assert len(client.get_run(live.run_id).data.tags) >= 150
+
+
+# Each process imports MLflow, says it is ready, waits for the go, then opens the store as a run does.
+OPEN_STORE = """
+import sys, time
+from pathlib import Path
+from hwocr.tracking.store import open_client
+folder, index = Path(sys.argv[1]), sys.argv[2]
+(folder / f"ready{index}").touch()
+while not (folder / "go").exists():
+    time.sleep(0.005)
+open_client(f"sqlite:///{folder / 'mlflow.db'}").search_experiments(max_results=1)
+"""
+
+
+@pytest.mark.slow  # four processes importing MLflow: seconds each on two cores
+def test_runs_started_together_on_a_new_sqlite_store_all_open_it(tmp_path):
+    """A fresh sqlite store is created and migrated by its first client; processes opening it at the
+    same moment (two runs, a sweep's parallel jobs) must not collide in that migration."""
+    import subprocess
+    import sys
+
+    n = 4
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", OPEN_STORE, str(tmp_path), str(i)],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(n)
+    ]
+    deadline = time.time() + 120
+    while len(list(tmp_path.glob("ready*"))) < n and time.time() < deadline:
+        time.sleep(0.05)
+    (tmp_path / "go").touch()
+    errors = [p.communicate(timeout=120)[1] for p in processes]
+    failed = [
+        [line for line in err.splitlines() if "Error" in line][-1:]
+        for p, err in zip(processes, errors, strict=True)
+        if p.returncode
+    ]
+    assert not failed, failed

@@ -13,13 +13,14 @@ def log_export(run_file: dict, output: Path) -> bool:
     """Log to the run that mlflow_run.json names; a store that cannot take it is a warning (the
     export itself stands). Returns whether it was logged."""
     from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
+
+    from hwocr.tracking.store import open_client
 
     uri, run_id = run_file.get("uri"), run_file.get("run_id")
     if not uri or not run_id:
         return False
     try:
-        client = MlflowClient(uri)
+        client = open_client(uri)
         for name in ("README.md", "export.json"):
             client.log_artifact(run_id, str(output / name), ARTIFACT_DIR)
         client.set_tag(run_id, PATH_TAG, str(output))

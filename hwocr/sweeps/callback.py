@@ -167,10 +167,9 @@ class MlflowSweepCallback(Callback):
         self, config: DictConfig, sweep_dir: Path, info: dict, previous: dict, sweeper_params: dict
     ) -> tuple[str | None, str | None]:
         """The parent run and its experiment: the run this sweep dir recorded (reopened), or a new one."""
-        from mlflow.tracking import MlflowClient
-
         from hwocr.config import TrackingConfig
         from hwocr.tracking.client import Tracker, git_commit, param_value
+        from hwocr.tracking.store import open_client
 
         uri, submissions, task = info["tracking_uri"], info["submissions"], info["task_overrides"]
 
@@ -179,7 +178,7 @@ class MlflowSweepCallback(Callback):
             # the experiment is found or created exactly as the jobs' Tracker does it
             tracker = Tracker(TrackingConfig(uri=uri, experiment=info["experiment"]), Path("outputs"))
             tracker.check_reachable()
-            client = MlflowClient(uri)
+            client = open_client(uri)
             if reuse:
                 client.update_run(reuse, status="RUNNING")
                 for tag in ("sweep.interrupted", "sweep.interrupted_reason"):
@@ -323,12 +322,11 @@ class MlflowSweepCallback(Callback):
         parent = read_parent_file(Path(str(config.hydra.sweep.dir)))
         if not parent.get("parent_run_id"):
             return
-        from mlflow.tracking import MlflowClient
-
+        from hwocr.tracking.store import open_client
         from hwocr.tracking.sync import read_run_file, write_run_file
 
         try:
-            client = MlflowClient(parent["tracking_uri"])
+            client = open_client(parent["tracking_uri"])
             num = str(config.hydra.job.num)
             existing = client.search_runs(
                 [parent["experiment_id"]],
@@ -403,15 +401,14 @@ def _start_watchdog(sweep_dir: Path) -> int | None:
 
 def _clear_error_tag(job_dir: Path) -> None:
     """A job that failed before and now completed keeps the old error as sweep.previous_error."""
-    from mlflow.tracking import MlflowClient
-
+    from hwocr.tracking.store import open_client
     from hwocr.tracking.sync import read_run_file
 
     saved = read_run_file(job_dir)
     if not saved.get("run_id"):
         return
     try:
-        client = MlflowClient(saved["uri"])
+        client = open_client(saved["uri"])
         error = client.get_run(saved["run_id"]).data.tags.get("error")
         if error:
             client.set_tag(saved["run_id"], "sweep.previous_error", error)

@@ -351,7 +351,7 @@ def compare_sweep(
     final: bool = False,
 ) -> SweepComparison:
     """Build the comparison of a sweep given its dir or its MLflow parent run id."""
-    from mlflow.tracking import MlflowClient
+    from hwocr.tracking.store import open_client
 
     sweep_dir, parent_info = None, {}
     if Path(source).is_dir():
@@ -368,7 +368,7 @@ def compare_sweep(
         log.warning("MLflow server %s does not answer; using the sweep dir only", tracking_uri)
     elif parent_id:
         try:
-            client = MlflowClient(tracking_uri or _default_uri())
+            client = open_client(tracking_uri or _default_uri())
             parent = client.get_run(parent_id)
         except Exception as error:
             if sweep_dir is None:

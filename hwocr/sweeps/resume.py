@@ -156,8 +156,7 @@ def upload_journals(sweep_dir: Path) -> int:
 def end_dead_jobs(sweep_dir: Path, parent: dict) -> list[str]:
     """Jobs recorded RUNNING whose process is gone: INTERRUPTED in their dir, KILLED in MLflow
     (resubmitting the sweep resumes them). Returns their job numbers."""
-    from mlflow.tracking import MlflowClient
-
+    from hwocr.tracking.store import open_client
     from hwocr.tracking.sync import read_run_file
 
     ended = []
@@ -168,7 +167,7 @@ def end_dead_jobs(sweep_dir: Path, parent: dict) -> list[str]:
         ended.append(job_dir.name)
         run = read_run_file(job_dir)
         if run.get("run_id") and run.get("uri") == parent.get("tracking_uri"):
-            client = MlflowClient(run["uri"])
+            client = open_client(run["uri"])
             if client.get_run(run["run_id"]).info.status == RUNNING:
                 client.set_terminated(run["run_id"], status="KILLED")
     if ended:
@@ -191,11 +190,11 @@ def record_submission(sweep_dir: Path, pid: int, **fields) -> dict:
 def mark_parent_ended(sweep_dir: Path, parent: dict, status: str, reason: str = "") -> None:
     """End the sweep's MLflow parent run with `status`; then record the end in mlflow_parent.json
     (a failure leaves the record open, so the watchdog tries again)."""
-    from mlflow.tracking import MlflowClient
+    from hwocr.tracking.store import open_client
 
     submissions = parent.get("submissions") or [{}]
     if parent.get("parent_run_id"):
-        client = MlflowClient(parent["tracking_uri"])
+        client = open_client(parent["tracking_uri"])
         if status == "KILLED":
             client.set_tag(parent["parent_run_id"], "sweep.interrupted", "true")
             if reason:

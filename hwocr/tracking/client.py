@@ -15,7 +15,6 @@ from pathlib import Path
 
 import mlflow
 from mlflow.entities import RunStatus
-from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 from transformers import TrainerCallback
@@ -24,6 +23,7 @@ from hwocr.config import Config, TrackingConfig
 from hwocr.errors import TrackingError, TrainingInterrupted
 from hwocr.io import read_json, write_json
 from hwocr.tracking.redact import redact_mapping
+from hwocr.tracking.store import open_client
 from hwocr.tracking.sync import (
     STEPS_FILE,
     Journal,
@@ -129,7 +129,7 @@ class Tracker:
                 if key not in os.environ:
                     os.environ[key] = value
                     _ENV_SET_BY_US.add(key)
-        self.client = MlflowClient(self.uri)
+        self.client = open_client(self.uri)
         self.run_id: str | None = None
         self.experiment_id: str | None = None
         self.run_dir = Path(run_dir) if run_dir else None
@@ -380,7 +380,7 @@ def upload_if_reachable(run_dir: Path) -> int:
         return 0
     try:
         with _quick_http(uri):
-            MlflowClient(uri).search_experiments(max_results=1)
+            open_client(uri).search_experiments(max_results=1)
         replay(Path(run_dir))
     except Exception as error:
         log.warning(

@@ -148,7 +148,7 @@ def apply(client, run_id: str, op: str, entry: dict, run_dir: Path | None = None
 def replay(run_dir: Path, uri: str | None = None) -> str | None:
     """Replay the pending journal of `run_dir` into `uri` (default: the one the run used).
     Returns the run id, or None when there was nothing to upload."""
-    from mlflow.tracking import MlflowClient
+    from hwocr.tracking.store import open_client
 
     run_dir = Path(run_dir)
     journal = Journal(run_dir)
@@ -162,7 +162,7 @@ def replay(run_dir: Path, uri: str | None = None) -> str | None:
     uri = uri or first.get("uri")
     if not uri:
         raise ValueError(f"{journal.path} names no tracking URI; pass --uri")
-    client = MlflowClient(uri)
+    client = open_client(uri)
     for index in range(done, len(entries)):
         entry = entries[index]
         op = entry["op"]
