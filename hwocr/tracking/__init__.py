@@ -1,2 +1,2 @@
-"""MLflow tracking: the run client (client.py), the offline journal and its upload (sync.py), and the
-redaction of secrets before anything is logged (redact.py)."""
+"""MLflow tracking: the run client (client.py), the offline journal and its upload (sync.py), the
+redaction of secrets before anything is logged (redact.py), and opening a store (store.py)."""
