@@ -9,6 +9,7 @@ run refuses to load, predict refuses too.
 """
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
 
 from hwocr.errors import ConfigError
@@ -268,6 +269,18 @@ class PredictConfig:
     images: str = "???"  # a directory, one image, or comma-separated image paths
     output: str | None = None  # None = print "image<TAB>text"; a .csv path = write image,prediction,error
     max_new_tokens: int = 160  # no reference to size it from, unlike eval.max_new_tokens_margin
+
+
+def flatten(tree: Mapping, prefix: str = "") -> dict[str, object]:
+    """A nested config tree as one level of dotted keys: {"lora": {"r": 16}} -> {"lora.r": 16}."""
+    flat: dict[str, object] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
 
 
 def register_schema() -> None:

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import set_seed
 
 from hwocr import distributed
-from hwocr.config import Config, register_schema, to_config
+from hwocr.config import Config, flatten, register_schema, to_config
 from hwocr.data import load_splits, prepare_dataset
 from hwocr.errors import TrainingInterrupted
 from hwocr.evaluate.stage import delta_metrics, evaluate_checkpoint, generation_settings
@@ -40,7 +40,6 @@ from hwocr.tracking.client import (
     NullTracker,
     Tracker,
     TrainerLogsToMlflow,
-    flatten,
     run_tags,
     ui_command,
 )

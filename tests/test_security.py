@@ -12,9 +12,9 @@ from transformers import Trainer, TrainingArguments
 
 import hwocr.model.load as load_module
 import hwocr.run as run_module
-from hwocr.config import HardwareConfig, ModelConfig, TrackingConfig
+from hwocr.config import HardwareConfig, ModelConfig, TrackingConfig, flatten
 from hwocr.model.families import family
-from hwocr.tracking.client import Tracker, flatten, ui_command
+from hwocr.tracking.client import Tracker, ui_command
 from hwocr.tracking.redact import REDACTED, redact_yaml
 from tests.conftest import run_hwocr
 

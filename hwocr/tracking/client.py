@@ -93,17 +93,6 @@ def ui_command(uri: str) -> str:
     return f"mlflow ui --host 127.0.0.1 --backend-store-uri {shlex.quote(uri)}"
 
 
-def flatten(tree: Mapping, prefix: str = "") -> dict[str, object]:
-    flat: dict[str, object] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
-
-
 class Tracker:
     """One MLflow run. Use as a context manager: it ends FINISHED, KILLED on a stop signal, or FAILED
     on an exception.

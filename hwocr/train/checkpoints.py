@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
+from hwocr.config import flatten
 from hwocr.errors import CheckpointError
 from hwocr.io import fsync_tree, write_json
 from hwocr.model.weights import weights_problem
@@ -84,8 +85,9 @@ RESUMABLE_CHANGES = {
     "train.save_steps",
     "train.eval_steps",
     "train.logging_steps",
+    "train.resume",
+    "dataset.max_eval_samples",
 }
-RESUMABLE_CHANGES |= {"train.resume", "dataset.max_eval_samples"}
 # Parts of the config that shape the training a checkpoint holds (evaluation and tracking do not).
 TRAINING_SECTIONS = ("model", "lora", "dataset", "train")
 TRAINING_HARDWARE = ("dtype", "load_in_4bit", "per_device_batch", "grad_accum", "gradient_checkpointing")
@@ -95,20 +97,10 @@ def training_settings(cfg) -> dict[str, object]:
     """The run config's settings that a checkpoint's training depends on, flat ("lora.r": 16)."""
     flat = {}
     for section in TRAINING_SECTIONS:
-        flat |= _flatten(dataclasses.asdict(getattr(cfg, section)), section)
+        flat |= flatten(dataclasses.asdict(getattr(cfg, section)), f"{section}.")
     flat |= {f"hardware.{key}": getattr(cfg.hardware, key) for key in TRAINING_HARDWARE}
     settings = {key: value for key, value in flat.items() if key not in RESUMABLE_CHANGES}
     return json.loads(json.dumps(settings))  # as the marker will read back (tuples -> lists)
-
-
-def _flatten(tree: dict, prefix: str) -> dict[str, object]:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat |= _flatten(value, f"{prefix}.{key}")
-        else:
-            flat[f"{prefix}.{key}"] = value
-    return flat
 
 
 def settings_changes(checkpoint: Path, settings: dict[str, object]) -> list[str] | None:
