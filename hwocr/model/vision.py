@@ -118,12 +118,26 @@ def folded_rel_pos_attention(self, hidden_states: torch.Tensor, output_attention
             q_parts.append(zeros)
             k_parts.append(zeros)
         query, key = torch.cat(q_parts, dim=-1), torch.cat(k_parts, dim=-1)
-        output = F.scaled_dot_product_attention(query, key, value, scale=1.0)
+        output = _attention_on_longer_queries(query, key, value)
     else:
         output = F.scaled_dot_product_attention(query, key, value, scale=self.scale)
     output = output.reshape(batch_size, heads, height, width, -1).permute(0, 2, 3, 1, 4)
     output = self.proj(output.reshape(batch_size, height, width, -1))
     return output, None
+
+
+def _attention_on_longer_queries(query, key, value) -> torch.Tensor:
+    """SDPA (scale 1) where queries and keys are longer than the values.
+
+    On the CPU, PyTorch's fused kernel needs one head dim for all three and otherwise falls back to a
+    several times slower path; zero columns appended to the values leave the weighted sums as they
+    are. GPUs keep their own kernel choice for unequal dims.
+    """
+    extra = query.shape[-1] - value.shape[-1]
+    if query.device.type != "cpu" or extra <= 0:
+        return F.scaled_dot_product_attention(query, key, value, scale=1.0)
+    padded = F.pad(value, (0, extra))
+    return F.scaled_dot_product_attention(query, key, padded, scale=1.0)[..., : value.shape[-1]]
 
 
 def fold_sam_rel_pos(tower: torch.nn.Module) -> int:
