@@ -232,3 +232,6 @@ def test_a_step_that_cannot_be_captured_runs_eagerly_and_says_so(on_gpu, caplog)
         handle.remove()
     assert "could not be captured" in caplog.text
     assert torch.equal(got, greedy_generate(model, inputs, NEW_TOKENS, *ids, graph=False))
+    # the failed capture leaves the device's random numbers usable (training's dropout comes next)
+    torch.nn.functional.dropout(torch.ones(8, device="cuda"), 0.5, training=True)
+    torch.rand(8, device="cuda")

@@ -172,10 +172,23 @@ def _capture(graph: torch.cuda.CUDAGraph, step, stream: torch.cuda.Stream) -> to
             output = step()
         except BaseException:
             with contextlib.suppress(Exception):  # the step's own error is the one to report
-                graph.capture_end()
+                _end_capture(graph)
             raise
-        graph.capture_end()
+        _end_capture(graph)
     return output
+
+
+def _end_capture(graph: torch.cuda.CUDAGraph) -> None:
+    """End the capture. When that fails (the capture was invalidated), PyTorch leaves the device's
+    default generator marked as capturing, and every later random op there (dropout in training)
+    fails with "Offset increment outside graph capture": the generator gets a fresh copy of its
+    state, with the same seed and offset."""
+    try:
+        graph.capture_end()
+    except Exception:
+        generator = torch.cuda.default_generators[torch.cuda.current_device()]
+        generator.graphsafe_set_state(generator.clone_state())
+        raise
 
 
 # The name under which grouped_mm is registered again for decoding (see grouped_experts_while_decoding)
