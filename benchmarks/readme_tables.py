@@ -158,9 +158,33 @@ def loss_match() -> str:
     )
 
 
+# The product's evaluation path against an older checkout's (gpu_suite.sh evalspeedvs): record names
+# without the checkout's suffix; the older one's record adds it.
+VERSIONS = {"base mode": "h100_generate_product_base", "crop mode": "h100_generate_product_dynamic"}
+OLDER = "fd2a139"
+
+
+def versions() -> str:
+    out = [
+        f"| what | device | images | this version: 2nd / 3rd pass | `{OLDER}`: 2nd / 3rd pass | change |",
+        "|---|---|---|---|---|---|",
+    ]
+    for what, name in VERSIONS.items():
+        now, old = read(name), read(f"{name}_{OLDER}")
+        rates = [[p["images_per_s"] for p in list(timed_passes(r).values())[1:]] for r in (now, old)]
+        change = (sum(rates[0]) / sum(rates[1]) - 1) * 100
+        cells = [" / ".join(map(str, r)) + " images/s" for r in rates]
+        out.append(
+            f"| {what} (`{name}`) | {device(now)} | {now['settings']['gen_images']} | {cells[0]} | {cells[1]} "
+            f"| {change:+.1f}% |"
+        )
+    return "\n".join(out)
+
+
 def sections() -> dict[str, str]:
     return {
         "summary": summary() + "\n\n" + loss_match(),
+        "versions": versions(),
         "time-table": time_table.render(time_table.parser().parse_args([])),
     }
 
