@@ -257,6 +257,7 @@ def test_full_size_optimized_loss_matches_plain_recipe(tmp_path, dtype, four_bit
 @gpu
 @pytest.mark.xfail(
     strict=False,
+    raises=AssertionError,  # only the identity check may fail: an error elsewhere fails the test
     reason="measured 1/4 identical on an H100 in bf16 with random weights: "
     "batch-shape-dependent rounding flips near-tied argmaxes (benchmarks/README.md)",
 )
