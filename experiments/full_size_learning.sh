@@ -14,10 +14,13 @@ if ls .whl/*.whl >/dev/null 2>&1 && ! python3 -c "import bitsandbytes, hydra, ml
 fi
 export PYTHONPATH=.:tests:/tmp/site
 RES=${OUT:-/tmp/hwocr-learning}
-FULL=/tmp/hwocr-full WORDS=/tmp/hwocr-words STEPS=${STEPS:-150} LR=${LR:-5e-4}
+# 800x320 words: each fills enough of the 1024 px view for the random tower's features to tell the
+# images apart (experiments/full_size_learning.md), and is wide enough for crop mode's crops.
+WORD_SIZE=${WORD_SIZE:-800x320}
+FULL=/tmp/hwocr-full WORDS=/tmp/hwocr-words-$WORD_SIZE STEPS=${STEPS:-150} LR=${LR:-5e-4}
 mkdir -p "$RES"
 python3 -c "from pathlib import Path; from benchmarks.bench import build_full_checkpoint as b; b(Path('$FULL'))" || exit 1
-[ -d $WORDS ] || python3 tests/learning.py write-words $WORDS 1200 120
+[ -d $WORDS ] || python3 tests/learning.py write-words $WORDS ${WORD_SIZE%x*} ${WORD_SIZE#*x}
 overfit="+experiment=lines hardware=t4 model.source=$FULL dataset.root=$WORDS dataset.val_fraction=0 stages=[train,tuned_eval]
   hardware.per_device_batch=8 hardware.grad_accum=1 train.max_steps=$STEPS train.lr=$LR train.save_steps=100000
   train.logging_steps=10"
