@@ -39,14 +39,19 @@ from pathlib import Path
 
 import torch
 
-from hwocr.config import DEFAULT_PROMPT, DTYPES, FAMILIES, HardwareConfig, LoraConfig, ModelConfig
+from hwocr.config import (
+    DEFAULT_PROMPT,
+    DTYPES,
+    FAMILIES,
+    HardwareConfig,
+    LoraConfig,
+    ModelConfig,
+    model_option,
+)
 from hwocr.data import Sample
 from hwocr.io import write_atomic
 from hwocr.model.load import torch_dtype
 from hwocr.report.record import environment_info
-
-CONF = Path(__file__).resolve().parents[1] / "conf"
-
 
 # ----------------------------------------------------------------------------------------------
 # model and data
@@ -84,19 +89,6 @@ def build_full_glm_checkpoint(path: Path) -> Path:
     from hwocr.model.glm_ocr.tiny import build_full_size_checkpoint
 
     return build_full_size_checkpoint(path, device="cuda" if torch.cuda.is_available() else "cpu")
-
-
-def model_option(option: str, source: Path) -> ModelConfig:
-    """conf/model/<option>.yaml with its weights at `source`: the prompt, image mode and settings a
-    run of that option uses, so the benchmark cannot drift from the product's configs."""
-    from hydra import compose, initialize_config_dir
-
-    from hwocr.config import register_schema, to_config
-
-    register_schema()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"model={option}", f"model.source={source}"])
-    return to_config(cfg).model
 
 
 def model_config(args) -> ModelConfig:

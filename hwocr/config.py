@@ -11,6 +11,7 @@ run refuses to load, predict refuses too.
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
 
 from hwocr.errors import ConfigError
 
@@ -281,6 +282,26 @@ def flatten(tree: Mapping, prefix: str = "") -> dict[str, object]:
         else:
             flat[name] = value
     return flat
+
+
+# The config folder the entrypoints' @hydra.main read (config_path="../conf" beside this package).
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def compose_config(*overrides: str, config_name: str = "config"):
+    """conf/<config_name>.yaml composed with `overrides` outside an entrypoint (tests, benchmarks).
+    Call register_schema() first."""
+    from hydra import compose, initialize_config_dir  # lazy, as in register_schema
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name=config_name, overrides=list(overrides))
+
+
+def model_option(option: str, source: Path | str) -> "ModelConfig":
+    """conf/model/<option>.yaml as the schema's ModelConfig, its weights at `source`: what a run with
+    `model=<option>` loads, so tests and benchmarks cannot drift from the configs."""
+    register_schema()
+    return to_config(compose_config(f"model={option}", f"model.source={source}")).model
 
 
 def register_schema() -> None:

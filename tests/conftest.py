@@ -13,12 +13,12 @@ import pytest
 import torch
 from filelock import FileLock
 
-from hwocr.config import ModelConfig
+from hwocr.config import CONF_DIR as CONF
+from hwocr.config import ModelConfig, model_option
+from hwocr.config import compose_config as composed  # noqa: F401 (the tests import it from here)
 from hwocr.data import Sample
 
 LINE_TEXTS = ["Tôi yêu tiếng Việt", "học sinh đi học", "mưa rơi ướt át", "Đường về quê hương", "xin chào"]
-
-CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 def pytest_collection_modifyitems(items):
@@ -54,14 +54,6 @@ def small_demo(changes: dict | None = None) -> list[str]:
     return ["+experiment=demo", *(f"{key}={value}" for key, value in (SMALL_DEMO | (changes or {})).items())]
 
 
-def composed(*overrides: str, config_name: str = "config"):
-    """conf/<config_name>.yaml composed with `overrides` (register_schema() must have run)."""
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name=config_name, overrides=list(overrides))
-
-
 def built_once(tmp_path_factory, name: str, build: Callable[[Path], object]) -> Path:
     """A folder that `build(folder)` filled once in this test session, for tests that only read it.
     Under pytest-xdist the workers share it (pytest-xdist's recipe for session fixtures): the first
@@ -81,15 +73,6 @@ def built_once(tmp_path_factory, name: str, build: Callable[[Path], object]) -> 
             build(folder)
             built.touch()
     return folder
-
-
-def model_option(option: str, source: Path) -> ModelConfig:
-    """conf/model/<option>.yaml as the schema's ModelConfig, built into `source`: the tests load the
-    model the YAML describes, so the two cannot drift apart."""
-    from hwocr.config import register_schema, to_config
-
-    register_schema()
-    return to_config(composed(f"model={option}", f"model.source={source}")).model
 
 
 @pytest.fixture(scope="session")
