@@ -5,7 +5,8 @@
 # expert LoRA, gradient checkpointing), through `python -m hwocr.run`, on 8 distinct word images that
 # are train and test set at once: with the images, and with every pixel zeroed (the control).
 # Wheels the GPU image lacks (bitsandbytes, hydra-core, mlflow-skinny, ...) travel in .whl/, as for
-# benchmarks/gpu_suite.sh. `seeing` and `cut` may run at once (each its own MLflow store).
+# benchmarks/gpu_suite.sh. `seeing` and `cut` may run at once (each its own MLflow store), and so may
+# the same pair with another VISION (lora.vision: frozen, the presets' default, or encoder).
 #   bash experiments/full_size_learning.sh spread seeing     (then: cut, vision_cost)
 set -u
 export PYTHONUNBUFFERED=1 TQDM_DISABLE=1 HWOCR_CACHE=/tmp/hwocr-cache
@@ -17,24 +18,23 @@ RES=${OUT:-/tmp/hwocr-learning}
 # 800x320 words: each fills enough of the 1024 px view for the random tower's features to tell the
 # images apart (experiments/full_size_learning.md), and is wide enough for crop mode's crops.
 WORD_SIZE=${WORD_SIZE:-800x320}
-FULL=/tmp/hwocr-full WORDS=/tmp/hwocr-words-$WORD_SIZE STEPS=${STEPS:-150} LR=${LR:-5e-4}
+FULL=/tmp/hwocr-full WORDS=/tmp/hwocr-words-$WORD_SIZE STEPS=${STEPS:-150} LR=${LR:-5e-4} VISION=${VISION:-frozen}
 mkdir -p "$RES"
 python3 -c "from pathlib import Path; from benchmarks.bench import build_full_checkpoint as b; b(Path('$FULL'))" || exit 1
 [ -d $WORDS ] || python3 tests/learning.py write-words $WORDS ${WORD_SIZE%x*} ${WORD_SIZE#*x}
 overfit="+experiment=lines hardware=t4 model.source=$FULL dataset.root=$WORDS dataset.val_fraction=0 stages=[train,tuned_eval]
   hardware.per_device_batch=8 hardware.grad_accum=1 train.max_steps=$STEPS train.lr=$LR train.save_steps=100000
-  train.logging_steps=10"
+  train.logging_steps=10 lora.vision=$VISION"
+tag() { [ "$VISION" = frozen ] && echo "$1" || echo "$1_$VISION"; }
 keep() { cp "$1/eval/tuned/metrics.json" "$RES/$2_tuned_metrics.json"; cp "$1/eval/tuned/predictions.csv" "$RES/$2_tuned_predictions.csv"
          cp "$1/train_summary.json" "$RES/$2_train_summary.json"; grep -E "CER|loss|trainable" "$1/run.log" | cut -c1-300 > "$RES/$2.log"; }
 for phase in "$@"; do case $phase in
   spread)  # the relative spread of the global view's features over the 8 images, at each stage (bf16)
     python3 tests/learning.py spread $FULL $WORDS | tee "$RES/spread.json" ;;
-  seeing)
-    python3 tests/learning.py $overfit tracking.uri=sqlite:///$RES/mlflow-seeing.db hydra.run.dir=/tmp/run-seeing >/tmp/seeing.log 2>&1; tail -12 /tmp/seeing.log
-    keep /tmp/run-seeing seeing ;;
-  cut)
-    python3 tests/learning.py cut-images $overfit tracking.uri=sqlite:///$RES/mlflow-cut.db hydra.run.dir=/tmp/run-cut >/tmp/cut.log 2>&1; tail -12 /tmp/cut.log
-    keep /tmp/run-cut cut ;;
+  seeing|cut)
+    t=$(tag $phase); cut=$([ $phase = cut ] && echo cut-images)
+    python3 tests/learning.py $cut $overfit tracking.uri=sqlite:///$RES/mlflow-$t.db hydra.run.dir=/tmp/run-$t >/tmp/$t.log 2>&1; tail -12 /tmp/$t.log
+    keep /tmp/run-$t $t ;;
   vision_cost)  # training speed and peak memory at the T4 profile on synthetic lines, per lora.vision
     for vision in frozen encoder; do
       python3 -m hwocr.run +experiment=lines hardware=t4 model.source=$FULL dataset=synth_line stages=[train] \
