@@ -181,9 +181,56 @@ def versions() -> str:
     return "\n".join(out)
 
 
+# PaddleOCR-VL and GLM-OCR at full size with random weights (gpu_suite.sh's phases of their names):
+# training records, then generation records, per family.
+FAMILIES = {
+    "PaddleOCR-VL": [
+        ("T4 settings: fp16, 4-bit, LoRA r16", "paddleocr_vl_t4_train_b8"),
+        ("the same", "paddleocr_vl_t4_train_b16"),
+        ("bf16, LoRA r16", "paddleocr_vl_bf16_train_b32"),
+        ("generation, T4 settings", "paddleocr_vl_t4_generate_b32"),
+        ("generation, bf16, automatic batch", "paddleocr_vl_bf16_generate"),
+    ],
+    "GLM-OCR": [
+        ("T4 settings: fp16, LoRA r8 (`lines_glm_ocr`)", "glm_ocr_t4settings_train_fp16_b8"),
+        ("the same", "glm_ocr_t4settings_train_fp16_b16"),
+        ("the same, 4-bit", "glm_ocr_t4settings_train_fp16_4bit_b16"),
+        ("bf16, LoRA r8", "glm_ocr_train_bf16_b32"),
+        ("generation, T4 settings", "glm_ocr_t4settings_generate_fp16_b32"),
+        ("generation, bf16, automatic batch", "glm_ocr_generate_bf16_auto"),
+        ("the same with the repetition guard", "glm_ocr_generate_bf16_b256_guard"),
+    ],
+}
+
+
+def families() -> str:
+    out = ["| model | what | result | device | batch | peak GiB | rate |", "|---|---|---|---|---|---|---|"]
+    for family, rows in FAMILIES.items():
+        for what, name in rows:
+            r = read(name)
+            if "generate" in r:
+                measured, batch = r["generate"], r["generate"]["batch_size"]
+                rate = f"{measured['images_per_s']} images/s"
+            else:
+                measured, batch = r["train"], r["settings"]["batch"]
+                rate = f"{measured['samples_per_s']} samples/s"
+            if r.get("conditions"):  # another job shared the GPU: its memory holds, its rate does not
+                rate = "(GPU shared: memory only)"
+            out.append(f"| {family} | {what} | `{name}` | {device(r)} | {batch} | {measured['peak_gib']:.2f} | {rate} |")
+    identity = [
+        f"{family} {r['generate']['unbatched_identical']} (`{name}`)"
+        for family, rows in FAMILIES.items()
+        for _, name in rows
+        if "unbatched_identical" in (r := read(name)).get("generate", {})
+    ]
+    out += ["", "Batched against one-at-a-time generation in bf16, same token ids: " + "; ".join(identity) + "."]
+    return "\n".join(out)
+
+
 def sections() -> dict[str, str]:
     return {
         "summary": summary() + "\n\n" + loss_match(),
+        "families": families(),
         "versions": versions(),
         "time-table": time_table.render(time_table.parser().parse_args([])),
     }

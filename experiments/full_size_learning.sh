@@ -27,7 +27,8 @@ overfit="+experiment=lines hardware=t4 model.source=$FULL dataset.root=$WORDS da
   train.logging_steps=10 lora.vision=$VISION"
 tag() { [ "$VISION" = frozen ] && echo "$1" || echo "$1_$VISION"; }
 keep() { cp "$1/eval/tuned/metrics.json" "$RES/$2_tuned_metrics.json"; cp "$1/eval/tuned/predictions.csv" "$RES/$2_tuned_predictions.csv"
-         cp "$1/train_summary.json" "$RES/$2_train_summary.json"; grep -E "CER|loss|trainable" "$1/run.log" | cut -c1-300 > "$RES/$2.log"; }
+         cp "$1/train_summary.json" "$RES/$2_train_summary.json"; grep -E "CER|loss|trainable" "$1/run.log" | cut -c1-300 > "$RES/$2.log"
+         grep -h "'loss'" "/tmp/$2.log" > "$RES/$2_losses.log"; }  # the Trainer's logged losses
 for phase in "$@"; do case $phase in
   spread)  # the relative spread of the global view's features over the 8 images, at each stage (bf16)
     python3 tests/learning.py spread $FULL $WORDS | tee "$RES/spread.json" ;;
