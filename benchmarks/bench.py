@@ -1048,6 +1048,9 @@ def parse_args(argv=None):
         help="LoRA on DeepSeek-OCR-2's routed experts too (lora.experts; --no-lora-experts: not)",
     )
     p.add_argument("--lora-r", type=int, default=16, help="LoRA rank (the lines_glm_ocr preset: 8)")
+    p.add_argument(
+        "--full-finetune", action="store_true", help="no LoRA: every weight past the tower trains (lora=none)"
+    )
     p.add_argument("--lora-alpha", type=int, default=0, help="LoRA alpha (0 = the rank)")
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--max-grad-norm", type=float, default=1.0)
@@ -1098,6 +1101,8 @@ def main(argv=None) -> dict:
             "--backend unsloth adapts no routed experts (config.validate): add --no-lora-experts"
         )
     lora = LoraConfig(r=args.lora_r, alpha=args.lora_alpha or args.lora_r, experts=args.lora_experts)
+    if args.full_finetune:
+        lora = LoraConfig(enabled=False, r=0, alpha=0, experts=False)
     from hwocr.model import load_processor
 
     processor = load_processor(mcfg)

@@ -21,6 +21,8 @@ for phase in "$@"; do case $phase in
     b paddleocr_vl_bf16_train_b32 --model paddleocr_vl --memory-profile --dtype bf16 --batch 32 --steps 8
     b paddleocr_vl_t4_generate_b32 --model paddleocr_vl --task generate --dtype fp16 --load-in-4bit --gen-images 128 --gen-batch 32 --new-tokens 48
     b paddleocr_vl_bf16_generate --model paddleocr_vl --task generate --dtype bf16 --gen-images 512 --new-tokens 48 --check-unbatched 4 ;;
+  paddleocr_vl_full)  # the lines_paddleocr_vl preset's full fine-tuning, bf16, its batch of 8
+    b paddleocr_vl_bf16_full_b8 --model paddleocr_vl --memory-profile --dtype bf16 --batch 8 --steps 6 --full-finetune ;;
   t4mem)
     b t4_train_baseline_b8 --dtype fp16 --load-in-4bit --batch 8 --steps 4 --recipe baseline --memory-profile
     b t4_train_optimized_b8 --dtype fp16 --load-in-4bit --batch 8 --steps 4 --recipe optimized --memory-profile ;;

@@ -216,14 +216,19 @@ def families() -> str:
                 rate = f"{measured['samples_per_s']} samples/s"
             if r.get("conditions"):  # another job shared the GPU: its memory holds, its rate does not
                 rate = "(GPU shared: memory only)"
-            out.append(f"| {family} | {what} | `{name}` | {device(r)} | {batch} | {measured['peak_gib']:.2f} | {rate} |")
+            out.append(
+                f"| {family} | {what} | `{name}` | {device(r)} | {batch} | {measured['peak_gib']:.2f} | {rate} |"
+            )
     identity = [
         f"{family} {r['generate']['unbatched_identical']} (`{name}`)"
         for family, rows in FAMILIES.items()
         for _, name in rows
         if "unbatched_identical" in (r := read(name)).get("generate", {})
     ]
-    out += ["", "Batched against one-at-a-time generation in bf16, same token ids: " + "; ".join(identity) + "."]
+    out += [
+        "",
+        "Batched against one-at-a-time generation in bf16, same token ids: " + "; ".join(identity) + ".",
+    ]
     return "\n".join(out)
 
 

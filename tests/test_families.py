@@ -16,6 +16,7 @@ from hwocr.errors import ConfigError
 from hwocr.evaluate.generate import GenerationSettings, transcribe
 from hwocr.inputs import OcrCollator, encode, encode_samples
 from hwocr.inputs.chat import IGNORE_INDEX
+from hwocr.model.families import family
 from hwocr.model.load import load_model, load_processor, warn_unpinned
 from tests.conftest import FinishedRun, composed, small_demo
 
@@ -276,3 +277,34 @@ def test_the_demo_runs_end_to_end(run_cli, tmp_path, chat_family):
         assert metrics["n_samples"] == 4 and metrics["n_failed"] == 0, metrics
     assert (run.dir / "adapter" / "adapter_config.json").is_file()
     assert (run.dir / "gallery.html").is_file() or (run.dir / "eval" / "gallery.html").is_file()
+
+
+@pytest.mark.slow
+def test_the_benchmark_measures_full_fine_tuning(tmp_path):
+    """bench.py --full-finetune, the lines_paddleocr_vl preset's adaptation (the GPU suite's
+    `paddleocr_vl_full` phase): every weight outside the vision tower trains, as with lora=none."""
+    from benchmarks import bench
+
+    common = [
+        "--model",
+        "tiny_paddleocr_vl",
+        "--dtype",
+        "fp32",
+        "--device",
+        "cpu",
+        "--batch",
+        "2",
+        "--steps",
+        "2",
+    ]
+    result = bench.main(
+        [*common, "--full-finetune", "--checkpoint-dir", str(tmp_path), "--json", str(tmp_path / "b.json")]
+    )
+    model = load_model(
+        bench.model_config(bench.parse_args([*common, "--checkpoint-dir", str(tmp_path)])), HardwareConfig()
+    )
+    tower = family("paddleocr_vl").vision_tower(model)
+    tower_ids = {id(p) for p in tower.parameters()}
+    outside = {id(p): p.numel() for p in model.parameters() if id(p) not in tower_ids}
+    assert result["trainable_parameters"] == sum(outside.values())
+    assert result["train"]["nonfinite_losses"] == 0
