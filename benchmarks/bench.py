@@ -1100,9 +1100,11 @@ def main(argv=None) -> dict:
         raise SystemExit(
             "--backend unsloth adapts no routed experts (config.validate): add --no-lora-experts"
         )
-    lora = LoraConfig(r=args.lora_r, alpha=args.lora_alpha or args.lora_r, experts=args.lora_experts)
-    if args.full_finetune:
-        lora = LoraConfig(enabled=False, r=0, alpha=0, experts=False)
+    lora = (
+        LoraConfig(enabled=False, r=0, alpha=0, experts=False)
+        if args.full_finetune
+        else LoraConfig(r=args.lora_r, alpha=args.lora_alpha or args.lora_r, experts=args.lora_experts)
+    )
     from hwocr.model import load_processor
 
     processor = load_processor(mcfg)

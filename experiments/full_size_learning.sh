@@ -33,8 +33,8 @@ for phase in "$@"; do case $phase in
   spread)  # the relative spread of the global view's features over the 8 images, at each stage (bf16)
     python3 tests/learning.py spread $FULL $WORDS | tee "$RES/spread.json" ;;
   seeing|cut)
-    t=$(tag $phase); cut=$([ $phase = cut ] && echo cut-images)
-    python3 tests/learning.py $cut $overfit tracking.uri=sqlite:///$RES/mlflow-$t.db hydra.run.dir=/tmp/run-$t >/tmp/$t.log 2>&1; tail -12 /tmp/$t.log
+    t=$(tag $phase); control=$([ $phase = cut ] && echo cut-images)
+    python3 tests/learning.py $control $overfit tracking.uri=sqlite:///$RES/mlflow-$t.db hydra.run.dir=/tmp/run-$t >/tmp/$t.log 2>&1; tail -12 /tmp/$t.log
     keep /tmp/run-$t $t ;;
   vision_cost)  # training speed and peak memory at the T4 profile on synthetic lines, per lora.vision
     for vision in frozen encoder; do

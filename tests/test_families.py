@@ -286,16 +286,8 @@ def test_the_benchmark_measures_full_fine_tuning(tmp_path):
     from benchmarks import bench
 
     common = [
-        "--model",
-        "tiny_paddleocr_vl",
-        "--dtype",
-        "fp32",
-        "--device",
-        "cpu",
-        "--batch",
-        "2",
-        "--steps",
-        "2",
+        *("--model", "tiny_paddleocr_vl", "--dtype", "fp32"),
+        *("--device", "cpu", "--batch", "2", "--steps", "2"),
     ]
     result = bench.main(
         [*common, "--full-finetune", "--checkpoint-dir", str(tmp_path), "--json", str(tmp_path / "b.json")]
