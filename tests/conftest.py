@@ -13,9 +13,7 @@ import pytest
 import torch
 from filelock import FileLock
 
-from hwocr.config import CONF_DIR as CONF
-from hwocr.config import ModelConfig, model_option
-from hwocr.config import compose_config as composed  # noqa: F401 (the tests import it from here)
+from hwocr.config import CONF_DIR, ModelConfig, model_option
 from hwocr.data import Sample
 
 LINE_TEXTS = ["Tôi yêu tiếng Việt", "học sinh đi học", "mưa rơi ướt át", "Đường về quê hương", "xin chào"]
@@ -119,7 +117,7 @@ def hwocr_run_main(*overrides: str) -> int:
     import hwocr.run as run_module
 
     argv = sys.argv
-    sys.argv = ["hwocr.run", "-cp", str(CONF), *overrides]
+    sys.argv = ["hwocr.run", "-cp", str(CONF_DIR), *overrides]
     try:
         run_module.main()
     except SystemExit as stop:

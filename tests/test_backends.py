@@ -11,15 +11,13 @@ import sys
 import pytest
 import torch
 import transformers
-from hydra import compose, initialize_config_dir
 from packaging.version import Version
 
-from hwocr.config import HardwareConfig, LoraConfig, register_schema, to_config
+from hwocr.config import HardwareConfig, LoraConfig, compose_config, register_schema, to_config
 from hwocr.errors import ConfigError, ModelLoadError, PreflightError
 from hwocr.model import load_model, prepare_for_training
 from hwocr.model.families import family
 from hwocr.preflight import OCR1_TRANSFORMERS, preflight
-from tests.conftest import CONF
 
 register_schema()
 
@@ -43,11 +41,6 @@ V1_OTHER = [
 ]
 
 
-def composed(*overrides: str):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
-
-
 def test_v1_lora_targets_are_its_language_model_projections():
     pattern = family("ocr1").language_model_targets
     assert [name for name in V1_LANGUAGE + V1_OTHER if re.fullmatch(pattern, name)] == V1_LANGUAGE
@@ -63,17 +56,19 @@ def test_ocr2_lora_targets_leave_the_vision_tower_alone(tiny_model_config):
 
 def test_v1_config_needs_a_pinned_revision_and_knows_its_modes(tmp_path):
     with pytest.raises(ConfigError, match="pin model.revision"):
-        to_config(composed("model=deepseek_ocr"))
-    cfg = to_config(composed("model=deepseek_ocr", "model.revision=0123abc", "model.image_mode=large"))
+        to_config(compose_config("model=deepseek_ocr"))
+    cfg = to_config(compose_config("model=deepseek_ocr", "model.revision=0123abc", "model.image_mode=large"))
     assert (cfg.model.family, cfg.model.trust_remote_code, cfg.model.tile_size) == ("ocr1", True, 640)
     # a local directory is what was reviewed: no revision needed
-    assert to_config(composed("model=deepseek_ocr", f"model.source={tmp_path}")).model.revision is None
+    assert to_config(compose_config("model=deepseek_ocr", f"model.source={tmp_path}")).model.revision is None
     with pytest.raises(ConfigError, match="model.image_mode='large'"):
-        to_config(composed("model.image_mode=large"))  # DeepSeek-OCR-2 has no large mode
+        to_config(compose_config("model.image_mode=large"))  # DeepSeek-OCR-2 has no large mode
     with pytest.raises(ConfigError, match="trust_remote_code=true"):
-        to_config(composed("model=deepseek_ocr", "model.revision=0123abc", "model.trust_remote_code=false"))
+        to_config(
+            compose_config("model=deepseek_ocr", "model.revision=0123abc", "model.trust_remote_code=false")
+        )
     with pytest.raises(ConfigError, match="LoRA"):
-        to_config(composed("model=deepseek_ocr", "model.revision=0123abc", "lora=none"))
+        to_config(compose_config("model=deepseek_ocr", "model.revision=0123abc", "lora=none"))
 
 
 @pytest.mark.skipif(
@@ -81,7 +76,7 @@ def test_v1_config_needs_a_pinned_revision_and_knows_its_modes(tmp_path):
     reason="this environment is the ocr1 profile",
 )
 def test_v1_under_the_wrong_transformers_names_the_install_profile(tmp_path):
-    cfg = to_config(composed("model=deepseek_ocr", f"model.source={tmp_path}"))
+    cfg = to_config(compose_config("model=deepseek_ocr", f"model.source={tmp_path}"))
     with pytest.raises(ModelLoadError, match=r"transformers >=4\.56,<4\.58.*pip install -e '\.\[ocr1\]'"):
         load_model(cfg.model, cfg.hardware)
     with pytest.raises(PreflightError, match=r"ocr1"):  # listed with the other prerequisites, at once
@@ -90,9 +85,9 @@ def test_v1_under_the_wrong_transformers_names_the_install_profile(tmp_path):
 
 def test_unsloth_backend_is_refused_without_a_gpu(run_cli, capsys):
     with pytest.raises(ConfigError, match="backend=unsloth needs a CUDA GPU"):
-        to_config(composed("backend=unsloth"))
+        to_config(compose_config("backend=unsloth"))
     with pytest.raises(ConfigError, match="backend"):
-        to_config(composed("backend=vllm"))
+        to_config(compose_config("backend=vllm"))
     assert run_cli("backend=unsloth", "stages=[base_eval]") == 2
 
 

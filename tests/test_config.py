@@ -8,16 +8,23 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
-from hwocr.config import Config, experts_adapted, register_schema, to_config, to_predict_config
+from hwocr.config import (
+    CONF_DIR,
+    Config,
+    compose_config,
+    experts_adapted,
+    register_schema,
+    to_config,
+    to_predict_config,
+)
 from hwocr.errors import ConfigError, PreflightError
-from tests.conftest import CONF, composed
 
 register_schema()
 
-EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 GROUP_OPTIONS = sorted(
     (p.parent.name, p.stem)
-    for p in CONF.glob("*/*.yaml")
+    for p in CONF_DIR.glob("*/*.yaml")
     if p.parent.name in ("model", "lora", "dataset", "hardware")
 )
 PINNED = "model.revision=" + "0" * 40  # a commit hash: what model=deepseek_ocr (remote code) asks for
@@ -25,7 +32,7 @@ PINNED = "model.revision=" + "0" * 40  # a commit hash: what model=deepseek_ocr 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_composes_and_validates(experiment):
-    cfg = to_config(composed(f"+experiment={experiment}"))
+    cfg = to_config(compose_config(f"+experiment={experiment}"))
     assert isinstance(cfg, Config)
     assert cfg.experiment == experiment
     # each model's own transcription prompt: DeepSeek-OCR's, PaddleOCR-VL's and GLM-OCR's cards'
@@ -38,12 +45,12 @@ def test_every_group_option_composes_and_validates_for_run_and_predict(group, op
     """Each option names itself (a copied file that keeps its source's name would be a different option
     under a wrong name in MLflow); model and hardware options load in hwocr.predict too."""
     pin = [PINNED] if (group, option) == ("model", "deepseek_ocr") else []
-    cfg = to_config(composed(f"{group}={option}", *pin))
+    cfg = to_config(compose_config(f"{group}={option}", *pin))
     if group != "lora":  # LoraConfig has no name: runs record lora.r and the rest
         assert getattr(cfg, group).name == option
     if group in ("model", "hardware"):
         predict_cfg = to_predict_config(
-            composed(f"{group}={option}", *pin, "images=x", config_name="predict")
+            compose_config(f"{group}={option}", *pin, "images=x", config_name="predict")
         )
         assert getattr(predict_cfg, group) == getattr(cfg, group)
 
@@ -55,7 +62,7 @@ def test_real_presets_compose_to_the_documented_recipe(experiment, caplog):
     optimizer step, on the UIT-HWDB level the preset is named after."""
     from hwocr.model.load import quantization_config, warn_unpinned
 
-    cfg = to_config(composed(f"+experiment={experiment}"))
+    cfg = to_config(compose_config(f"+experiment={experiment}"))
     with caplog.at_level(logging.WARNING):
         warn_unpinned(cfg.model)
     assert caplog.text == ""
@@ -75,7 +82,7 @@ def test_only_the_demo_runs_without_a_gpu(experiment, monkeypatch, tmp_path):
     from hwocr.preflight import preflight
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
-    cfg = to_config(composed(f"+experiment={experiment}", f"dataset.root={tmp_path}"))
+    cfg = to_config(compose_config(f"+experiment={experiment}", f"dataset.root={tmp_path}"))
     if experiment == "demo":
         preflight(cfg)
         return
@@ -108,14 +115,14 @@ def _inherited(path, schema: dict) -> dict:
             base = OmegaConf.merge(_inherited(parent, schema), _own_values(parent))
         for key, option in entry.items() if isinstance(entry, dict) else ():
             group = key.removeprefix("override ").strip("/")
-            chosen = CONF / group / f"{option}.yaml"
+            chosen = CONF_DIR / group / f"{option}.yaml"
             if chosen.is_file():
                 picked = OmegaConf.merge(_inherited(chosen, schema), _own_values(chosen))
                 base = OmegaConf.merge(base, {group: picked})
     return OmegaConf.to_container(base)
 
 
-@pytest.mark.parametrize("path", sorted(CONF.glob("*/*.yaml")), ids=lambda p: f"{p.parent.name}/{p.name}")
+@pytest.mark.parametrize("path", sorted(CONF_DIR.glob("*/*.yaml")), ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_presets_state_only_what_differs(path):
     """No group file restates a value it already has from the schema (hwocr/config.py holds each
     default once) or from the file it extends; `name` may, since it names the option."""
@@ -125,14 +132,14 @@ def test_presets_state_only_what_differs(path):
 
 
 def test_lora_none_is_full_finetuning_and_rejects_4bit():
-    assert not to_config(composed("lora=none")).lora.enabled
+    assert not to_config(compose_config("lora=none")).lora.enabled
     with pytest.raises(ConfigError, match="load_in_4bit"):
-        to_config(composed("lora=none", "hardware=t4"))
+        to_config(compose_config("lora=none", "hardware=t4"))
 
 
 def test_documented_overrides_are_typed():
     cfg = to_config(
-        composed(
+        compose_config(
             "dataset.root=/data/x",
             "dataset.max_train_samples=10",
             "dataset.max_eval_samples=5",
@@ -153,22 +160,22 @@ def test_documented_overrides_are_typed():
 
 def test_mistyped_key_names_it():
     with pytest.raises(ConfigCompositionException) as info:
-        composed("train.lrr=1")
+        compose_config("train.lrr=1")
     assert "lrr" in str(info.value.__cause__ or info.value)
     # `+` appends through Hydra; the schema merge at the entrypoint still rejects it.
     with pytest.raises(ConfigError, match=r"train\.lrr"):
-        to_config(composed("+train.lrr=1"))
+        to_config(compose_config("+train.lrr=1"))
 
 
 def test_predict_refuses_the_run_only_keys_instead_of_ignoring_them():
     """hwocr.predict's eval.* is the run's inference part: scoring keys would be silently unused."""
     with pytest.raises(ConfigError, match=r"eval\.bootstrap_samples"):
-        to_predict_config(composed("images=x", "+eval.bootstrap_samples=10", config_name="predict"))
+        to_predict_config(compose_config("images=x", "+eval.bootstrap_samples=10", config_name="predict"))
 
 
 def test_wrong_type_names_the_key():
     with pytest.raises((ValidationError, ConfigCompositionException)) as info:
-        composed("train.max_steps=many")
+        compose_config("train.max_steps=many")
     assert "max_steps" in str(info.value) + str(info.value.__cause__)
 
 
@@ -196,37 +203,39 @@ RUN_ONLY_BAD_VALUES = [
 @pytest.mark.parametrize(("override", "key"), BAD_VALUES + RUN_ONLY_BAD_VALUES)
 def test_a_bad_value_is_a_config_error_naming_its_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        to_config(composed(override))
+        to_config(compose_config(override))
 
 
 @pytest.mark.parametrize(("override", "key"), BAD_VALUES + [("max_new_tokens=0", "max_new_tokens")])
 def test_predict_refuses_what_the_run_refuses(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        to_predict_config(composed(override, "images=x", config_name="predict"))
+        to_predict_config(compose_config(override, "images=x", config_name="predict"))
 
 
 def test_predict_without_images_names_the_key():
     with pytest.raises(ConfigError, match="images must be set"):
-        to_predict_config(composed(config_name="predict"))
+        to_predict_config(compose_config(config_name="predict"))
 
 
 def test_gundam_on_deepseek_ocr2_is_dynamic_with_a_deprecation_warning(caplog):
     with caplog.at_level(logging.WARNING, logger="hwocr.config"):
-        run_cfg = to_config(composed("model=deepseek_ocr2", "model.image_mode=gundam"))
+        run_cfg = to_config(compose_config("model=deepseek_ocr2", "model.image_mode=gundam"))
         predict_cfg = to_predict_config(
-            composed("model=deepseek_ocr2", "model.image_mode=gundam", "images=x", config_name="predict")
+            compose_config(
+                "model=deepseek_ocr2", "model.image_mode=gundam", "images=x", config_name="predict"
+            )
         )
     assert run_cfg.model.image_mode == predict_cfg.model.image_mode == "dynamic"
     assert caplog.text.count("model.image_mode=gundam is deprecated") == 2
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="hwocr.config"):
-        v1 = to_config(composed("model=deepseek_ocr", PINNED, "model.image_mode=gundam"))
+        v1 = to_config(compose_config("model=deepseek_ocr", PINNED, "model.image_mode=gundam"))
     assert v1.model.image_mode == "gundam" and caplog.text == ""  # v1's own mode of that name
 
 
 def test_remote_code_needs_a_pinned_revision():
     with pytest.raises(ConfigError, match="revision"):
-        to_config(composed("model=deepseek_ocr", "model.revision=null"))
+        to_config(compose_config("model=deepseek_ocr", "model.revision=null"))
 
 
 def test_cli_prints_validated_config_and_rejects_typo(run_cli, capsys):

@@ -10,7 +10,7 @@ import pytest
 import torch
 from peft.tuners.lora import LoraLayer
 
-from hwocr.config import HardwareConfig, LoraConfig, register_schema, to_config
+from hwocr.config import HardwareConfig, LoraConfig, compose_config, register_schema, to_config
 from hwocr.errors import ConfigError
 from hwocr.evaluate.generate import GenerationSettings, max_new_tokens_for, transcribe
 from hwocr.inputs import OcrCollator
@@ -18,7 +18,6 @@ from hwocr.model import attach_adapter, load_model, load_processor, merge_for_ev
 from hwocr.model.adapt import expert_targets
 from hwocr.model.expert_lora import PackedExpertsParamWrapper
 from hwocr.model.experts import QuantizedExpertsMixin
-from tests.conftest import composed
 
 PROMPT = "<image>\nFree OCR."
 SIXTEEN_BIT = HardwareConfig()
@@ -53,7 +52,7 @@ def prepared(cfg, hardware, lora: LoraConfig):
 
 @PATHS
 def test_lora_r16_adapts_every_routed_expert_and_the_switch_turns_it_off(tiny_model_config, hardware):
-    lora = to_config(composed("lora=r16")).lora
+    lora = to_config(compose_config("lora=r16")).lora
     assert lora.experts  # the preset's default
     model = prepared(tiny_model_config, hardware, lora)
     layers = moe_layers(model)
@@ -254,5 +253,5 @@ def test_v1_keeps_the_seed_module_list():
 
 def test_expert_lora_config_conflicts_are_named():
     with pytest.raises(ConfigError, match="lora.dropout=0.1 cannot apply to the routed experts"):
-        to_config(composed("lora.dropout=0.1"))
-    assert to_config(composed("lora.dropout=0.1", "lora.experts=false")).lora.dropout == 0.1
+        to_config(compose_config("lora.dropout=0.1"))
+    assert to_config(compose_config("lora.dropout=0.1", "lora.experts=false")).lora.dropout == 0.1

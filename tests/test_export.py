@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image, ImageDraw
 from safetensors.torch import load_file
 
-from hwocr.config import register_schema
+from hwocr.config import CONF_DIR, register_schema
 from hwocr.errors import ConfigError
 from hwocr.export import ExportConfig, export
 from hwocr.export.card import METRICS
@@ -29,7 +29,6 @@ from hwocr.export.source import read_run_config
 from hwocr.inputs.views import global_view_shift
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
 MAX_NEW_TOKENS = 24
 # the demo's repetition guard (conf/experiment/demo.yaml), which the card's code must reproduce
 GUARD = ("eval.repetition_guard.ngram=4", "eval.repetition_guard.window=0")
@@ -39,7 +38,7 @@ register_schema()
 def hydra_main(module, *overrides: str) -> int:
     """A Hydra entrypoint's main() in this process (no second torch import); its exit code."""
     argv = sys.argv
-    sys.argv = [module.__name__, "-cp", str(CONF), *overrides]
+    sys.argv = [module.__name__, "-cp", str(CONF_DIR), *overrides]
     try:
         module.main()
     except SystemExit as stop:

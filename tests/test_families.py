@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from hwocr.config import FAMILIES, HardwareConfig, register_schema, to_config
+from hwocr.config import FAMILIES, HardwareConfig, compose_config, register_schema, to_config
 from hwocr.data import Sample
 from hwocr.errors import ConfigError
 from hwocr.evaluate.generate import GenerationSettings, transcribe
@@ -18,7 +18,7 @@ from hwocr.inputs import OcrCollator, encode, encode_samples
 from hwocr.inputs.chat import IGNORE_INDEX
 from hwocr.model.families import family
 from hwocr.model.load import load_model, load_processor, warn_unpinned
-from tests.conftest import FinishedRun, composed, small_demo
+from tests.conftest import FinishedRun, small_demo
 
 register_schema()
 
@@ -237,14 +237,14 @@ def test_batched_and_one_by_one_transcriptions_are_identical(chat_family, tmp_pa
 @pytest.mark.parametrize("case", FAMILY_CASES)
 def test_deepseek_only_settings_are_refused_by_key(case, overrides, key):
     with pytest.raises(ConfigError, match=key):
-        to_config(composed(f"model={case.family}", *overrides))
+        to_config(compose_config(f"model={case.family}", *overrides))
 
 
 @pytest.mark.parametrize("case", FAMILY_CASES)
 def test_the_real_preset_is_the_cards_model_pinned(case, caplog):
     """`+experiment=lines_<family>` loads the released model at a commit (no unpinned warning) with the
     card's prompt."""
-    cfg = to_config(composed(f"+experiment={case.experiment}"))
+    cfg = to_config(compose_config(f"+experiment={case.experiment}"))
     assert cfg.model.family == case.family and cfg.model.source == case.source
     assert len(cfg.model.revision) == 40 and cfg.model.prompt == case.prompt
     with caplog.at_level("WARNING"):
@@ -257,7 +257,7 @@ def test_the_real_preset_is_the_cards_model_pinned(case, caplog):
 
 def test_the_paddleocr_vl_preset_is_full_fine_tuning():
     """As the fine-tuning study on UIT-HWDB lines trained it (conf/experiment/lines_paddleocr_vl.yaml)."""
-    assert not to_config(composed("+experiment=lines_paddleocr_vl")).lora.enabled
+    assert not to_config(compose_config("+experiment=lines_paddleocr_vl")).lora.enabled
     assert FAMILIES["paddleocr_vl"].full_fine_tuning
 
 

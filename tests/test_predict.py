@@ -10,9 +10,16 @@ import pytest
 from PIL import Image
 
 import hwocr.predict as predict_module
-from hwocr.config import InferenceConfig, PredictConfig, RepetitionGuardConfig, to_config, to_predict_config
+from hwocr.config import (
+    CONF_DIR,
+    InferenceConfig,
+    PredictConfig,
+    RepetitionGuardConfig,
+    compose_config,
+    to_config,
+    to_predict_config,
+)
 from hwocr.errors import ConfigError
-from tests.conftest import CONF, composed
 from tests.test_hostile_data import png_header_only
 
 UNPINNED_REMOTE_CODE = ("model=deepseek_ocr", "model.revision=null")
@@ -30,9 +37,9 @@ def _no_model(monkeypatch):
 
 def test_predict_refuses_unpinned_remote_code_with_the_runs_error(tmp_path):
     with pytest.raises(ConfigError) as run_error:
-        to_config(composed(*UNPINNED_REMOTE_CODE))
+        to_config(compose_config(*UNPINNED_REMOTE_CODE))
     with pytest.raises(ConfigError) as predict_error:
-        to_predict_config(composed(*UNPINNED_REMOTE_CODE, f"images={tmp_path}", config_name="predict"))
+        to_predict_config(compose_config(*UNPINNED_REMOTE_CODE, f"images={tmp_path}", config_name="predict"))
     assert "model.revision" in str(run_error.value)
     assert str(predict_error.value) == str(run_error.value)
 
@@ -42,7 +49,7 @@ def test_predict_cli_stops_before_any_download(tmp_path, monkeypatch, capfd):
     Image.new("RGB", (40, 12), "white").save(tmp_path / "1.png")
     _no_model(monkeypatch)
     monkeypatch.setattr(
-        sys, "argv", ["hwocr.predict", "-cp", str(CONF), *UNPINNED_REMOTE_CODE, f"images={tmp_path}"]
+        sys, "argv", ["hwocr.predict", "-cp", str(CONF_DIR), *UNPINNED_REMOTE_CODE, f"images={tmp_path}"]
     )
     with pytest.raises(SystemExit) as stop:
         predict_module.main()

@@ -7,14 +7,13 @@ import random
 import pytest
 import torch
 
-from hwocr.config import HardwareConfig, register_schema, to_config
+from hwocr.config import HardwareConfig, compose_config, register_schema, to_config
 from hwocr.errors import ConfigError
 from hwocr.evaluate.generate import GenerationSettings, transcribe
 from hwocr.evaluate.guard import WindowedNoRepeatNGram
 from hwocr.evaluate.stage import evaluate_checkpoint
 from hwocr.model import load_model, load_processor
 from hwocr.tracking.client import NullTracker
-from tests.conftest import composed
 
 PROMPT = "<image>\nFree OCR."
 VOCAB = 12
@@ -189,18 +188,18 @@ def test_metrics_json_counts_the_samples_the_guard_changed(stuck_model, lines, t
 
 @pytest.mark.parametrize("experiment", ["lines", "words", "paragraphs"])
 def test_real_presets_crop_as_deepseek_does_and_guard_repetition(experiment):
-    cfg = to_config(composed(f"+experiment={experiment}"))
+    cfg = to_config(compose_config(f"+experiment={experiment}"))
     assert cfg.model.name == "deepseek_ocr2" and cfg.model.image_mode == "dynamic"
     assert (cfg.model.image_size, cfg.model.tile_size) == (1024, 768)  # DeepSeek's base/image size
     guard = cfg.eval.repetition_guard
     assert (guard.ngram, guard.window, guard.whitelist) == (20, 90, ["<td>", "</td>"])
-    v1 = to_config(composed(f"+experiment={experiment}", "model=deepseek_ocr", "model.revision=abc"))
+    v1 = to_config(compose_config(f"+experiment={experiment}", "model=deepseek_ocr", "model.revision=abc"))
     assert v1.eval.repetition_guard.ngram == 20
 
 
 def test_guard_settings_are_checked():
-    assert to_config(composed()).eval.repetition_guard.ngram == 20  # on unless a preset says otherwise
+    assert to_config(compose_config()).eval.repetition_guard.ngram == 20  # on unless a preset says otherwise
     with pytest.raises(ConfigError, match="eval.repetition_guard"):
-        to_config(composed("eval.repetition_guard.ngram=30", "eval.repetition_guard.window=10"))
-    demo = to_config(composed("+experiment=demo")).eval.repetition_guard
+        to_config(compose_config("eval.repetition_guard.ngram=30", "eval.repetition_guard.window=10"))
+    demo = to_config(compose_config("+experiment=demo")).eval.repetition_guard
     assert (demo.ngram, demo.window) == (4, 0)

@@ -5,10 +5,9 @@ import re
 
 import pytest
 import yaml
-from conftest import composed
 from omegaconf import OmegaConf
 
-from hwocr.config import register_schema
+from hwocr.config import compose_config, register_schema
 from hwocr.errors import ConfigError
 from hwocr.saved_config import read_saved_config
 
@@ -17,7 +16,7 @@ register_schema()
 
 def saved(tmp_path, change) -> object:
     """The demo's resolved config as a run saves it, after `change(config_dict)`; its path."""
-    config = OmegaConf.to_container(composed("+experiment=demo"), resolve=True)
+    config = OmegaConf.to_container(compose_config("+experiment=demo"), resolve=True)
     change(config)
     path = tmp_path / "resolved_config.yaml"
     path.write_text(yaml.safe_dump(config, allow_unicode=True))

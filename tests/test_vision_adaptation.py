@@ -9,7 +9,7 @@ import torch
 from conftest import run_hwocr
 from safetensors.torch import load_file
 
-from hwocr.config import HardwareConfig, LoraConfig, register_schema, to_config
+from hwocr.config import HardwareConfig, LoraConfig, compose_config, register_schema, to_config
 from hwocr.errors import ConfigError
 from hwocr.model import load_model, prepare_for_training
 
@@ -52,10 +52,9 @@ def test_a_lora_target_that_is_no_layer_stops_before_training_naming_the_key(tin
 
 
 def test_a_mistyped_vision_option_is_a_config_error_naming_it():
-    from conftest import composed
 
     with pytest.raises(ConfigError, match=r"lora.vision='encodr' is not one of frozen, encoder, tower"):
-        to_config(composed("+experiment=demo", "lora.vision=encodr"))
+        to_config(compose_config("+experiment=demo", "lora.vision=encodr"))
 
 
 TOWER_RUN = (
