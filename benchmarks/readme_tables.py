@@ -205,12 +205,15 @@ FAMILIES = {
 
 def families() -> str:
     out = ["| model | what | result | device | batch | peak GiB | rate |", "|---|---|---|---|---|---|---|"]
+    identity = []  # batched against one-at-a-time generation, where a record checked it
     for family, rows in FAMILIES.items():
         for what, name in rows:
             r = read(name)
             if "generate" in r:
                 measured, batch = r["generate"], r["generate"]["batch_size"]
                 rate = f"{measured['images_per_s']} images/s"
+                if "unbatched_identical" in measured:
+                    identity.append(f"{family} {measured['unbatched_identical']} (`{name}`)")
             else:
                 measured, batch = r["train"], r["settings"]["batch"]
                 rate = f"{measured['samples_per_s']} samples/s"
@@ -219,12 +222,6 @@ def families() -> str:
             out.append(
                 f"| {family} | {what} | `{name}` | {device(r)} | {batch} | {measured['peak_gib']:.2f} | {rate} |"
             )
-    identity = [
-        f"{family} {r['generate']['unbatched_identical']} (`{name}`)"
-        for family, rows in FAMILIES.items()
-        for _, name in rows
-        if "unbatched_identical" in (r := read(name)).get("generate", {})
-    ]
     out += [
         "",
         "Batched against one-at-a-time generation in bf16, same token ids: " + "; ".join(identity) + ".",
